@@ -1,0 +1,3 @@
+from talelab.cli import main
+
+raise SystemExit(main())
