@@ -51,3 +51,15 @@ STORIES260K_MODEL = "models/stories260K/stories260K.bin"
 STORIES260K_TOKENIZER = "models/stories260K/tok512.bin"
 STORIES260K_GREEDY = "models/stories260K/greedy-200.txt"
 GPT2_TOKENIZER_DIR = "tokenizers/gpt2"
+
+
+def resolve_input(name: str | os.PathLike, explicit_root: str | os.PathLike | None = None) -> Path:
+    """A user's file as given (absolute or relative to the working directory), else under the data root."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    root = data_root(explicit_root)
+    if root is not None and (root / path).exists():
+        return root / path
+    where = f" or under the data root {root}" if root else " (and no data root was found)"
+    raise InputError(f"{name}: no such file{where}")

@@ -1,0 +1,200 @@
+"""The `talelab` command: parses arguments, calls one function per command, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from talelab.config import (PRESETS, ModelConfig, PrepareConfig, SamplingConfig, TokenizerConfig, TrainConfig,
+                            build_train_configs, check_choices)
+from talelab.errors import TalelabError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other talelab error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, skip: tuple = ()) -> None:
+    """One flag per field, documented by the field's help; unset flags stay absent so presets and YAML win."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if f.type in ("bool", bool):
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            group.add_argument(flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               choices=f.metadata.get("choices"), help=help_text, metavar=kind.__name__.upper())
+
+
+def given(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def build(cls, args: argparse.Namespace, **fixed):
+    config = cls(**{**given(args, cls), **fixed})
+    check_choices(config)
+    return config
+
+
+def cmd_prepare(args) -> int:
+    from talelab.data.prepare import prepare
+
+    summary = prepare(build(PrepareConfig, args), data_root=args.data_root)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    from talelab.tokenizer.training import train_tokenizer_from
+
+    config = build(TokenizerConfig, args)
+    tokenizer = train_tokenizer_from(config)
+    print(f"{config.kind} tokenizer with {tokenizer.vocab_size} tokens written to {config.out}")
+    return 0
+
+
+def cmd_pretokenize(args) -> int:
+    from talelab.data.shards import pretokenize
+    from talelab.tokenizer import load_tokenizer
+
+    print(f"shards in {pretokenize(args.data, load_tokenizer(args.tokenizer))}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from talelab.train.loop import train
+
+    model_config, train_config = build_train_configs(
+        args.preset, args.config, {"model": given(args, ModelConfig), "train": given(args, TrainConfig)})
+    summary = train(model_config, train_config, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from talelab.generate import generate_text
+    from talelab.models.storage import load_model
+
+    model, tokenizer, _ = load_model(args.model, device=args.device)
+    config = build(SamplingConfig, args)
+    for i, story in enumerate(generate_text(model, tokenizer, config, stream=config.num_samples == 1)):
+        if config.num_samples > 1:
+            print(f"--- story {i + 1} ---\n{story}\n")
+    return 0
+
+
+def cmd_eval_loss(args) -> int:
+    from talelab.evaluate.likelihood import evaluate_file
+
+    report = evaluate_file(args.model, args.text, data_root=args.data_root, protocol=args.protocol,
+                           batch_size=args.batch_size)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from talelab.models.convert import convert_hf, convert_llama2c
+
+    if args.source == "llama2c":
+        out = convert_llama2c(args.model, args.tokenizer, args.out, data_root=args.data_root)
+    else:
+        out = convert_hf(args.model, args.out)
+    print(f"written {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from talelab.demo import run_demo
+
+    run_demo(out=args.out, data_root=args.data_root, minutes=args.minutes)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="talelab", description="Build a small story-writing language model end to end.")
+    p.add_argument("--data-root", default=None, help="folder with the shared data layout (default: $TALELAB_DATA, "
+                   "then ../shared beside the checkout, then the Hugging Face hub)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="prepare, tokenize, train, measure and sample on the bundled TinyStories text")
+    demo.add_argument("--out", default="runs/demo", help="demo run directory (replaced on each run)")
+    demo.add_argument("--minutes", type=float, default=None, help="training time (default: the demo preset's)")
+    demo.set_defaults(run=cmd_demo)
+
+    prep = sub.add_parser("prepare", help="read, clean, deduplicate and split a corpus; writes a cleaning report")
+    add_dataclass_flags(prep, PrepareConfig, "prepare")
+    prep.set_defaults(run=cmd_prepare)
+
+    tok = sub.add_parser("tokenizer", help="tokenizer commands").add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok.add_parser("train", help="train a byte-level BPE or word-level tokenizer (tokenizer.json)")
+    add_dataclass_flags(tok_train, TokenizerConfig, "tokenizer")
+    tok_train.set_defaults(run=cmd_tokenizer_train)
+
+    pre = sub.add_parser("pretokenize", help="encode a prepared directory into token shards")
+    pre.add_argument("--data", required=True, help="prepared data directory")
+    pre.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
+    pre.set_defaults(run=cmd_pretokenize)
+
+    tr = sub.add_parser("train", help="train a transformer from scratch (preset, YAML config, flag overrides)")
+    tr.add_argument("--preset", default=None, help=f"named starting configuration: {', '.join(PRESETS)}")
+    tr.add_argument("--config", default=None, help="YAML file with 'model:' and 'train:' sections")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_dataclass_flags(tr, ModelConfig, "model")
+    add_dataclass_flags(tr, TrainConfig, "training")
+    tr.set_defaults(run=cmd_train)
+
+    gen = sub.add_parser("generate", help="write stories with a trained model")
+    gen.add_argument("--model", required=True, help="model or run directory")
+    gen.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_dataclass_flags(gen, SamplingConfig, "sampling")
+    gen.set_defaults(run=cmd_generate)
+
+    ev = sub.add_parser("eval", help="evaluation commands").add_subparsers(dest="eval_command", required=True)
+    loss = ev.add_parser("loss", help="loss, perplexity and bits per byte of a model on a text file")
+    loss.add_argument("--model", required=True, help="model or run directory")
+    loss.add_argument("--text", default="data/tinystories/valid-head.txt",
+                      help="text file (path or relative to the data root); documents split as `talelab prepare` does")
+    loss.add_argument("--protocol", choices=["reference", "documents"], default="reference",
+                      help="reference: blank-line pieces 2..301 (shared/README.md); documents: every document")
+    loss.add_argument("--batch-size", type=int, default=16)
+    loss.set_defaults(run=cmd_eval_loss)
+
+    conv = sub.add_parser("convert", help="import llama2.c checkpoints, export Hugging Face Llama directories")
+    conv.add_argument("source", choices=["llama2c", "hf"], help="llama2c: import a .bin; hf: export a talelab model")
+    conv.add_argument("--model", required=True, help="llama2.c .bin (import) or talelab model/run directory (export)")
+    conv.add_argument("--tokenizer", default=None, help="llama2.c tokenizer .bin (import)")
+    conv.add_argument("--out", required=True, help="output directory")
+    conv.set_defaults(run=cmd_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except TalelabError as e:
+        print(f"talelab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # disk full, permissions: the user's to fix, not a bug to trace
+        print(f"talelab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("talelab: interrupted; the last checkpoint written is intact", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,240 @@
+"""Every configuration as a dataclass, named presets, and YAML / CLI overrides.
+
+A field's `help` metadata becomes its `--help` text; `choices` restricts its values. Presets are plain
+dictionaries of overrides so that a newcomer can read them as a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from talelab.errors import ConfigError
+
+
+def option(default, help: str, choices: tuple | None = None):
+    """A dataclass field that documents itself on the command line."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class PrepareConfig:
+    source: str = option("data/tinystories/train-head.txt", "corpus: a file path (absolute, relative, or under the "
+                         "data root), or a Hugging Face dataset id such as roneneldan/TinyStories")
+    out: str = option("runs/prepared", "output directory for train/val/test.jsonl and the cleaning report")
+    format: str = option("auto", "how documents are separated in a text file", ("auto", "eot", "blank-line", "jsonl"))
+    text_field: str = option("text", "field holding the text in JSONL rows or dataset records")
+    hub_split: str = option("train", "split to read when the source is a Hugging Face dataset id")
+    max_documents: int = option(0, "read at most this many documents (0: all)")
+    min_chars: int = option(50, "drop documents shorter than this after cleaning")
+    max_chars: int = option(20000, "drop documents longer than this after cleaning")
+    max_non_ascii: float = option(0.02, "drop documents whose share of non-ASCII characters exceeds this")
+    near_duplicate_threshold: float = option(0.85, "Jaccard similarity (MinHash LSH, word 5-grams) above which a "
+                                             "document is a near duplicate of an earlier one; 0 disables")
+    val_fraction: float = option(0.02, "share of documents for validation (deterministic by content hash)")
+    test_fraction: float = option(0.02, "share of documents for test (deterministic by content hash)")
+
+
+@dataclass
+class TokenizerConfig:
+    data: str = option("runs/prepared", "prepared directory (train.jsonl) or a text/JSONL file to train on")
+    out: str = option("runs/tokenizer", "output directory for tokenizer.json + tokenizer_config.json")
+    kind: str = option("bpe", "byte-level BPE or word-level (most frequent words + <unk>)", ("bpe", "words"))
+    vocab_size: int = option(2048, "vocabulary size including special tokens")
+    lowercase: bool = option(False, "lowercase text before a word-level tokenizer sees it")
+    min_frequency: int = option(2, "ignore merges / words seen fewer times than this")
+
+
+def check_keys(cls, values: dict[str, Any], where: str) -> None:
+    """Reject keys that are not fields of `cls`, naming `where` and the key."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(known))})")
+
+
+def check_choices(config) -> None:
+    """Reject a value outside a field's `choices`, naming the field."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ConfigError(f"{type(config).__name__}.{f.name}={getattr(config, f.name)!r} is not one of "
+                              f"{', '.join(map(str, choices))}")
+
+
+def dataclass_from_dict(cls, values: dict[str, Any], where: str):
+    """Build `cls` from a mapping, rejecting unknown keys with a message that names `where` and the key."""
+    check_keys(cls, values, where)
+    return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping; a one-line error when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return values
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = option(0, "vocabulary size; 0 takes the tokenizer's")
+    d_model: int = option(128, "width of the residual stream")
+    n_layers: int = option(4, "number of transformer blocks")
+    n_heads: int = option(4, "attention heads (query heads)")
+    n_kv_heads: int = option(0, "key/value heads for grouped-query attention; 0 means n_heads")
+    d_ff: int = option(0, "feed-forward width; 0 means 4*d_model (2/3 of that, rounded up to 32, for swiglu)")
+    context_length: int = option(256, "longest sequence the model reads")
+    positions: str = option("rope", "position encoding", ("rope", "sinusoidal", "learned"))
+    norm: str = option("rmsnorm", "normalisation layer", ("rmsnorm", "layernorm"))
+    norm_position: str = option("pre", "normalise before each sublayer (pre) or after the residual add (post)",
+                                ("pre", "post"))
+    activation: str = option("swiglu", "feed-forward activation", ("swiglu", "gelu", "relu"))
+    dropout: float = option(0.0, "dropout on attention weights and residual branches")
+    tie_embeddings: bool = option(True, "share the input embedding with the output projection")
+    bias: bool = option(False, "biases in linear and norm layers")
+    norm_eps: float = option(1e-5, "epsilon of the normalisation layers")
+    rope_theta: float = option(10000.0, "RoPE base frequency")
+
+    def __post_init__(self):
+        if self.n_kv_heads == 0:
+            self.n_kv_heads = self.n_heads
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+            if self.activation == "swiglu":  # keep the parameter count of a 4x MLP, as Llama does
+                self.d_ff = -(-(2 * self.d_ff // 3) // 32) * 32
+        checks = [
+            (self.d_model % self.n_heads == 0, f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}"),
+            (self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.n_kv_heads}"),
+            (self.positions != "rope" or (self.d_model // self.n_heads) % 2 == 0, "rope needs an even head size"),
+            (self.context_length > 0 and self.n_layers > 0, "context_length and n_layers must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"model config: {message}")
+        check_choices(self)
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class SamplingConfig:
+    prompt: str = option("Once upon a time", "text the story starts with (after the beginning-of-story token)")
+    max_new_tokens: int = option(256, "most tokens to generate (fewer when the context is full or the story ends)")
+    temperature: float = option(0.8, "softmax temperature; 0 means greedy decoding")
+    top_k: int = option(0, "sample only among the k most likely tokens; 0 disables")
+    top_p: float = option(1.0, "sample only from the smallest set of tokens whose probability reaches p; 1 disables")
+    repetition_penalty: float = option(1.0, "divide positive / multiply negative logits of tokens already present "
+                                       "(CTRL); 1 disables")
+    num_beams: int = option(1, "beam search with this many beams; 1 disables")
+    beam_sample: bool = option(False, "with num_beams > 1: sample the beam candidates instead of taking the best")
+    length_penalty: float = option(1.0, "beam scores are divided by length**length_penalty")
+    num_samples: int = option(1, "number of stories to generate")
+    seed: int = option(-1, "random seed for sampling; -1 draws a fresh one")
+    stop_at_eos: bool = option(True, "stop a story at the end-of-story token")
+
+
+@dataclass
+class TrainConfig:
+    data: str = option("runs/prepared", "prepared data directory (from `talelab prepare`)")
+    tokenizer: str = option("runs/tokenizer", "tokenizer directory (from `talelab tokenizer train`) or file")
+    out: str = option("runs/train", "run directory: checkpoints, metrics.jsonl, metrics.csv, loss.png")
+    max_steps: int = option(1000, "optimizer steps to train")
+    schedule_steps: int = option(0, "steps the learning-rate schedule spans (0: max_steps); set it to stop early "
+                                 "and continue later with --resume on the same schedule")
+    max_minutes: float = option(0.0, "stop after this much training time; the schedule then runs on time, not steps "
+                                "(0: no limit)")
+    batch_size: int = option(32, "sequences per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "final learning rate as a share of the peak (cosine and wsd)")
+    warmup_steps: int = option(100, "linear warmup steps")
+    schedule: str = option("cosine", "learning-rate schedule after warmup", ("cosine", "wsd", "step", "constant"))
+    decay_fraction: float = option(0.2, "wsd: share of training spent decaying at the end")
+    step_size: int = option(5000, "step schedule: multiply the rate by gamma every step_size steps (StepLR)")
+    gamma: float = option(0.8, "step schedule: decay factor")
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on norms, biases or embeddings)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this; 0 disables")
+    eval_interval: int = option(200, "evaluate every this many steps (and at the end)")
+    eval_batches: int = option(8, "validation batches per evaluation")
+    checkpoint_interval: int = option(200, "write a checkpoint every this many steps (and at the end)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    dtype: str = option("float32", "compute precision: autocast to bfloat16 (CPU/CUDA) or float16 with a grad "
+                        "scaler (CUDA)", ("float32", "bfloat16", "float16"))
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "cuda when present, else cpu", ("auto", "cpu", "cuda"))
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    seed: int = option(1337, "seed for initialisation, data order and dropout")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_choices(self)
+
+
+# Presets: overrides of ModelConfig ("model") and TrainConfig ("train"). The llama2.c shapes are Karpathy's
+# TinyStories models (dim / layers / heads / kv heads / context); their vocabulary comes from the tokenizer.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {  # seconds on one core: for tests
+        "model": dict(d_model=32, n_layers=2, n_heads=4, context_length=64),
+        "train": dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2,
+                      checkpoint_interval=10),
+    },
+    "demo": {  # the 10-minute CPU run of `talelab demo`
+        "model": dict(d_model=192, n_layers=6, n_heads=6, context_length=256, dropout=0.0),
+        "train": dict(max_steps=100000, max_minutes=6.0, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
+                      decay_fraction=0.3, min_lr_ratio=0.05, weight_decay=0.1, eval_interval=100, eval_batches=4,
+                      checkpoint_interval=200, dtype="bfloat16"),
+    },
+    "260k": {"model": dict(d_model=64, n_layers=5, n_heads=8, n_kv_heads=4, d_ff=172, context_length=512)},
+    "15m": {"model": dict(d_model=288, n_layers=6, n_heads=6, n_kv_heads=6, d_ff=768, context_length=256)},
+    "42m": {"model": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_ff=1376, context_length=1024)},
+    "110m": {"model": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, d_ff=2048, context_length=1024)},
+}
+
+
+def preset(name: str) -> dict[str, dict[str, Any]]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def build_train_configs(preset_name: str | None = None, yaml_path: str | None = None,
+                        overrides: dict[str, dict[str, Any]] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Preset, then YAML file (sections `model:` and `train:`), then command-line overrides, later winning."""
+    layers: list[tuple[str, dict]] = []
+    if preset_name:
+        layers.append((f"preset '{preset_name}'", preset(preset_name)))
+    if yaml_path:
+        values = load_yaml(yaml_path)
+        unknown = sorted(set(values) - {"model", "train"})
+        if unknown:
+            raise ConfigError(f"{yaml_path}: unknown section '{unknown[0]}' (expected 'model' and/or 'train')")
+        layers.append((str(yaml_path), values))
+    if overrides:
+        layers.append(("command line", overrides))
+    merged: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for where, layer in layers:
+        for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+            values = layer.get(section) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: section '{section}' must be a mapping")
+            check_keys(cls, values, f"{where}, section '{section}'")
+            merged[section].update(values)
+    return (dataclass_from_dict(ModelConfig, merged["model"], "model config"),
+            dataclass_from_dict(TrainConfig, merged["train"], "train config"))

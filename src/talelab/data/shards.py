@@ -1,0 +1,99 @@
+"""Pre-tokenized splits: one flat memory-mapped array of token ids per split, story starts recorded beside it.
+
+Layout of a split: `<split>.bin` (uint16, or uint32 when the vocabulary exceeds 65,535), `<split>.starts.npy`
+(int64 offset of each story's first token) and `<split>.json` (counts, bytes, tokenizer fingerprint). Each story is
+stored as [bos] + tokens (+ [eos] when eos differs from bos), and the whole stream ends with eos, so a model sees
+where every story ends. Bytes are kept so that losses convert to bits per byte.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from talelab.errors import InputError, MismatchError
+
+SPLITS = ("train", "val", "test")
+ENCODE_BATCH = 512
+
+
+@dataclass
+class Shard:
+    tokens: np.ndarray  # memory-mapped, shape (num_tokens,)
+    starts: np.ndarray  # int64 story start offsets
+    num_bytes: int  # UTF-8 bytes of the stories' text
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.num_bytes / max(1, len(self.tokens))
+
+    def story(self, i: int) -> np.ndarray:
+        end = self.starts[i + 1] if i + 1 < len(self.starts) else len(self.tokens)
+        return self.tokens[self.starts[i]:end]
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 65535 else np.uint32
+
+
+def write_shard(directory: Path, split: str, texts: list[str], tokenizer, progress: bool = False) -> dict:
+    """Encode `texts` in batches and write the split's three files; returns its metadata."""
+    from tqdm import tqdm
+
+    dtype = token_dtype(tokenizer.vocab_size)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    chunks, starts, offset = [], [], 0
+    for i in tqdm(range(0, len(texts), ENCODE_BATCH), desc=f"tokenize {split}", disable=not progress, unit="batch"):
+        for ids in tokenizer.encode_batch(texts[i:i + ENCODE_BATCH]):
+            story = [bos, *ids] + ([eos] if eos != bos else [])
+            starts.append(offset)
+            offset += len(story)
+            chunks.append(np.asarray(story, dtype=dtype))
+    chunks.append(np.asarray([eos] if eos == bos else [], dtype=dtype))
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    tmp = directory / f".{split}.bin.tmp"
+    tokens.tofile(tmp)
+    np.save(directory / f"{split}.starts.npy", np.asarray(starts, dtype=np.int64))
+    meta = {"split": split, "dtype": np.dtype(dtype).name, "num_tokens": int(len(tokens)),
+            "num_stories": len(texts), "num_bytes": sum(len(t.encode("utf-8")) for t in texts),
+            "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.fingerprint()}
+    (directory / f"{split}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(directory / f"{split}.bin")  # the .bin appears last: its presence marks a complete split
+    return meta
+
+
+def load_shard(directory: Path, split: str, tokenizer=None) -> Shard:
+    """Memory-map a split; with a tokenizer, refuse shards made by a different one."""
+    bin_path = directory / f"{split}.bin"
+    if not bin_path.is_file():
+        raise InputError(f"{bin_path}: missing (run `talelab pretokenize` first)")
+    meta = json.loads((directory / f"{split}.json").read_text(encoding="utf-8"))
+    if tokenizer is not None and meta["tokenizer"] != tokenizer.fingerprint():
+        raise MismatchError(f"{bin_path}: made with tokenizer {meta['tokenizer']}, not with the given tokenizer "
+                            f"{tokenizer.fingerprint()}")
+    tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
+    return Shard(tokens=tokens, starts=np.load(directory / f"{split}.starts.npy"), num_bytes=meta["num_bytes"])
+
+
+def shard_directory(prepared: Path, tokenizer) -> Path:
+    """Shards live inside the prepared data directory, one folder per tokenizer."""
+    return prepared / f"shards-{tokenizer.fingerprint()}"
+
+
+def pretokenize(prepared: str | Path, tokenizer, progress: bool = True) -> Path:
+    """Tokenize every split of a prepared directory once; later calls reuse the files."""
+    from talelab.data.sources import read_documents
+
+    prepared = Path(prepared)
+    if not (prepared / "train.jsonl").is_file():
+        raise InputError(f"{prepared}: not a prepared data directory (no train.jsonl; run `talelab prepare`)")
+    directory = shard_directory(prepared, tokenizer)
+    directory.mkdir(exist_ok=True)
+    for split in SPLITS:
+        source = prepared / f"{split}.jsonl"
+        if source.is_file() and source.stat().st_size and not (directory / f"{split}.bin").is_file():
+            write_shard(directory, split, read_documents(str(source), format="jsonl"), tokenizer, progress)
+    return directory

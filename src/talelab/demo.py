@@ -1,0 +1,85 @@
+"""`talelab demo`: every stage once on the bundled TinyStories text, in about ten minutes on two CPU cores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from talelab import paths
+from talelab.config import PrepareConfig, SamplingConfig, TokenizerConfig, build_train_configs
+from talelab.data.prepare import prepare
+from talelab.data.shards import pretokenize
+from talelab.evaluate.likelihood import reference_pieces, score_documents
+from talelab.generate import generate_text
+from talelab.models.convert import convert_llama2c
+from talelab.models.storage import load_model
+from talelab.tokenizer.training import train_tokenizer_from
+from talelab.train.loop import train
+
+DEMO_VOCAB = 2048
+STORY_PROMPTS = ("Once upon a time", "One day, a little dog named", "Lily and Ben")
+
+
+def stage(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.perf_counter()
+
+
+def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = None) -> dict:
+    started = time.perf_counter()
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own scratch folder: each run starts clean
+    train_file = paths.shared_file(paths.TINYSTORIES_TRAIN, data_root)
+    valid_file = paths.shared_file(paths.TINYSTORIES_VALID, data_root)
+
+    stage(f"1/6 prepare: clean, deduplicate and split {train_file}")
+    prepared = prepare(PrepareConfig(source=str(train_file), out=str(out / "prepared")), data_root=data_root)
+    print(f"kept {prepared['documents_out']:,} of {prepared['documents_in']:,} stories; report: "
+          f"{out / 'prepared' / 'report.md'}")
+
+    stage(f"2/6 tokenizer: byte-level BPE, {DEMO_VOCAB} tokens")
+    tokenizer = train_tokenizer_from(TokenizerConfig(data=str(out / "prepared"), out=str(out / "tokenizer"),
+                                                     kind="bpe", vocab_size=DEMO_VOCAB))
+    stage("3/6 pretokenize")
+    print(f"shards in {pretokenize(out / 'prepared', tokenizer)}")
+
+    stage("4/6 train the 'demo' preset on CPU")
+    overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
+    if minutes is not None:
+        overrides["max_minutes"] = minutes
+    model_config, train_config = build_train_configs("demo", overrides={"train": overrides})
+    trained = train(model_config, train_config)
+
+    stage(f"5/6 measure: bits per byte on {valid_file.name} (reference protocol of shared/README.md)")
+    pieces = reference_pieces(valid_file)
+    model, tokenizer, _ = load_model(out / "model")
+    ours = score_documents(model, tokenizer, pieces)
+    reference_dir = convert_llama2c(paths.STORIES260K_MODEL, paths.STORIES260K_TOKENIZER, out / "stories260K",
+                                    data_root=data_root)
+    ref_model, ref_tokenizer, _ = load_model(reference_dir)
+    reference = score_documents(ref_model, ref_tokenizer, pieces)
+    print(f"{'model':<28}{'parameters':>12}{'loss':>9}{'bits/byte':>11}")
+    for name, n, r in (("talelab demo", model.num_parameters(), ours),
+                       ("stories260K (llama2.c)", ref_model.num_parameters(), reference)):
+        print(f"{name:<28}{n:>12,}{r['loss']:>9.3f}{r['bits_per_byte']:>11.3f}")
+    print("(loss in nats per token of each model's own tokenizer; bits per byte compare across tokenizers)")
+
+    stage("6/6 three stories from the demo model")
+    stories = []
+    for i, prompt in enumerate(STORY_PROMPTS):
+        print(f"\n--- story {i + 1} ---")
+        sampling = SamplingConfig(prompt=prompt, max_new_tokens=model.config.context_length - 16, temperature=0.7,
+                                  top_k=40, repetition_penalty=1.1, seed=1000 + i)
+        stories.extend(generate_text(model, tokenizer, sampling, stream=True))
+
+    summary = {"wall_time_s": round(time.perf_counter() - started, 1), "train": trained,
+               "demo_bits_per_byte": ours["bits_per_byte"], "stories260K_bits_per_byte": reference["bits_per_byte"],
+               "demo_eval": ours, "stories260K_eval": reference, "stories": stories,
+               "model": dataclasses.asdict(model.config)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"\ndemo finished in {summary['wall_time_s'] / 60:.1f} minutes; summary in {out / 'summary.json'}, "
+          f"loss curve in {out / 'model' / 'loss.png'}")
+    return summary

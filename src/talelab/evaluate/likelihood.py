@@ -1,0 +1,89 @@
+"""Loss, perplexity and bits per byte of whole documents, and the reference protocol of shared/README.md.
+
+Bits per byte divide the summed negative log-likelihood (in bits) by the UTF-8 bytes of the text, so models with
+different tokenizers are comparable. Each document is scored on its own: beginning-of-story token, then its
+tokens; a document longer than the context is scored in overlapping windows so every token is predicted once
+with at least half a context of history.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from talelab.errors import InputError
+
+REFERENCE_PIECES = 300
+
+
+def reference_pieces(path: str | Path) -> list[str]:
+    """The protocol's texts: split on blank lines, strip, drop empties, drop the first, keep the next 300."""
+    text = Path(path).read_text(encoding="utf-8")
+    pieces = [p.strip() for p in text.split("\n\n")]
+    pieces = [p for p in pieces if p]
+    if len(pieces) < 2:
+        raise InputError(f"{path}: fewer than two blank-line separated pieces")
+    return pieces[1:1 + REFERENCE_PIECES]
+
+
+def windows_of(ids: list[int], context: int) -> list[tuple[list[int], int]]:
+    """(window, index of its first scored target) covering every target of `ids` exactly once."""
+    if len(ids) <= context + 1:
+        return [(ids, 0)]
+    stride = context // 2
+    out, scored = [(ids[:context + 1], 0)], context  # targets 0..context-1 of the first window
+    while scored < len(ids) - 1:
+        end = min(len(ids), scored + 1 + stride)
+        start = end - context - 1
+        out.append((ids[start:end], scored - start))
+        scored = end - 1
+    return out
+
+
+@torch.no_grad()
+def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16, device=None) -> dict:
+    """Summed NLL (nats), token and byte counts, and the derived loss, perplexity and bits per byte."""
+    device = device or next(model.parameters()).device
+    context = model.config.context_length
+    rows = []  # (tokens, first scored target index)
+    for ids in tokenizer.encode_batch(documents):
+        rows.extend(windows_of([tokenizer.bos_id, *ids], context))
+    rows.sort(key=lambda r: len(r[0]))  # similar lengths per batch: less padding
+    was_training = model.training
+    model.eval()
+    nll, tokens = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size]
+        width = max(len(r) for r, _ in batch) - 1
+        inputs = torch.zeros(len(batch), width, dtype=torch.long)
+        targets = torch.full((len(batch), width), -1, dtype=torch.long)
+        for j, (ids, first) in enumerate(batch):
+            seq = torch.tensor(ids)
+            inputs[j, :len(ids) - 1] = seq[:-1]
+            targets[j, first:len(ids) - 1] = seq[1 + first:]
+        logits, _ = model(inputs.to(device))
+        targets = targets.to(device)
+        nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum").item()
+        tokens += int((targets != -1).sum())
+    model.train(was_training)
+    num_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    loss = nll / max(tokens, 1)
+    return {"documents": len(documents), "tokens": tokens, "bytes": num_bytes, "nll_nats": nll, "loss": loss,
+            "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(num_bytes, 1),
+            "bytes_per_token": num_bytes / max(tokens, 1)}
+
+
+def evaluate_file(model_path: str, text: str, data_root=None, protocol: str = "reference", batch_size: int = 16) -> dict:
+    """`talelab eval loss`: score a model on a text file, by the reference protocol or over all its documents."""
+    from talelab.data.sources import read_documents
+    from talelab.models.storage import load_model
+    from talelab.paths import resolve_input
+
+    path = resolve_input(text, data_root)
+    model, tokenizer, _ = load_model(model_path)
+    documents = reference_pieces(path) if protocol == "reference" else read_documents(str(path))
+    return {"model": str(model_path), "text": str(path), "protocol": protocol,
+            **score_documents(model, tokenizer, documents, batch_size=batch_size)}

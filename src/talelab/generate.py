@@ -1,0 +1,250 @@
+"""Stories from a model: greedy, sampled (repetition penalty, temperature, top-k, top-p) or beam search.
+
+Every path runs the prompt once into a KV cache and then feeds one token per step. The sampling pipeline follows the
+order of Hugging Face's logits processors: repetition penalty, temperature, top-k, top-p, softmax, draw.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+
+from talelab.config import SamplingConfig
+from talelab.errors import ConfigError, MismatchError
+from talelab.models.transformer import KVCache
+
+
+def check_config(config: SamplingConfig) -> None:
+    """Reject values that have no meaning, naming the field."""
+    checks = [
+        (config.max_new_tokens >= 0, f"max_new_tokens={config.max_new_tokens} must be 0 or more"),
+        (config.temperature >= 0, f"temperature={config.temperature} must be 0 (greedy) or more"),
+        (config.top_k >= 0, f"top_k={config.top_k} must be 0 (off) or more"),
+        (0 < config.top_p <= 1, f"top_p={config.top_p} must be in (0, 1]"),
+        (config.repetition_penalty > 0, f"repetition_penalty={config.repetition_penalty} must be positive"),
+        (config.num_beams >= 1, f"num_beams={config.num_beams} must be 1 or more"),
+        (config.num_samples >= 1, f"num_samples={config.num_samples} must be 1 or more"),
+        (config.num_beams == 1 or config.num_samples <= config.num_beams,
+         f"num_samples={config.num_samples} exceeds num_beams={config.num_beams}: beam search returns at most "
+         f"num_beams stories; raise num_beams or lower num_samples"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"sampling config: {message}")
+
+
+def start(model, prompt_ids: list[int], config: SamplingConfig) -> tuple[int, torch.Generator]:
+    """Check the request; return how many tokens may be generated and the seeded random generator."""
+    check_config(config)
+    context, vocab = model.config.context_length, model.config.vocab_size
+    if not 0 < len(prompt_ids) <= context:
+        raise MismatchError(f"prompt of {len(prompt_ids)} tokens does not fit the model's context_length {context} "
+                            f"(it needs 1 to {context} tokens)")
+    if not all(0 <= i < vocab for i in prompt_ids):
+        raise MismatchError(f"prompt holds token ids outside the model's vocabulary of {vocab}: wrong tokenizer?")
+    # the whole sequence, prompt and story, must stay within the context so that the model can read it back
+    steps = min(config.max_new_tokens, context - len(prompt_ids))
+    generator = torch.Generator(device=next(model.parameters()).device)
+    # a fresh seed from the OS leaves torch's global generator alone, so callers' own randomness is undisturbed
+    generator.manual_seed(config.seed if config.seed >= 0 else int.from_bytes(os.urandom(8), "little") >> 1)
+    return steps, generator
+
+
+@contextmanager
+def evaluating(model):
+    """Eval mode (no dropout) for the duration, then the caller's mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def prefill(model, prompt_ids: list[int], rows: int) -> tuple[torch.Tensor, KVCache]:
+    """Run the prompt once and copy its cache to `rows` streams: next-token logits (rows, vocab) in fp32, cache."""
+    param = next(model.parameters())
+    cache = KVCache(model.config, 1, param.device, param.dtype)
+    logits, _ = model(torch.tensor([prompt_ids], device=param.device), cache=cache, start=0)
+    if rows > 1:  # identical prompts: one forward pass, then copies of its keys and values
+        cache.reorder(torch.zeros(rows, dtype=torch.long, device=param.device))
+    return logits[:, -1].float().expand(rows, -1), cache
+
+
+def seen_tokens(prompt_ids: list[int], rows: int, config: SamplingConfig, vocab: int, device) -> torch.Tensor | None:
+    """(rows, vocab) mask of tokens already present, for the repetition penalty; None when there is no penalty."""
+    if config.repetition_penalty == 1.0:
+        return None
+    present = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+    present[:, prompt_ids] = True
+    return present
+
+
+def penalize_repeats(logits: torch.Tensor, present: torch.Tensor | None, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: make every present token less likely, whatever the sign of its logit."""
+    if present is None:
+        return logits
+    return torch.where(present, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = logits.topk(k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches p (always the most likely one)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= p  # the tokens before this one already reach p
+    drop[:, 0] = False
+    return logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+
+
+def pick(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
+    """One token per row (rows,) from penalised logits: argmax at temperature 0, else a filtered draw."""
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = keep_top_p(keep_top_k(logits / config.temperature, config.top_k), config.top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: list[int], config: SamplingConfig, eos_id: int | None,
+           on_token: Callable[[int], None] | None = None) -> list[list[int]]:
+    """`num_samples` greedy or sampled continuations, decoded side by side as one batch."""
+    steps, generator = start(model, prompt_ids, config)
+    n, stop = config.num_samples, (eos_id if config.stop_at_eos else None)
+    tokens = []
+    with evaluating(model):
+        logits, cache = prefill(model, prompt_ids, n)
+        present = seen_tokens(prompt_ids, n, config, logits.size(-1), logits.device)
+        finished = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        for step in range(steps):
+            token = pick(penalize_repeats(logits, present, config.repetition_penalty), config, generator)
+            if stop is not None:
+                token = token.masked_fill(finished, stop)  # finished streams are padded with eos until all are
+                finished |= token == stop
+            tokens.append(token)
+            if on_token is not None and (first := int(token[0])) != stop:
+                on_token(first)
+            if step == steps - 1 or (stop is not None and bool(finished.all())):
+                break  # no forward pass for a token that nothing will follow
+            if present is not None:
+                present.scatter_(1, token[:, None], True)
+            logits, _ = model(token[:, None], cache=cache, start=len(prompt_ids) + step)
+            logits = logits[:, -1].float()
+    rows = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(n)]
+    return [row[:row.index(stop)] if stop in row else row for row in rows]
+
+
+@torch.no_grad()
+def beam_search(model, prompt_ids: list[int], config: SamplingConfig, eos_id: int | None,
+                on_token: Callable[[int], None] | None = None) -> list[list[int]]:
+    """The `num_samples` best of `num_beams` hypotheses, ranked by summed log-prob / length**length_penalty.
+
+    With `beam_sample` (and temperature > 0) the candidates are drawn from the softmax of the beam scores, after
+    repetition penalty and temperature; top-k and top-p do not apply to beams.
+    """
+    steps, generator = start(model, prompt_ids, config)
+    if steps == 0:
+        return [[] for _ in range(config.num_samples)]
+    beams, stop, lp = config.num_beams, (eos_id if config.stop_at_eos else None), config.length_penalty
+    sampled = config.beam_sample and config.temperature > 0
+    done: list[tuple[float, list[int]]] = []  # (normalised score, tokens), best first, at most `beams`
+
+    def finish(tokens: list[int], score: float, length: int) -> None:
+        done.append((score / length ** lp, tokens))
+        done.sort(key=lambda hypothesis: -hypothesis[0])  # stable: of equal scores the earlier one stays first
+        del done[beams:]
+
+    with evaluating(model):
+        logits, cache = prefill(model, prompt_ids, 1)  # one running beam at first: no duplicates to suppress
+        vocab, device = logits.size(-1), logits.device
+        present = seen_tokens(prompt_ids, 1, config, vocab, device)
+        scores = torch.zeros(1, device=device)  # summed log-probs of the running beams
+        running: list[list[int]] = [[]]
+        for step in range(steps):
+            logits = penalize_repeats(logits, present, config.repetition_penalty)
+            if sampled:
+                logits = logits / config.temperature
+            candidates = (scores[:, None] + logits.log_softmax(dim=-1)).view(-1)  # (beams * vocab,)
+            # 2 * beams candidates: even if half of them end in eos, `beams` remain to continue
+            k = min(2 * beams, candidates.numel())
+            if sampled:
+                probs = candidates.softmax(dim=-1)
+                index = torch.multinomial(probs, min(k, int((probs > 0).sum())), generator=generator)
+                top, order = candidates[index].sort(descending=True)
+                index = index[order]
+            else:
+                top, index = candidates.topk(k)
+            kept = []  # (beam, token, score) of the next running beams, best first
+            for rank, (score, i) in enumerate(zip(top.tolist(), index.tolist())):
+                beam, token = divmod(i, vocab)
+                if token != stop:
+                    kept.append((beam, token, score))
+                elif rank < beams:  # as in Hugging Face: an eos below the best `beams` candidates is ignored
+                    finish(running[beam], score, len(running[beam]) + 1)  # the eos counts in the length
+                if len(kept) == beams:
+                    break
+            running = [running[beam] + [token] for beam, token, _ in kept]
+            scores = torch.tensor([score for _, _, score in kept], device=device)
+            if not running or step == steps - 1:
+                break
+            # log-probs only lower a sum; the longest (lp > 0) or the current (lp <= 0) length divides it best
+            best_possible = kept[0][2] / (steps if lp > 0 else step + 1) ** lp
+            if len(done) == beams and best_possible <= done[-1][0]:
+                break
+            index = torch.tensor([beam for beam, _, _ in kept], device=device)
+            cache.reorder(index)
+            token = torch.tensor([token for _, token, _ in kept], device=device)
+            if present is not None:
+                present = present[index].scatter_(1, token[:, None], True)
+            logits, _ = model(token[:, None], cache=cache, start=len(prompt_ids) + step)
+            logits = logits[:, -1].float()
+    for tokens, score in zip(running, scores.tolist()):  # unfinished beams compete too (they lose if stopped early)
+        finish(tokens, score, len(tokens))
+    best = [tokens for _, tokens in done[:config.num_samples]]
+    if on_token is not None:  # the best beam is known only at the end
+        for token in best[0]:
+            on_token(token)
+    return best
+
+
+def generate(model, prompt_ids: list[int], config: SamplingConfig, eos_id: int | None,
+             on_token: Callable[[int], None] | None = None) -> list[list[int]]:
+    """`config.num_samples` lists of new token ids continuing `prompt_ids`, without the prompt and the eos.
+
+    Beam search when `num_beams > 1`, else sampling (greedy at temperature 0). `on_token` receives the tokens of the
+    first story as they are chosen (beam search: at the end), e.g. to print them.
+    """
+    search = beam_search if config.num_beams > 1 else sample
+    return search(model, prompt_ids, config, eos_id, on_token)
+
+
+def generate_text(model, tokenizer, config: SamplingConfig, stream: bool = False, out=None) -> list[str]:
+    """Stories (prompt included) after bos + `config.prompt`; `stream` writes the first to `out` (stdout) as it grows."""
+    out = sys.stdout if out is None else out  # looked up at call time: tests and notebooks swap sys.stdout
+    prompt_ids = tokenizer.encode(config.prompt, bos=True)
+    on_token = None
+    if stream:
+        text = tokenizer.stream()
+        out.write("".join(text.push(i) for i in prompt_ids))
+
+        def on_token(token_id: int) -> None:
+            out.write(text.push(token_id))
+            out.flush()
+
+    sequences = generate(model, prompt_ids, config, tokenizer.eos_id, on_token)
+    if stream:
+        out.write(text.flush() + "\n")
+        out.flush()
+    return [tokenizer.decode(prompt_ids + ids) for ids in sequences]

@@ -1,0 +1,156 @@
+"""Import llama2.c checkpoints and export talelab models to Hugging Face Llama directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talelab.config import ModelConfig
+from talelab.errors import ConfigError, InputError
+from talelab.models.storage import atomic_directory, check_vocabulary, load_model, save_model
+from talelab.models.transformer import Transformer
+from talelab.tokenizer import Tokenizer
+
+LLAMA2C_HEADER = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+
+
+def meta_to_rotate_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder q/k rows from Meta's interleaved RoPE pairs to the rotate-half layout (as HF's Llama converter)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and talelab-named weights of a llama2.c legacy float32 export (run.c's format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: llama2.c checkpoint not found")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size < 28:
+        raise InputError(f"{path}: too short for a llama2.c header (28 bytes, file has {raw.size})")
+    header = dict(zip(LLAMA2C_HEADER, raw[:28].view(np.int32).tolist()))
+    if min(header.values()) == 0 or header["dim"] < 0 or header["n_layers"] < 0:
+        raise InputError(f"{path}: header {header} is not a llama2.c legacy export")
+    shared = header["vocab_size"] > 0  # llama2.c's convention: a negative vocab size means a separate classifier
+    vocab, dim, hidden, layers = abs(header["vocab_size"]), header["dim"], header["hidden_dim"], header["n_layers"]
+    heads, kv_heads, seq_len = header["n_heads"], header["n_kv_heads"], header["seq_len"]
+    head_size = dim // heads
+    kv_dim = kv_heads * head_size
+    shapes = [
+        ("tok_embeddings", (vocab, dim)), ("attention_norm", (layers, dim)), ("wq", (layers, dim, dim)),
+        ("wk", (layers, kv_dim, dim)), ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
+        ("ffn_norm", (layers, dim)), ("w1", (layers, hidden, dim)), ("w2", (layers, dim, hidden)),
+        ("w3", (layers, hidden, dim)), ("norm", (dim,)),
+        ("freq_cis_real", (seq_len, head_size // 2)), ("freq_cis_imag", (seq_len, head_size // 2)),
+    ]
+    if not shared:
+        shapes.append(("output", (vocab, dim)))
+    expected = 28 + 4 * sum(int(np.prod(s)) for _, s in shapes)
+    if raw.size != expected:
+        raise InputError(f"{path}: {raw.size} bytes but header {header} implies {expected} (truncated or another "
+                         f"format; only llama2.c's legacy float32 export is supported)")
+    floats = torch.from_numpy(raw[28:].view(np.float32).copy())
+    w, offset = {}, 0
+    for name, shape in shapes:
+        n = int(np.prod(shape))
+        w[name] = floats[offset:offset + n].view(shape)
+        offset += n
+    config = ModelConfig(vocab_size=vocab, d_model=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
+                         d_ff=hidden, context_length=seq_len, positions="rope", norm="rmsnorm", norm_position="pre",
+                         activation="swiglu", tie_embeddings=shared, bias=False, norm_eps=1e-5)
+    state = {"embed.weight": w["tok_embeddings"], "norm.weight": w["norm"],
+             "lm_head.weight": w["tok_embeddings"] if shared else w["output"]}
+    for i in range(layers):
+        q = meta_to_rotate_half(w["wq"][i], heads)
+        k = meta_to_rotate_half(w["wk"][i], kv_heads)
+        state[f"blocks.{i}.attn_norm.weight"] = w["attention_norm"][i]
+        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat([q, k, w["wv"][i]])
+        state[f"blocks.{i}.attn.out.weight"] = w["wo"][i]
+        state[f"blocks.{i}.mlp_norm.weight"] = w["ffn_norm"][i]
+        state[f"blocks.{i}.mlp.up.weight"] = torch.cat([w["w1"][i], w["w3"][i]])  # gate rows, then up rows
+        state[f"blocks.{i}.mlp.down.weight"] = w["w2"][i]
+    return config, state
+
+
+def import_llama2c(path: str | os.PathLike) -> Transformer:
+    """A talelab Transformer holding a llama2.c checkpoint's weights."""
+    config, state = read_llama2c(path)
+    model = Transformer(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def llama_compatible(config: ModelConfig) -> None:
+    """Raise unless the architecture is exactly what LlamaForCausalLM computes."""
+    wanted = {"positions": "rope", "norm": "rmsnorm", "norm_position": "pre", "activation": "swiglu", "bias": False}
+    for key, value in wanted.items():
+        if getattr(config, key) != value:
+            raise ConfigError(f"export to Hugging Face Llama needs {key}={value!r}; this model has "
+                              f"{key}={getattr(config, key)!r}")
+
+
+def to_hf_llama(model: Transformer, tokenizer: Tokenizer):
+    """A transformers LlamaForCausalLM with this model's weights (fp32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    llama_compatible(c)
+    hf_config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.head_size,
+        max_position_embeddings=c.context_length, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, hidden_act="silu",
+        attention_bias=False, mlp_bias=False, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+        pad_token_id=None)
+    q_rows, kv_rows = c.n_heads * c.head_size, c.n_kv_heads * c.head_size
+    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
+             "lm_head.weight": model.lm_head.weight}
+    for i, block in enumerate(model.blocks):
+        q, k, v = block.attn.qkv.weight.split([q_rows, kv_rows, kv_rows])
+        gate, up = block.mlp.up.weight.chunk(2)
+        prefix = f"model.layers.{i}."
+        state.update({
+            prefix + "input_layernorm.weight": block.attn_norm.weight,
+            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
+            prefix + "self_attn.v_proj.weight": v, prefix + "self_attn.o_proj.weight": block.attn.out.weight,
+            prefix + "post_attention_layernorm.weight": block.mlp_norm.weight,
+            prefix + "mlp.gate_proj.weight": gate, prefix + "mlp.up_proj.weight": up,
+            prefix + "mlp.down_proj.weight": block.mlp.down.weight,
+        })
+    hf_model = LlamaForCausalLM(hf_config)
+    hf_model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()}, strict=True)
+    return hf_model.eval()
+
+
+def export_hf(model: Transformer, tokenizer: Tokenizer, out: str | os.PathLike) -> Path:
+    """Write a directory that transformers.AutoModelForCausalLM / AutoTokenizer load offline."""
+    hf_model = to_hf_llama(model, tokenizer)
+    out = Path(out)
+    with atomic_directory(out) as tmp:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save(tmp)
+    return out
+
+
+def convert_llama2c(model_path: str, tokenizer_path: str | None, out: str | os.PathLike, data_root=None) -> Path:
+    """`talelab convert llama2c`: a llama2.c .bin (+ tokenizer .bin) as a talelab model directory."""
+    from talelab.paths import resolve_input
+    from talelab.tokenizer import load_tokenizer
+
+    if tokenizer_path is None:
+        raise InputError("convert llama2c: --tokenizer is required (the llama2.c tokenizer .bin of this model)")
+    model = import_llama2c(resolve_input(model_path, data_root))
+    tokenizer = load_tokenizer(resolve_input(tokenizer_path, data_root))
+    check_vocabulary(model.config, tokenizer, str(tokenizer_path))
+    with atomic_directory(out) as tmp:
+        save_model(tmp, model, tokenizer, extra={"source": f"llama2.c {model_path}"})
+    return Path(out)
+
+
+def convert_hf(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """`talelab convert hf`: a talelab model or run directory as a Hugging Face Llama directory."""
+    model, tokenizer, _ = load_model(model_path)
+    return export_hf(model, tokenizer, out)

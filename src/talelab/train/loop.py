@@ -1,0 +1,260 @@
+"""The training loop: random windows of the token stream, AdamW, schedules, evaluation, exact resume.
+
+Everything that decides what happens next (weights, optimizer moments, RNG streams, step, elapsed time) is in a
+checkpoint, so `resume=True` continues bit for bit where the run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talelab.config import ModelConfig, TrainConfig
+from talelab.data.shards import Shard, load_shard, pretokenize
+from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
+from talelab.models.storage import load_weights
+from talelab.models.transformer import Transformer
+from talelab.tokenizer import load_tokenizer
+from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from talelab.train.optim import lr_multiplier, make_optimizer
+
+LOG_EVERY = 10
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype == "float16" and device.type != "cuda":
+        raise ConfigError("dtype=float16 needs CUDA (its grad scaler); use bfloat16 on CPU")
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def random_windows(shard: Shard, batch_size: int, length: int, generator: torch.Generator, device) -> tuple:
+    """`batch_size` windows of `length` + 1 tokens at random offsets: inputs and next-token targets."""
+    starts = torch.randint(0, len(shard.tokens) - length - 1, (batch_size,), generator=generator).tolist()
+    rows = np.stack([shard.tokens[s:s + length + 1] for s in starts]).astype(np.int64)
+    batch = torch.from_numpy(rows).to(device, non_blocking=True)
+    return batch[:, :-1], batch[:, 1:]
+
+
+def fixed_windows(shard: Shard, count: int, length: int) -> np.ndarray:
+    """Evenly spaced windows over a split, the same at every evaluation so losses are comparable."""
+    span = len(shard.tokens) - length - 1
+    count = max(1, min(count, span // length + 1))
+    starts = np.linspace(0, span, count).astype(np.int64)
+    return np.stack([shard.tokens[s:s + length + 1] for s in starts]).astype(np.int64)
+
+
+@torch.no_grad()
+def windowed_loss(model, windows: np.ndarray, batch_size: int, device, autocast) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        batch = torch.from_numpy(windows[i:i + batch_size]).to(device)
+        with autocast:
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+        total += loss.item() * len(batch)
+        count += len(batch)
+    model.train(was_training)
+    return total / count
+
+
+def plot_losses(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_metrics_csv(records: list[dict], path: Path) -> None:
+    columns = sorted({key for r in records for key in r}, key=lambda k: (k != "step", k))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    """Metrics of an earlier session, dropping lines past the checkpoint we resume from."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= up_to_step]
+
+
+def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig, next_batch) -> float | None:
+    """One optimizer step over `grad_accum` micro-batches; the mean loss, or None (and no update) if not finite."""
+    loss_sum = 0.0
+    for _ in range(config.grad_accum):
+        x, y = next_batch()
+        with autocast:
+            _, loss = forward(x, y)
+        scaler.scale(loss / config.grad_accum).backward()
+        loss_sum = loss_sum + loss.detach()
+    loss_value = float(loss_sum) / config.grad_accum
+    if not math.isfinite(loss_value):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    if config.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value
+
+
+def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, log=print) -> dict:
+    """Train a transformer as configured; returns a summary (steps, losses, tokens/s, checkpoint path)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    autocast = autocast_context(device, config.dtype)
+    tokenizer = load_tokenizer(config.tokenizer)
+    shard_dir = pretokenize(config.data, tokenizer, progress=config.progress)
+    train_shard = load_shard(shard_dir, "train", tokenizer)
+    val_shard = load_shard(shard_dir, "val", tokenizer) if (shard_dir / "val.bin").is_file() else None
+
+    if model_config.vocab_size == 0:
+        model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
+    elif model_config.vocab_size < tokenizer.vocab_size:
+        raise MismatchError(f"{config.tokenizer}: tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is "
+                            f"{model_config.vocab_size}")
+    T = model_config.context_length
+    if len(train_shard.tokens) < T + 2:
+        raise InputError(f"{config.data}: only {len(train_shard.tokens)} training tokens, fewer than one window of "
+                         f"context_length {T} + 1")
+
+    run_dir = Path(config.out)
+    checkpoint = latest_checkpoint(run_dir)
+    if resume and checkpoint is None:
+        raise InputError(f"{run_dir}: nothing to resume (no 'latest' checkpoint pointer)")
+    if not resume and checkpoint is not None:
+        raise ConfigError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = Transformer(model_config).to(device)
+    optimizer = make_optimizer(model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
+    data_rng = torch.Generator().manual_seed(config.seed)
+    step, elapsed = 0, 0.0
+    if resume:
+        saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        if saved["model"] != dataclasses.asdict(model_config):
+            changed = [k for k, v in dataclasses.asdict(model_config).items() if saved["model"].get(k) != v]
+            raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
+        load_weights(model, checkpoint / "model.safetensors")
+        state = load_trainer_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"resuming {run_dir} from step {step}")
+    forward = torch.compile(model) if config.compile else model
+
+    metrics_path = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics_path, step) if resume else []
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    metrics = open(metrics_path, "a", encoding="utf-8")
+    val_windows = fixed_windows(val_shard, config.eval_batches * config.batch_size, T) if val_shard else None
+    extra = {"train": dataclasses.asdict(config)}
+    n_params = model.num_parameters()
+    log(f"model: {n_params:,} parameters ({n_params / 1e6:.2f}M), vocab {model_config.vocab_size}, context {T}; "
+        f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}")
+
+    def save(step: int) -> Path:
+        state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "data_rng": data_rng.get_state(),
+                 "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
+                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        return save_checkpoint(run_dir, step, model, tokenizer, state, extra, config.keep_checkpoints)
+
+    def record(entry: dict) -> None:
+        records.append(entry)
+        metrics.write(json.dumps(entry) + "\n")
+        metrics.flush()
+
+    schedule_steps = config.schedule_steps or config.max_steps
+    max_seconds = config.max_minutes * 60
+    tokens_per_step = config.batch_size * config.grad_accum * T
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress, unit="step", dynamic_ncols=True)
+    summary = {"parameters": n_params, "run_dir": str(run_dir)}
+    last_saved, window_start, window_tokens = None, time.perf_counter(), 0
+    model.train()
+    while step < config.max_steps and not (max_seconds and elapsed >= max_seconds):
+        started = time.perf_counter()
+        progress = max(step / schedule_steps, elapsed / max_seconds if max_seconds else 0.0)
+        lr = config.lr * lr_multiplier(step, progress, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_value = train_step(forward, model, optimizer, scaler, autocast, config,
+                                lambda: random_windows(train_shard, config.batch_size, T, data_rng, device))
+        if loss_value is None:
+            good = latest_checkpoint(run_dir)
+            kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint had been written yet"
+            raise TrainingDiverged(f"{run_dir}: loss stopped being finite at step {step + 1}; training stopped, {kept} "
+                                   f"(try a lower --lr or --grad-clip)")
+        step += 1
+        elapsed += time.perf_counter() - started
+        window_tokens += tokens_per_step
+        bar.update(1)
+        finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
+        if step % LOG_EVERY == 0 or finished:
+            tokens_per_s = window_tokens / (time.perf_counter() - window_start)
+            window_start, window_tokens = time.perf_counter(), 0
+            record({"step": step, "loss": round(loss_value, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                    "elapsed_s": round(elapsed, 2)})
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+            summary.update(loss=loss_value, tokens_per_s=tokens_per_s)
+        if val_windows is not None and (step % config.eval_interval == 0 or finished):
+            val_loss = windowed_loss(model, val_windows, config.batch_size, device, autocast)
+            bpb = val_loss / math.log(2) / val_shard.bytes_per_token
+            record({"step": step, "val_loss": round(val_loss, 5), "val_bpb": round(bpb, 5), "elapsed_s": round(elapsed, 2)})
+            bar.write(f"step {step}: val loss {val_loss:.4f}, {bpb:.4f} bits per byte (windows of the val split)")
+            summary.update(val_loss=val_loss, val_bpb=bpb)
+        if step % config.checkpoint_interval == 0 or finished:
+            last_saved = save(step)
+    bar.close()
+    metrics.close()
+    if last_saved is None and step > 0 and latest_checkpoint(run_dir) is None:
+        last_saved = save(step)
+    write_metrics_csv(records, run_dir / "metrics.csv")
+    plot_losses(records, run_dir / "loss.png")
+    summary.update(step=step, elapsed_s=elapsed, checkpoint=str(last_saved or latest_checkpoint(run_dir)))
+    return summary

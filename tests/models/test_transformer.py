@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from talelab.config import PRESETS, ModelConfig
+from talelab.errors import ConfigError, MismatchError
+from talelab.models.transformer import KVCache, Transformer
+
+VARIANTS = [
+    dict(positions="rope", norm="rmsnorm", norm_position="pre", activation="swiglu"),
+    dict(positions="sinusoidal", norm="layernorm", norm_position="post", activation="gelu"),
+    dict(positions="learned", norm="layernorm", norm_position="pre", activation="relu", bias=True),
+    dict(positions="rope", norm="rmsnorm", norm_position="pre", activation="swiglu", n_kv_heads=2),
+]
+
+
+def small(**overrides) -> ModelConfig:
+    return ModelConfig(**{**dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, context_length=48), **overrides})
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
+def test_kv_cache_decoding_equals_the_full_forward_pass(variant):
+    torch.manual_seed(0)
+    model = Transformer(small(**variant)).eval()
+    idx = torch.randint(0, 97, (3, 30))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 3, "cpu", torch.float32)
+    pieces = [model(idx[:, :11], cache=cache)[0]]  # prefill
+    pieces.append(model(idx[:, 11:17], cache=cache, start=11)[0])  # a chunk after a prefix
+    pieces += [model(idx[:, t:t + 1], cache=cache, start=t)[0] for t in range(17, 30)]  # one token at a time
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_loss_ignores_padding_targets():
+    torch.manual_seed(0)
+    model = Transformer(small()).eval()
+    idx = torch.randint(0, 97, (1, 10))
+    targets = idx.clone()
+    _, full = model(idx, targets)
+    targets[0, 5:] = -1
+    logits, partial = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[0, :5], idx[0, :5])
+    assert torch.allclose(partial, expected) and not torch.allclose(partial, full)
+
+
+def test_tied_embeddings_share_one_tensor_and_untied_do_not():
+    tied, untied = Transformer(small()), Transformer(small(tie_embeddings=False))
+    assert tied.lm_head.weight is tied.embed.weight
+    assert untied.num_parameters() - tied.num_parameters() == 97 * 32
+
+
+def test_sequence_longer_than_context_is_refused_with_both_numbers():
+    model = Transformer(small())
+    with pytest.raises(MismatchError, match="49.*48"):
+        model(torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_invalid_shapes_and_choices_are_config_errors():
+    with pytest.raises(ConfigError, match="divisible"):
+        small(n_heads=5)
+    with pytest.raises(ConfigError, match="positions"):
+        small(positions="alibi")
+
+
+def test_llama2c_presets_have_karpathys_parameter_counts_with_a_32000_vocabulary():
+    # llama2.c's README: stories15M, 42M and 110M (its counts include the shared classifier once)
+    expected = {"15m": 15.2e6, "42m": 41.7e6, "110m": 110.0e6}
+    for name, count in expected.items():
+        config = ModelConfig(**{**PRESETS[name]["model"], "vocab_size": 32000})
+        with torch.device("meta"):  # count without allocating 440 MB
+            n = Transformer(config).num_parameters()
+        assert abs(n - count) / count < 0.02, (name, n)

@@ -1,0 +1,110 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from talelab.config import TrainConfig
+from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
+from talelab.models.storage import load_model, resolve_model_dir
+from talelab.train.loop import train
+from talelab.train.optim import lr_multiplier
+
+QUIET = dict(log=lambda *_: None)
+
+
+def weights(run_dir):
+    return load_file(str(resolve_model_dir(run_dir) / "model.safetensors"))
+
+
+def test_tiny_run_writes_checkpoint_metrics_and_loss_curve(tiny_run):
+    assert (tiny_run / "loss.png").stat().st_size > 1000
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]  # it learned something
+    assert any("val_bpb" in r for r in records)
+    assert (tiny_run / "metrics.csv").read_text().startswith("step,")
+    model, tokenizer, raw = load_model(tiny_run)
+    assert raw["step"] == 20 and model.config.vocab_size == tokenizer.vocab_size
+
+
+def test_resume_after_stop_gives_bitwise_identical_weights(tiny_configs, tmp_path):
+    model_cfg, straight = tiny_configs(tmp_path / "straight", max_steps=20, model={"dropout": 0.1})
+    train(model_cfg, straight, **QUIET)
+    _, first_half = tiny_configs(tmp_path / "split", max_steps=10, schedule_steps=20, model={"dropout": 0.1})
+    train(model_cfg, first_half, **QUIET)
+    _, second_half = tiny_configs(tmp_path / "split", max_steps=20, model={"dropout": 0.1})
+    train(model_cfg, second_half, resume=True, **QUIET)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_during_training_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_configs, tmp_path, prepared,
+                                                                                 bpe_dir):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "talelab", "train", "--preset", "tiny", "--data", str(prepared), "--tokenizer",
+            str(bpe_dir), "--out", str(out), "--max-steps", "100000", "--checkpoint-interval", "1", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "latest").is_file():
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it write several more checkpoints, then kill it mid-stride
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    model, _, raw = load_model(out)  # the pointer names a complete checkpoint
+    killed_at = raw["step"]
+    assert killed_at >= 1
+    model_cfg, cfg = tiny_configs(out, max_steps=killed_at + 3, schedule_steps=100000, checkpoint_interval=1)
+    summary = train(model_cfg, cfg, resume=True, **QUIET)
+    assert summary["step"] == killed_at + 3
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_configs, tmp_path):
+    model_cfg, cfg = tiny_configs(tmp_path / "nan", max_steps=50, lr=1e38, warmup_steps=0, grad_clip=0.0,
+                                  checkpoint_interval=1)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(model_cfg, cfg, **QUIET)
+    model, _, raw = load_model(tmp_path / "nan")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_new_run_refuses_to_overwrite_an_existing_one(tiny_configs, tiny_run):
+    model_cfg, cfg = tiny_configs(tiny_run)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(model_cfg, cfg, **QUIET)
+
+
+def test_resume_with_another_model_shape_is_refused(tiny_configs, tiny_run):
+    model_cfg, cfg = tiny_configs(tiny_run, model={"d_model": 64}, max_steps=25)
+    with pytest.raises(MismatchError, match="d_model"):
+        train(model_cfg, cfg, resume=True, **QUIET)
+
+
+def test_model_vocabulary_smaller_than_the_tokenizer_is_refused(tiny_configs, tmp_path):
+    model_cfg, cfg = tiny_configs(tmp_path / "v", model={"vocab_size": 100})
+    with pytest.raises(MismatchError, match="tokenizer has 512 tokens"):
+        train(model_cfg, cfg, **QUIET)
+
+
+def test_context_longer_than_the_training_data_is_refused(tiny_configs, tmp_path):
+    model_cfg, cfg = tiny_configs(tmp_path / "ctx", model={"context_length": 10_000_000})
+    with pytest.raises(InputError, match="fewer than one window"):
+        train(model_cfg, cfg, **QUIET)
+
+
+def test_schedules_follow_their_definitions():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_multiplier(0, 0.0, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(10, 0.0, cfg) == pytest.approx(1.0)
+    assert lr_multiplier(50, 0.5, cfg) == pytest.approx(0.55)
+    assert lr_multiplier(99, 1.0, cfg) == pytest.approx(0.1)
+    step = TrainConfig(warmup_steps=0, schedule="step", step_size=100, gamma=0.5)
+    assert [lr_multiplier(s, 0, step) for s in (0, 99, 100, 250)] == [1.0, 1.0, 0.5, 0.25]
+    wsd = TrainConfig(warmup_steps=0, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert [lr_multiplier(1, p, wsd) for p in (0.5, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
