@@ -45,7 +45,7 @@ def prepared(tmp_path_factory, shared) -> Path:
 @pytest.fixture(scope="session")
 def bpe_dir(tmp_path_factory, prepared) -> Path:
     from talelab.config import TokenizerConfig
-    from talelab.tokenizer.training import train_tokenizer_from
+    from talelab.tokenizer import train_tokenizer_from
 
     out = tmp_path_factory.mktemp("tokenizer") / "bpe"
     train_tokenizer_from(TokenizerConfig(data=str(prepared), out=str(out), kind="bpe", vocab_size=512))

@@ -59,7 +59,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_tokenizer_train(args) -> int:
-    from talelab.tokenizer.training import train_tokenizer_from
+    from talelab.tokenizer import train_tokenizer_from
 
     config = build(TokenizerConfig, args)
     tokenizer = train_tokenizer_from(config)
@@ -183,7 +183,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help and usage errors: argparse has printed its message
+        return int(e.code or 0)
     try:
         return args.run(args)
     except TalelabError as e:

@@ -16,7 +16,7 @@ from talelab.evaluate.likelihood import reference_pieces, score_documents
 from talelab.generate import generate_text
 from talelab.models.convert import convert_llama2c
 from talelab.models.storage import load_model
-from talelab.tokenizer.training import train_tokenizer_from
+from talelab.tokenizer import train_tokenizer_from
 from talelab.train.loop import train
 
 DEMO_VOCAB = 2048

@@ -66,12 +66,16 @@ def test_kill_during_training_leaves_a_loadable_checkpoint_and_resume_finishes(t
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_configs, tmp_path):
-    model_cfg, cfg = tiny_configs(tmp_path / "nan", max_steps=50, lr=1e38, warmup_steps=0, grad_clip=0.0,
-                                  checkpoint_interval=1)
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        train(model_cfg, cfg, **QUIET)
-    model, _, raw = load_model(tmp_path / "nan")
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    model_cfg, healthy = tiny_configs(tmp_path / "nan", max_steps=4, schedule_steps=50)
+    train(model_cfg, healthy, **QUIET)
+    _, explosive = tiny_configs(tmp_path / "nan", max_steps=50, lr=1e38, warmup_steps=0, grad_clip=0.0,
+                                checkpoint_interval=1)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint") as stopped:
+        train(model_cfg, explosive, resume=True, **QUIET)
+    kept = resolve_model_dir(tmp_path / "nan")
+    assert f"{kept} is kept" in str(stopped.value)
+    model, _, raw = load_model(kept)
+    assert raw["step"] >= 4 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_new_run_refuses_to_overwrite_an_existing_one(tiny_configs, tiny_run):

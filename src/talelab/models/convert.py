@@ -10,7 +10,8 @@ import torch
 
 from talelab.config import ModelConfig
 from talelab.errors import ConfigError, InputError
-from talelab.models.storage import atomic_directory, check_vocabulary, load_model, save_model
+from talelab.atomic import atomic_directory
+from talelab.models.storage import check_vocabulary, load_model, save_model
 from talelab.models.transformer import Transformer
 from talelab.tokenizer import Tokenizer
 

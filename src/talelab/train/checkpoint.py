@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from talelab.errors import InputError
-from talelab.models.storage import LATEST_POINTER, atomic_directory, resolve_model_dir, save_model, write_text_atomic
+from talelab.atomic import atomic_directory, write_text_atomic
+from talelab.models.storage import LATEST_POINTER, resolve_model_dir, save_model
 
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"

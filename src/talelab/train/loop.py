@@ -197,7 +197,14 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     log(f"model: {n_params:,} parameters ({n_params / 1e6:.2f}M), vocab {model_config.vocab_size}, context {T}; "
         f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}")
 
+    def diverged(what: str):
+        good = latest_checkpoint(run_dir)
+        kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{run_dir}: {what}; training stopped, {kept} (try a lower --lr or --grad-clip)")
+
     def save(step: int) -> Path:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never publish a broken checkpoint
+            diverged(f"weights stopped being finite by step {step}")
         state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "data_rng": data_rng.get_state(),
                  "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
                  "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
@@ -226,10 +233,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         loss_value = train_step(forward, model, optimizer, scaler, autocast, config,
                                 lambda: random_windows(train_shard, config.batch_size, T, data_rng, device))
         if loss_value is None:
-            good = latest_checkpoint(run_dir)
-            kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint had been written yet"
-            raise TrainingDiverged(f"{run_dir}: loss stopped being finite at step {step + 1}; training stopped, {kept} "
-                                   f"(try a lower --lr or --grad-clip)")
+            diverged(f"loss stopped being finite at step {step + 1}")
         step += 1
         elapsed += time.perf_counter() - started
         window_tokens += tokens_per_step

@@ -1,0 +1,169 @@
+"""Cleaning rules, applied in order: five edits (text -> text), then three drops (text -> reason or None).
+
+Each rule is a small named function so that the report can say, per rule, how many documents it changed or
+removed and show two examples. The edits run in an order where each one's output is what the next expects:
+NFC first so that later rules see one spelling of each character, mojibake repair before the non-ASCII
+measure (broken `â€™` would otherwise count three times), whitespace last because the others leave gaps.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import partial
+
+import ftfy
+from tqdm import tqdm
+
+# --- edits -------------------------------------------------------------------------------------------------------
+
+
+def normalize_nfc(text: str) -> str:
+    """Unicode NFC: one code point sequence for each visible character (é as U+00E9, not e + U+0301)."""
+    return unicodedata.normalize("NFC", text)
+
+
+# ftfy only for encoding repair: the other rules own normalisation and control characters, and curly quotes are
+# real typography in TinyStories, not damage (ftfy's default would straighten them).
+_FTFY = ftfy.TextFixerConfig(uncurl_quotes=False, normalization=None, remove_control_chars=False, explain=False)
+# A UTF-8 right double quote (E2 80 9D) read as Windows-1252 loses its last byte, which 1252 leaves undefined:
+# `â€` is left with no continuation character. ftfy cannot see the lost byte (and reads `â€ ` as a dagger),
+# so restore the quote first. The continuation characters are what 1252 makes of bytes 0x80..0xBF.
+_CONTINUATION = bytes(range(0x80, 0xC0)).decode("cp1252", errors="ignore")
+_LOST_CLOSING_QUOTE = re.compile("â€(?![" + re.escape(_CONTINUATION) + "])")
+
+
+def repair_mojibake(text: str) -> str:
+    """UTF-8 text that was decoded as Windows-1252 (`â€™` for `’`) decoded again correctly, with ftfy."""
+    return ftfy.fix_text(_LOST_CLOSING_QUOTE.sub("\u201d", text), _FTFY)
+
+
+# Zero-width space/non-joiner/joiner, word joiner, BOM; and every C0/C1 control except newline and tab.
+_INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def remove_invisible(text: str) -> str:
+    """Zero-width and control characters removed (newline and tab are kept)."""
+    return _INVISIBLE.sub("", text)
+
+
+_HTML_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
+_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE)
+# Stories have no use for asterisks or double underscores except as markdown emphasis or scene breaks.
+_EMPHASIS = re.compile(r"\*+|__+")
+
+
+def remove_markup(text: str) -> str:
+    """HTML tags and comments, markdown heading marks and `*`/`**`/`__` emphasis removed; their words kept."""
+    return _EMPHASIS.sub("", _HEADING.sub("", _HTML_TAG.sub("", text)))
+
+
+_SPACES = re.compile(r"[^\S\n]+")  # any whitespace except newline: tabs, NBSP, hair spaces
+_EDGE_SPACE = re.compile(r" ?\n ?")
+_BLANK_RUN = re.compile(r"\n{3,}")
+
+
+def normalize_whitespace(text: str) -> str:
+    """Runs of spaces collapsed to one, lines stripped, at most one blank line between paragraphs."""
+    text = _EDGE_SPACE.sub("\n", _SPACES.sub(" ", text))
+    return _BLANK_RUN.sub("\n\n", text).strip()
+
+
+EDITS = (
+    ("nfc", normalize_nfc),
+    ("mojibake", repair_mojibake),
+    ("invisible_characters", remove_invisible),
+    ("markup", remove_markup),
+    ("whitespace", normalize_whitespace),
+)
+
+# --- drops: None keeps the document, a string says why it goes ---------------------------------------------------
+
+
+def too_short(text: str, min_chars: int) -> str | None:
+    """Fragments and headings left over from extraction carry no story."""
+    return f"{len(text)} characters < {min_chars}" if len(text) < min_chars else None
+
+
+def too_long(text: str, max_chars: int) -> str | None:
+    """Over-long documents are usually several stories glued together by a missing separator."""
+    return f"{len(text)} characters > {max_chars}" if len(text) > max_chars else None
+
+
+# Curly quotes, dashes and the ellipsis are English typography: a story in them is not foreign or damaged, and
+# counting them dropped good TinyStories documents with many quoted lines.
+_TYPOGRAPHY = str.maketrans("", "", "\u2018\u2019\u201c\u201d\u2013\u2014\u2026")
+
+
+def non_ascii_ratio(text: str) -> float:
+    """Share of characters outside ASCII, not counting curly quotes, dashes and ellipses (0 for an empty text)."""
+    rest = text.translate(_TYPOGRAPHY)
+    return (len(rest) - len(rest.encode("ascii", "ignore"))) / max(len(text), 1)
+
+
+def too_much_non_ascii(text: str, max_non_ascii: float) -> str | None:
+    """An English children's story is almost pure ASCII; much more is another language or unrepaired damage."""
+    ratio = non_ascii_ratio(text)
+    return f"{ratio:.1%} non-ASCII > {max_non_ascii:.1%}" if ratio > max_non_ascii else None
+
+
+def drop_rules(min_chars: int, max_chars: int, max_non_ascii: float) -> tuple:
+    """The drop rules with their thresholds bound, in the order they are tried."""
+    return (
+        ("too_short", partial(too_short, min_chars=min_chars)),
+        ("too_long", partial(too_long, max_chars=max_chars)),
+        ("non_ascii", partial(too_much_non_ascii, max_non_ascii=max_non_ascii)),
+    )
+
+
+# --- applying them -----------------------------------------------------------------------------------------------
+
+EXAMPLES_PER_RULE = 2
+SNIPPET = 120
+
+
+def clean_documents(
+    docs: list[str], *, min_chars: int, max_chars: int, max_non_ascii: float, progress: bool = False
+) -> tuple[list[str], list[dict]]:
+    """The documents that survive every rule, edited, and one report entry per rule (changed/removed, examples)."""
+    drops = drop_rules(min_chars, max_chars, max_non_ascii)
+    reports = [{"rule": name, "action": "edit", "changed": 0, "examples": []} for name, _ in EDITS]
+    reports += [{"rule": name, "action": "drop", "removed": 0, "examples": []} for name, _ in drops]
+    kept = []
+    # disable=None: a bar on a terminal only, so logs and captured stderr keep one line per message.
+    for text in tqdm(docs, desc="clean", unit="doc", disable=None if progress else True):
+        for (_, edit), report in zip(EDITS, reports):
+            edited = edit(text)
+            if edited != text:
+                report["changed"] += 1
+                if len(report["examples"]) < EXAMPLES_PER_RULE:
+                    report["examples"].append(change_snippet(text, edited))
+                text = edited
+        for (_, drop), report in zip(drops, reports[len(EDITS):]):
+            why = drop(text)
+            if why is not None:
+                record_removal(report, text, why)
+                break
+        else:
+            kept.append(text)
+    return kept, reports
+
+
+def record_removal(report: dict, text: str, why: str) -> None:
+    """Count a removed document in a drop rule's report, keeping the first examples."""
+    report["removed"] += 1
+    if len(report["examples"]) < EXAMPLES_PER_RULE:
+        report["examples"].append({"why": why, "text": clip(text)})
+
+
+def change_snippet(before: str, after: str) -> dict:
+    """About SNIPPET characters of both texts around their first difference."""
+    first = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+    start = max(0, first - SNIPPET // 3)
+    return {"before": clip(before, start), "after": clip(after, start)}
+
+
+def clip(text: str, start: int = 0) -> str:
+    """SNIPPET characters of `text` from `start`, with an ellipsis where it was cut."""
+    piece = text[start : start + SNIPPET]
+    return ("…" if start > 0 else "") + piece + ("…" if start + SNIPPET < len(text) else "")

@@ -1,0 +1,253 @@
+"""Tokenizers: train byte-level BPE or word-level ones, load GPT-2's and llama2.c's; one Hugging Face backend for all.
+
+A saved tokenizer is a directory with tokenizer.json + tokenizer_config.json that `transformers.AutoTokenizer`
+loads as it is and that gives the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tokenizers
+
+from talelab.config import TokenizerConfig
+from talelab.errors import ConfigError, InputError
+from talelab.tokenizer.bpe import END_OF_TEXT, train_bpe
+from talelab.tokenizer.gpt2 import load_gpt2
+from talelab.tokenizer.llama2c import decode_llama2c, load_llama2c
+from talelab.tokenizer.words import train_words
+
+__all__ = ["Tokenizer", "TextStream", "load_tokenizer", "train_tokenizer"]
+
+@dataclass
+class Tokenizer:
+    """A backend tokenizer plus the ids that begin (bos) and end (eos) a story."""
+
+    backend: tokenizers.Tokenizer
+    bos_id: int
+    eos_id: int
+    kind: str  # "bpe" | "words" | "gpt2" | "llama2c"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def unk_token(self) -> str | None:
+        return getattr(self.backend.model, "unk_token", None)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """The ids of `text`, optionally with bos before and eos after."""
+        return self._frame(self.backend.encode(text, add_special_tokens=False).ids, bos, eos)
+
+    def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        """`encode` for many texts at once, in parallel in the backend."""
+        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [self._frame(e.ids, bos, eos) for e in encodings]
+
+    def _frame(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def decode(self, ids) -> str:
+        """Text of `ids` (a list, array or tensor), without bos/eos; <unk> shows as '<unk>'."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]
+        # Each story is decoded on its own: a sentencepiece decoder drops the leading space of the first piece
+        # after every BOS, as llama2.c's run.c prints it. For byte-level kinds this changes nothing.
+        hidden = self._hidden_ids
+        stories, story = [], []
+        for i in ids:
+            if i == self.bos_id:
+                stories.append(story)
+                story = []
+            elif i not in hidden:
+                story.append(i)
+        stories.append(story)
+        return "".join(self._decode_story(s) for s in stories if s)
+
+    def _decode_story(self, ids: list[int]) -> str:
+        if self.kind == "llama2c":
+            return decode_llama2c(self.backend, ids)
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    @property
+    def _hidden_ids(self) -> set[int]:
+        """Special tokens that decode drops: all but <unk>, whose absence would silently lose words."""
+        specials = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
+        return specials - {self.backend.token_to_id(self.unk_token) if self.unk_token else None}
+
+    def stream(self) -> TextStream:
+        """An incremental decoder for printing tokens as they are generated."""
+        return TextStream(self)
+
+    def save(self, directory: str | Path) -> None:
+        """Write tokenizer.json + tokenizer_config.json, loadable by transformers.AutoTokenizer too."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.backend.id_to_token(self.bos_id),
+            "eos_token": self.backend.id_to_token(self.eos_id),
+            **({"unk_token": self.unk_token} if self.unk_token else {}),
+            "clean_up_tokenization_spaces": False,  # else transformers' decode turns " ." into "."
+            "talelab_kind": self.kind,
+        }
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    def fingerprint(self) -> str:
+        """A short hash of the tokenizer.json content: shards and checkpoints record it to find mismatches."""
+        return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()[:16]
+
+
+class TextStream:
+    """Turns ids, pushed one at a time, into text to print; the pieces concatenate to `Tokenizer.decode(ids)`.
+
+    Text that ends in an unfinished UTF-8 character is held back until the character is complete; `flush`
+    returns what is still held when generation ends. (tokenizers' DecodeStream does the same but raises on a
+    broken byte sequence after a byte-fallback character, which a small model can generate.)
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._hidden = tokenizer._hidden_ids
+        self._new_story()
+
+    def _new_story(self) -> None:
+        # `_ids[:_printed]` were printed already and stay as left context: a token's text can depend on its left
+        # neighbours (bytes of one character, the dropped first space of a story).
+        self._ids: list[int] = []
+        self._printed = 0
+
+    def push(self, token_id) -> str:
+        """The text that `token_id` adds (maybe '')."""
+        token_id = int(token_id)
+        if token_id == self._tokenizer.bos_id:
+            self._new_story()
+            return ""
+        if token_id in self._hidden:
+            return ""
+        self._ids.append(token_id)
+        piece = self._unprinted()
+        if piece.endswith("\ufffd"):
+            return ""
+        self._ids = self._ids[self._printed :]
+        self._printed = len(self._ids)
+        return piece
+
+    def _unprinted(self) -> str:
+        decode = self._tokenizer._decode_story
+        return decode(self._ids)[len(decode(self._ids[: self._printed])) :]
+
+    def flush(self) -> str:
+        """Text held back at the end (an unfinished character decodes as '\ufffd'); the next push starts afresh."""
+        rest = self._unprinted()
+        self._new_story()
+        return rest
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A saved directory (tokenizer.json), a tokenizer.json file, a GPT-2 directory (vocab.json + merges.txt)
+    or a llama2.c tokenizer .bin."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return _load_json(path / "tokenizer.json")
+        if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            backend = load_gpt2(path)
+            eot = backend.token_to_id(END_OF_TEXT)  # 50256
+            return Tokenizer(backend, bos_id=eot, eos_id=eot, kind="gpt2")
+        raise InputError(f"{path}: no tokenizer.json (nor GPT-2 vocab.json + merges.txt) in this directory")
+    if not path.is_file():
+        raise InputError(f"{path}: no such tokenizer file or directory")
+    if path.suffix == ".bin":
+        # llama2.c trains on [BOS] + story with no EOS, and run.c stops when it samples BOS: BOS ends a story too
+        return Tokenizer(load_llama2c(path), bos_id=1, eos_id=1, kind="llama2c")
+    return _load_json(path)
+
+
+def _load_json(path: Path) -> Tokenizer:
+    """tokenizer.json, with bos/eos (and talelab's kind) from a tokenizer_config.json beside it if there is one."""
+    try:
+        backend = tokenizers.Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except Exception as e:  # tokenizers raises a plain Exception naming line and column; also bad UTF-8, no access
+        raise InputError(f"{path}: not a valid tokenizer.json ({e})") from None
+    config_path = path.parent / "tokenizer_config.json"
+    config = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{config_path}: not valid JSON ({e})") from None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    bos, eos = config.get("bos_token"), config.get("eos_token")
+    bos, eos = (t.get("content") if isinstance(t, dict) else t for t in (bos, eos))  # AddedToken dicts too
+    if bos is None or eos is None:
+        bos, eos = ("<s>", "</s>") if "<s>" in vocab and "</s>" in vocab else (END_OF_TEXT, END_OF_TEXT)
+    for name, token in (("bos_token", bos), ("eos_token", eos)):
+        if token not in vocab:
+            raise InputError(f"{path}: no {name} {token!r} in the vocabulary (set it in {config_path.name})")
+    kind = config.get("talelab_kind") or _guess_kind(backend)
+    return Tokenizer(backend, bos_id=vocab[bos], eos_id=vocab[eos], kind=kind)
+
+
+def _guess_kind(backend: tokenizers.Tokenizer) -> str:
+    """The kind of a tokenizer.json that talelab did not write."""
+    model = backend.model
+    if isinstance(model, tokenizers.models.WordLevel):
+        return "words"
+    if getattr(model, "byte_fallback", False):
+        return "llama2c"
+    return "bpe"
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    """Train the tokenizer of `config.kind` on `texts` (stories); `<|endoftext|>` (id 0) is both bos and eos."""
+    if config.kind == "bpe":
+        if config.lowercase:
+            raise ConfigError("lowercase: applies to word-level tokenizers only (kind: words); "
+                              "a byte-level BPE keeps text exactly")
+        if config.vocab_size < 257:
+            raise ConfigError(f"vocab_size: {config.vocab_size} is below 257 (256 bytes + <|endoftext|>) for bpe")
+    elif config.kind == "words":
+        if config.vocab_size < 3:
+            raise ConfigError(f"vocab_size: {config.vocab_size} leaves no room for words beside the 2 specials")
+    else:
+        raise ConfigError(f"kind: unknown tokenizer kind '{config.kind}' to train (choose bpe or words)")
+    seen = _Counting(texts)
+    if config.kind == "bpe":
+        backend = train_bpe(seen, config.vocab_size, config.min_frequency)
+    else:
+        backend = train_words(seen, config.vocab_size, config.min_frequency, config.lowercase)
+    if not seen.chars:
+        raise InputError(f"{config.data}: no text to train the tokenizer on")
+    eot = backend.token_to_id(END_OF_TEXT)
+    return Tokenizer(backend, bos_id=eot, eos_id=eot, kind=config.kind)
+
+
+class _Counting:
+    """Passes texts through and counts their characters, so that an empty corpus is caught."""
+
+    def __init__(self, texts: Iterable[str]):
+        self._texts, self.chars = texts, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self._texts:
+            self.chars += len(text)
+            yield text
+
+
+def train_tokenizer_from(config: TokenizerConfig) -> Tokenizer:
+    """`talelab tokenizer train`: read `config.data` (a prepared directory or a corpus file), train, save to `config.out`."""
+    from talelab.atomic import atomic_directory
+    from talelab.data.sources import read_documents
+
+    data = Path(config.data)
+    source = data / "train.jsonl" if data.is_dir() else data
+    tokenizer = train_tokenizer(read_documents(str(source)), config)
+    with atomic_directory(config.out) as tmp:
+        tokenizer.save(tmp)
+    return tokenizer

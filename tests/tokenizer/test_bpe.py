@@ -1,0 +1,58 @@
+import pytest
+
+from talelab.config import TokenizerConfig
+from talelab.errors import ConfigError, InputError
+from talelab.tokenizer import train_tokenizer
+
+AWKWARD_TEXTS = [
+    "Once upon a time, there was a little girl named Lily.",
+    "Tom said, â€œIâ€™m sorry.â€\x9d",  # the mojibake of valid-head.txt, control character included
+    "The robot 🤖 waved 👋🏽 at the 🐉!",
+    "日本語のお話。 Ça va? naïve cafe\u0301 (decomposed é)",
+    "  leading and trailing spaces  ",
+    "tabs\tand\r\nwindows lines\n\n\nand blank lines\n",
+    "<unk> and <s> are plain text",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD_TEXTS)
+def test_bpe_round_trips_any_text_exactly(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_endoftext_written_in_the_text_is_the_special_token_as_in_transformers(bpe):
+    assert bpe.encode("The end.<|endoftext|>Once")[-2] == 0
+    assert bpe.decode(bpe.encode("The end.<|endoftext|>Once")) == "The end.Once"
+
+
+def test_bpe_has_the_requested_vocab_size_and_endoftext_as_id_0_for_bos_and_eos(bpe):
+    assert bpe.vocab_size == 2048
+    assert bpe.backend.id_to_token(0) == "<|endoftext|>"
+    assert (bpe.bos_id, bpe.eos_id, bpe.kind) == (0, 0, "bpe")
+    assert bpe.encode("Lily", bos=True, eos=True)[0] == bpe.encode("Lily", bos=True, eos=True)[-1] == 0
+
+
+def test_bpe_compresses_tinystories_to_several_bytes_per_token(bpe, reference_pieces):
+    n_bytes = sum(len(piece.encode("utf-8")) for piece in reference_pieces)
+    n_tokens = sum(len(ids) for ids in bpe.encode_batch(reference_pieces))
+    assert n_bytes / n_tokens > 3.0  # 2048 merges of children's-story English; raw bytes would be 1.0
+
+
+def test_encode_batch_gives_the_same_ids_as_encode_with_bos_and_eos(bpe, reference_pieces):
+    pieces = reference_pieces[:20]
+    assert bpe.encode_batch(pieces, bos=True, eos=True) == [bpe.encode(p, bos=True, eos=True) for p in pieces]
+
+
+def test_training_refuses_lowercase_for_bpe_and_unknown_kinds():
+    with pytest.raises(ConfigError, match="lowercase"):
+        train_tokenizer(["a story"], TokenizerConfig(kind="bpe", lowercase=True))
+    with pytest.raises(ConfigError, match="kind"):
+        train_tokenizer(["a story"], TokenizerConfig(kind="gpt2"))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train_tokenizer(["a story"], TokenizerConfig(kind="bpe", vocab_size=100))
+
+
+def test_training_on_no_text_is_an_input_error_naming_the_data():
+    with pytest.raises(InputError, match="empty.jsonl"):
+        train_tokenizer(iter(["", ""]), TokenizerConfig(data="runs/empty.jsonl"))
