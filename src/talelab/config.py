@@ -197,7 +197,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "demo": {  # the 10-minute CPU run of `talelab demo`
         "model": dict(d_model=192, n_layers=6, n_heads=6, context_length=256, dropout=0.0),
-        "train": dict(max_steps=100000, max_minutes=6.0, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
+        "train": dict(max_steps=100000, max_minutes=7.5, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
                       decay_fraction=0.3, min_lr_ratio=0.05, weight_decay=0.1, eval_interval=100, eval_batches=4,
                       checkpoint_interval=200, dtype="bfloat16"),
     },

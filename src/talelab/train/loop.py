@@ -220,7 +220,10 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     tokens_per_step = config.batch_size * config.grad_accum * T
     from tqdm import tqdm
 
-    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress, unit="step", dynamic_ncols=True)
+    # a time-limited run shows seconds, since that, not max_steps, is what will end it
+    bar = tqdm(total=round(max_seconds) if max_seconds else config.max_steps, initial=round(elapsed) if max_seconds
+               else step, unit="s" if max_seconds else "step", disable=not config.progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]")
     summary = {"parameters": n_params, "run_dir": str(run_dir)}
     last_saved, window_start, window_tokens = None, time.perf_counter(), 0
     model.train()
@@ -235,16 +238,17 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         if loss_value is None:
             diverged(f"loss stopped being finite at step {step + 1}")
         step += 1
-        elapsed += time.perf_counter() - started
+        step_seconds = time.perf_counter() - started
+        elapsed += step_seconds
         window_tokens += tokens_per_step
-        bar.update(1)
+        bar.update(step_seconds if max_seconds else 1)
         finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
         if step % LOG_EVERY == 0 or finished:
             tokens_per_s = window_tokens / (time.perf_counter() - window_start)
             window_start, window_tokens = time.perf_counter(), 0
             record({"step": step, "loss": round(loss_value, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                     "elapsed_s": round(elapsed, 2)})
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+            bar.set_postfix(step=step, loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
             summary.update(loss=loss_value, tokens_per_s=tokens_per_s)
         if val_windows is not None and (step % config.eval_interval == 0 or finished):
             val_loss = windowed_loss(model, val_windows, config.batch_size, device, autocast)
