@@ -57,8 +57,8 @@ def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = Non
     pieces = reference_pieces(valid_file)
     model, tokenizer, _ = load_model(out / "model")
     ours = score_documents(model, tokenizer, pieces)
-    reference_dir = convert_llama2c(paths.STORIES260K_MODEL, paths.STORIES260K_TOKENIZER, out / "stories260K",
-                                    data_root=data_root)
+    reference_dir = convert_llama2c(paths.shared_file(paths.STORIES260K_MODEL, data_root),
+                                    paths.shared_file(paths.STORIES260K_TOKENIZER, data_root), out / "stories260K")
     ref_model, ref_tokenizer, _ = load_model(reference_dir)
     reference = score_documents(ref_model, ref_tokenizer, pieces)
     print(f"{'model':<28}{'parameters':>12}{'loss':>9}{'bits/byte':>11}")

@@ -13,7 +13,8 @@ from talelab.errors import ConfigError, InputError
 from talelab.atomic import atomic_directory
 from talelab.models.storage import check_vocabulary, load_model, save_model
 from talelab.models.transformer import Transformer
-from talelab.tokenizer import Tokenizer
+from talelab.paths import resolve_input
+from talelab.tokenizer import Tokenizer, load_tokenizer
 
 LLAMA2C_HEADER = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
@@ -138,9 +139,6 @@ def export_hf(model: Transformer, tokenizer: Tokenizer, out: str | os.PathLike) 
 
 def convert_llama2c(model_path: str, tokenizer_path: str | None, out: str | os.PathLike, data_root=None) -> Path:
     """`talelab convert llama2c`: a llama2.c .bin (+ tokenizer .bin) as a talelab model directory."""
-    from talelab.paths import resolve_input
-    from talelab.tokenizer import load_tokenizer
-
     if tokenizer_path is None:
         raise InputError("convert llama2c: --tokenizer is required (the llama2.c tokenizer .bin of this model)")
     model = import_llama2c(resolve_input(model_path, data_root))

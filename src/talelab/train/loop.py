@@ -241,7 +241,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         step_seconds = time.perf_counter() - started
         elapsed += step_seconds
         window_tokens += tokens_per_step
-        bar.update(step_seconds if max_seconds else 1)
+        bar.update(min(step_seconds, bar.total - bar.n) if max_seconds else 1)
         finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
         if step % LOG_EVERY == 0 or finished:
             tokens_per_s = window_tokens / (time.perf_counter() - window_start)
