@@ -69,3 +69,21 @@ def test_llama2c_presets_have_karpathys_parameter_counts_with_a_32000_vocabulary
         with torch.device("meta"):  # count without allocating 440 MB
             n = Transformer(config).num_parameters()
         assert abs(n - count) / count < 0.02, (name, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_equals_torch_in_value_and_gradient_and_leaves_logits_alone(dtype):
+    from talelab.models.transformer import ChunkedCrossEntropy
+
+    torch.manual_seed(0)
+    logits = (torch.randn(600, 37) * 3).to(dtype).requires_grad_()  # 600 rows: chunks of 256 and a remainder
+    before = logits.detach().clone()
+    targets = torch.randint(0, 37, (600,))
+    targets[::7] = -1
+    ours = ChunkedCrossEntropy.apply(logits, targets)
+    (ours_grad,) = torch.autograd.grad(ours * 2.5, logits)
+    theirs = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-1)
+    (theirs_grad,) = torch.autograd.grad(theirs * 2.5, logits)
+    assert torch.equal(logits.detach(), before)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert torch.allclose(ours_grad.float(), theirs_grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
