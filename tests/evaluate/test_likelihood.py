@@ -53,3 +53,13 @@ def test_reference_pieces_follow_the_protocol(shared):
     assert len(pieces) == 300
     assert sum(len(p.encode()) for p in pieces) == 62046
     assert all(p == p.strip() and p for p in pieces)
+
+
+def test_word_level_scores_count_unknown_words_and_say_the_figure_is_a_lower_bound(prepared, tmp_path):
+    from talelab.config import TokenizerConfig
+    from talelab.tokenizer import train_tokenizer_from
+
+    words = train_tokenizer_from(TokenizerConfig(data=str(prepared), out=str(tmp_path / "w"), kind="words",
+                                                 vocab_size=200))
+    result = score_documents(uniform_model(words.vocab_size), words, ["The zyzzyva sat with Lily."])
+    assert result["unknown_tokens"] >= 1 and "lower bound" in result["note"]
