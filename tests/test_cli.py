@@ -139,3 +139,14 @@ def test_prompt_longer_than_the_context_is_refused(capsys, tiny_run):
 
 def test_missing_model_directory_names_it(capsys, tmp_path):
     one_line_error(capsys, "eval", "loss", "--model", tmp_path / "ghost", contains=["ghost"])
+
+
+def test_preset_then_yaml_then_flags_with_later_winning(capsys, tmp_path, prepared, bpe_dir):
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  d_model: 48\n  n_layers: 3\ntrain:\n  max_steps: 4\n  lr: 0.002\n")
+    code, _, _ = run(capsys, "train", "--preset", "tiny", "--config", config, "--n-layers", 1, "--data", prepared,
+                     "--tokenizer", bpe_dir, "--out", tmp_path / "run", "--no-progress")
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-00000004" / "config.json").read_text())
+    assert code == 0
+    assert (saved["model"]["d_model"], saved["model"]["n_layers"], saved["model"]["n_heads"]) == (48, 1, 4)
+    assert (saved["train"]["lr"], saved["train"]["batch_size"]) == (0.002, 8)
