@@ -4,8 +4,8 @@ Shape (issue 2): d_model 128, 4 layers, 4 heads, context 256, batch 32, vocab 40
 the loop a user would write from nanoGPT: LayerNorm, fused qkv, SDPA, GELU MLP, AdamW, fp32. talelab runs its own
 `train_step` (the one `talelab train` uses, gradient clipping included) in fp32 and with bf16 autocast, both on
 the reference's GPT-2 architecture (learned positions, LayerNorm, GELU, biases) and on talelab's default Llama
-architecture (RoPE, RMSNorm, SwiGLU), whose extra elementwise kernels cost time on a CPU. Rounds alternate so that machine noise
-hits every contender alike; the figure is the median over rounds.
+architecture (RoPE, RMSNorm, SwiGLU), whose extra elementwise kernels cost time on a CPU. Rounds alternate so
+that machine noise hits every contender alike; the figure is the median over rounds.
 
     python benchmarks/train_throughput.py [--rounds 5] [--steps 6]
 """
@@ -123,7 +123,8 @@ def main() -> None:
             results[name].append(tokens_per_second(step, batches, args.steps))
         print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in results.items()), flush=True)
     base = statistics.median(results["reference eager fp32"])
-    print(f"\nshape d_model {D_MODEL}, {LAYERS} layers, {HEADS} heads, context {CONTEXT}, batch {BATCH}, vocab {VOCAB}, "
+    print(f"\nshape d_model {D_MODEL}, {LAYERS} layers, {HEADS} heads, context {CONTEXT}, batch {BATCH}, "
+          f"vocab {VOCAB}, "
           f"{args.threads} threads; median of {args.rounds} rounds x {args.steps} steps")
     for name, values in results.items():
         median = statistics.median(values)

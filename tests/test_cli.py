@@ -150,3 +150,17 @@ def test_preset_then_yaml_then_flags_with_later_winning(capsys, tmp_path, prepar
     assert code == 0
     assert (saved["model"]["d_model"], saved["model"]["n_layers"], saved["model"]["n_heads"]) == (48, 1, 4)
     assert (saved["train"]["lr"], saved["train"]["batch_size"]) == (0.002, 8)
+
+
+def test_resume_needs_only_the_run_directory(capsys, tmp_path, prepared, bpe_dir):
+    common = ["--data", prepared, "--tokenizer", bpe_dir, "--out", tmp_path / "run", "--no-progress"]
+    assert run(capsys, "train", "--preset", "tiny", "--d-model", 48, "--max-steps", 4, "--schedule-steps", 8,
+               *common)[0] == 0
+    code, out, _ = run(capsys, "train", "--out", tmp_path / "run", "--resume", "--max-steps", 8)
+    assert code == 0 and json.loads(out[out.index("{"):])["step"] == 8
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-00000008" / "config.json").read_text())
+    assert saved["model"]["d_model"] == 48
+
+
+def test_resume_without_a_run_names_the_directory(capsys, tmp_path):
+    one_line_error(capsys, "train", "--out", tmp_path / "nothing", "--resume", contains=["nothing", "resume"])

@@ -78,8 +78,16 @@ def cmd_pretokenize(args) -> int:
 def cmd_train(args) -> int:
     from talelab.train.loop import train
 
+    base = None
+    if args.resume and not args.preset and not args.config:  # `--out RUN --resume` alone continues RUN as it was
+        from pathlib import Path
+
+        from talelab.train.checkpoint import saved_configuration
+
+        run_dir = Path(given(args, TrainConfig).get("out", TrainConfig.out))
+        base = (f"{run_dir} (saved configuration)", saved_configuration(run_dir))
     model_config, train_config = build_train_configs(
-        args.preset, args.config, {"model": given(args, ModelConfig), "train": given(args, TrainConfig)})
+        args.preset, args.config, {"model": given(args, ModelConfig), "train": given(args, TrainConfig)}, base)
     summary = train(model_config, train_config, resume=args.resume)
     print(json.dumps(summary, indent=2))
     return 0

@@ -117,7 +117,8 @@ class ModelConfig:
                 self.d_ff = -(-(2 * self.d_ff // 3) // 32) * 32
         checks = [
             (self.d_model % self.n_heads == 0, f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}"),
-            (self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.n_kv_heads}"),
+            (self.n_heads % self.n_kv_heads == 0,
+             f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.n_kv_heads}"),
             (self.positions != "rope" or (self.d_model // self.n_heads) % 2 == 0, "rope needs an even head size"),
             (self.context_length > 0 and self.n_layers > 0, "context_length and n_layers must be positive"),
         ]
@@ -215,9 +216,11 @@ def preset(name: str) -> dict[str, dict[str, Any]]:
 
 
 def build_train_configs(preset_name: str | None = None, yaml_path: str | None = None,
-                        overrides: dict[str, dict[str, Any]] | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Preset, then YAML file (sections `model:` and `train:`), then command-line overrides, later winning."""
-    layers: list[tuple[str, dict]] = []
+                        overrides: dict[str, dict[str, Any]] | None = None,
+                        base: tuple[str, dict[str, dict[str, Any]]] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """`base` (e.g. a saved run), then preset, then YAML file (sections `model:` and `train:`), then command-line
+    overrides, later winning."""
+    layers: list[tuple[str, dict]] = [base] if base else []
     if preset_name:
         layers.append((f"preset '{preset_name}'", preset(preset_name)))
     if yaml_path:

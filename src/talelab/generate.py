@@ -231,7 +231,7 @@ def generate(model, prompt_ids: list[int], config: SamplingConfig, eos_id: int |
 
 
 def generate_text(model, tokenizer, config: SamplingConfig, stream: bool = False, out=None) -> list[str]:
-    """Stories (prompt included) after bos + `config.prompt`; `stream` writes the first to `out` (stdout) as it grows."""
+    """Stories (prompt included) after bos + `config.prompt`; `stream` writes the first to `out` as it grows."""
     out = sys.stdout if out is None else out  # looked up at call time: tests and notebooks swap sys.stdout
     prompt_ids = tokenizer.encode(config.prompt, bos=True)
     on_token = None

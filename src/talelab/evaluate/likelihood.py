@@ -84,7 +84,8 @@ def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16
     return result
 
 
-def evaluate_file(model_path: str, text: str, data_root=None, protocol: str = "reference", batch_size: int = 16) -> dict:
+def evaluate_file(model_path: str, text: str, data_root=None, protocol: str = "reference",
+                  batch_size: int = 16) -> dict:
     """`talelab eval loss`: score a model on a text file, by the reference protocol or over all its documents."""
     from talelab.data.sources import read_documents
     from talelab.models.storage import load_model

@@ -25,7 +25,8 @@ CONFIG_FILE = "config.json"
 LATEST_POINTER = "latest"
 
 
-def save_model(directory: str | os.PathLike, model: Transformer, tokenizer: Tokenizer, extra: dict | None = None) -> None:
+def save_model(directory: str | os.PathLike, model: Transformer, tokenizer: Tokenizer,
+               extra: dict | None = None) -> None:
     """Write weights, config and tokenizer into an existing directory (callers wrap this in atomic_directory)."""
     directory = Path(directory)
     # save_model (not save_file) because tied embeddings share storage, which save_file refuses

@@ -25,7 +25,8 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape (context_length, head_size), halves repeated as in rotate-half RoPE."""
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_size, 2, dtype=torch.float32) / config.head_size))
+    exponents = torch.arange(0, config.head_size, 2, dtype=torch.float32) / config.head_size
+    inv_freq = 1.0 / (config.rope_theta ** exponents)
     angles = torch.outer(torch.arange(config.context_length, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -103,7 +104,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_size = config.n_heads, config.n_kv_heads, config.head_size
         # one matmul for queries, keys and values: fewer, larger kernels are faster on CPU and GPU alike
-        self.qkv = nn.Linear(config.d_model, (config.n_heads + 2 * config.n_kv_heads) * config.head_size, bias=config.bias)
+        qkv_width = (config.n_heads + 2 * config.n_kv_heads) * config.head_size
+        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.bias)
         self.out = nn.Linear(config.n_heads * config.head_size, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.use_rope = config.positions == "rope"

@@ -241,7 +241,7 @@ class _Counting:
 
 
 def train_tokenizer_from(config: TokenizerConfig) -> Tokenizer:
-    """`talelab tokenizer train`: read `config.data` (a prepared directory or a corpus file), train, save to `config.out`."""
+    """`talelab tokenizer train`: read `config.data` (prepared dir or corpus file), train, save to `config.out`."""
     from talelab.atomic import atomic_directory
     from talelab.data.sources import read_documents
 

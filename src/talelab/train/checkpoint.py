@@ -41,3 +41,14 @@ def load_trainer_state(checkpoint: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: missing; this checkpoint cannot be resumed (it holds weights only)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def saved_configuration(run_dir: Path) -> dict:
+    """The model and train sections a run's latest checkpoint was made with, to resume it without restating them."""
+    import json
+
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise InputError(f"{run_dir}: nothing to resume (no 'latest' checkpoint pointer)")
+    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    return {"model": saved["model"], "train": saved.get("train", {})}

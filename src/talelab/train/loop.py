@@ -227,39 +227,42 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     summary = {"parameters": n_params, "run_dir": str(run_dir)}
     last_saved, window_start, window_tokens = None, time.perf_counter(), 0
     model.train()
-    while step < config.max_steps and not (max_seconds and elapsed >= max_seconds):
-        started = time.perf_counter()
-        progress = max(step / schedule_steps, elapsed / max_seconds if max_seconds else 0.0)
-        lr = config.lr * lr_multiplier(step, progress, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_value = train_step(forward, model, optimizer, scaler, autocast, config,
-                                lambda: random_windows(train_shard, config.batch_size, T, data_rng, device))
-        if loss_value is None:
-            diverged(f"loss stopped being finite at step {step + 1}")
-        step += 1
-        step_seconds = time.perf_counter() - started
-        elapsed += step_seconds
-        window_tokens += tokens_per_step
-        bar.update(min(step_seconds, bar.total - bar.n) if max_seconds else 1)
-        finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
-        if step % LOG_EVERY == 0 or finished:
-            tokens_per_s = window_tokens / (time.perf_counter() - window_start)
-            window_start, window_tokens = time.perf_counter(), 0
-            record({"step": step, "loss": round(loss_value, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                    "elapsed_s": round(elapsed, 2)})
-            bar.set_postfix(step=step, loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
-            summary.update(loss=loss_value, tokens_per_s=tokens_per_s)
-        if val_windows is not None and (step % config.eval_interval == 0 or finished):
-            val_loss = windowed_loss(model, val_windows, config.batch_size, device, autocast)
-            bpb = val_loss / math.log(2) / val_shard.bytes_per_token
-            record({"step": step, "val_loss": round(val_loss, 5), "val_bpb": round(bpb, 5), "elapsed_s": round(elapsed, 2)})
-            bar.write(f"step {step}: val loss {val_loss:.4f}, {bpb:.4f} bits per byte (windows of the val split)")
-            summary.update(val_loss=val_loss, val_bpb=bpb)
-        if step % config.checkpoint_interval == 0 or finished:
-            last_saved = save(step)
-    bar.close()
-    metrics.close()
+    try:
+        while step < config.max_steps and not (max_seconds and elapsed >= max_seconds):
+            started = time.perf_counter()
+            progress = max(step / schedule_steps, elapsed / max_seconds if max_seconds else 0.0)
+            lr = config.lr * lr_multiplier(step, progress, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_value = train_step(forward, model, optimizer, scaler, autocast, config,
+                                    lambda: random_windows(train_shard, config.batch_size, T, data_rng, device))
+            if loss_value is None:
+                diverged(f"loss stopped being finite at step {step + 1}")
+            step += 1
+            step_seconds = time.perf_counter() - started
+            elapsed += step_seconds
+            window_tokens += tokens_per_step
+            bar.update(min(step_seconds, bar.total - bar.n) if max_seconds else 1)
+            finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
+            if step % LOG_EVERY == 0 or finished:
+                tokens_per_s = window_tokens / (time.perf_counter() - window_start)
+                window_start, window_tokens = time.perf_counter(), 0
+                record({"step": step, "loss": round(loss_value, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                        "elapsed_s": round(elapsed, 2)})
+                bar.set_postfix(step=step, loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+                summary.update(loss=loss_value, tokens_per_s=tokens_per_s)
+            if val_windows is not None and (step % config.eval_interval == 0 or finished):
+                val_loss = windowed_loss(model, val_windows, config.batch_size, device, autocast)
+                bpb = val_loss / math.log(2) / val_shard.bytes_per_token
+                record({"step": step, "val_loss": round(val_loss, 5), "val_bpb": round(bpb, 5),
+                        "elapsed_s": round(elapsed, 2)})
+                bar.write(f"step {step}: val loss {val_loss:.4f}, {bpb:.4f} bits per byte (windows of the val split)")
+                summary.update(val_loss=val_loss, val_bpb=bpb)
+            if step % config.checkpoint_interval == 0 or finished:
+                last_saved = save(step)
+    finally:  # an exception (divergence, Ctrl-C) still leaves complete metric lines and a clean terminal
+        bar.close()
+        metrics.close()
     if last_saved is None and step > 0 and latest_checkpoint(run_dir) is None:
         last_saved = save(step)
     write_metrics_csv(records, run_dir / "metrics.csv")

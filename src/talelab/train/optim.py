@@ -18,7 +18,8 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
         (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # the fused kernel exists for CPU and CUDA and does the whole update in one pass over memory
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type in ("cpu", "cuda"))
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
 
 
 def lr_multiplier(step: int, progress: float, config: TrainConfig) -> float:
