@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -248,3 +249,103 @@ def generate_text(model, tokenizer, config: SamplingConfig, stream: bool = False
         out.write(text.flush() + "\n")
         out.flush()
     return [tokenizer.decode(prompt_ids + ids) for ids in sequences]
+
+
+@dataclass
+class Generated:
+    """One row of `generate_batch`: new tokens, why it ended, and the top alternatives behind each token."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop": eos or the caller said so; "length": max_new_tokens or the context
+    alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
+
+
+def pick_rows(logits: torch.Tensor, settings: dict, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row under each row's own temperature, top-k and top-p (tensors of shape (rows, 1))."""
+    greedy = logits.argmax(dim=-1)
+    temperature = settings["temperature"]
+    scaled = logits / temperature.clamp(min=1e-6)
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.size(-1), device=logits.device)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = (rank >= settings["top_k"]) | (probs.cumsum(dim=-1) - probs >= settings["top_p"])
+    drop[:, 0] = False  # the most likely token always stays
+    probs = probs.masked_fill(drop, 0.0)
+    cumulative = probs.cumsum(dim=-1)
+    # one uniform draw per row from that row's own generator: a request's seed fixes its story in any batch
+    draws = torch.stack([torch.rand(1, generator=g, device=logits.device) for g in generators]) * cumulative[:, -1:]
+    chosen = (cumulative < draws).sum(dim=-1).clamp(max=logits.size(-1) - 1)
+    sampled = order.gather(1, chosen[:, None]).squeeze(1)
+    return torch.where(temperature.squeeze(1) == 0, greedy, sampled)
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig], eos_ids: int | None | list,
+                   on_token: Callable[[int, int], bool | None] | None = None,
+                   top_alternatives: int = 0) -> list[Generated]:
+    """Continue prompts of different lengths together, each under its own sampling settings.
+
+    Prompts are left-padded into one batch that shares every forward pass; each row keeps its own positions, so
+    its tokens match a run on its own (exactly for greedy). `on_token(row, token)` streams each new token and may
+    return True to end that row (e.g. a stop string). Beam search is not batched: use `generate`.
+    """
+    rows = len(prompts)
+    eos = eos_ids if isinstance(eos_ids, list) else [eos_ids] * rows
+    limits, generators = [], []
+    for prompt, config in zip(prompts, configs):
+        steps, generator = start(model, prompt, config)
+        limits.append(steps)
+        generators.append(generator)
+    param = next(model.parameters())
+    device, longest = param.device, max(len(p) for p in prompts)
+    pads = [longest - len(p) for p in prompts]
+    total = longest + max(limits)
+    cache = KVCache(model.config, rows, device, param.dtype, length=total)
+    key_mask = torch.zeros(rows, total, dtype=torch.bool, device=device)
+    idx = torch.zeros(rows, longest, dtype=torch.long, device=device)
+    for r, prompt in enumerate(prompts):
+        idx[r, pads[r]:] = torch.tensor(prompt, device=device)
+        key_mask[r, pads[r]:longest] = True
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    positions = (torch.arange(longest, device=device) - torch.tensor(pads, device=device)[:, None]).clamp(min=0)
+    settings = {name: torch.tensor([[float(getattr(c, name))] for c in configs], device=device)
+                for name in ("temperature", "top_p", "repetition_penalty")}
+    settings["top_k"] = torch.tensor([[c.top_k if c.top_k > 0 else 1 << 30] for c in configs], device=device)
+    results = [Generated() for _ in range(rows)]
+    active = [limit > 0 for limit in limits]
+    with evaluating(model):
+        logits, _ = model(idx, cache=cache, positions=positions, key_mask=key_mask[:, :longest])
+        logits = logits[:, -1].float()
+        present = torch.zeros(rows, logits.size(-1), dtype=torch.bool, device=device)
+        for r, prompt in enumerate(prompts):
+            present[r, prompt] = True
+        for step in range(max(limits)):
+            penalty = settings["repetition_penalty"]
+            logits = torch.where(present, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+            token = pick_rows(logits, settings, generators)
+            if top_alternatives:
+                top = logits.softmax(dim=-1).topk(top_alternatives)
+            for r in range(rows):
+                if not active[r]:
+                    continue
+                t = int(token[r])
+                if t == eos[r] and configs[r].stop_at_eos:
+                    results[r].finish_reason, active[r] = "stop", False
+                    continue
+                results[r].tokens.append(t)
+                if top_alternatives:
+                    results[r].alternatives.append(list(zip(top.indices[r].tolist(), top.values[r].tolist())))
+                if on_token is not None and on_token(r, t):
+                    results[r].finish_reason, active[r] = "stop", False
+                elif len(results[r].tokens) >= limits[r]:
+                    active[r] = False
+            if not any(active):
+                break
+            present.scatter_(1, token[:, None], True)
+            key_mask[:, longest + step] = True
+            # finished rows ride along until the batch ends; clamping keeps their (ignored) positions in range
+            positions = (lengths + step).clamp(max=model.config.context_length - 1)[:, None]
+            logits, _ = model(token[:, None], cache=cache, start=longest + step, positions=positions,
+                              key_mask=key_mask[:, :longest + step + 1])
+            logits = logits[:, -1].float()
+    return results

@@ -88,8 +88,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 class KVCache:
     """Preallocated keys and values for every layer: (B, n_kv_heads, context_length, head_size) each."""
 
-    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
-        shape = (batch_size, config.n_kv_heads, config.context_length, config.head_size)
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype, length: int | None = None):
+        # `length` may exceed the context when left-padded rows share the cache (see Transformer.forward)
+        shape = (batch_size, config.n_kv_heads, length or config.context_length, config.head_size)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
 
@@ -110,23 +111,23 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.use_rope = config.positions == "rope"
 
-    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int):
+    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_size)
         qk, v = qkv.split([self.n_heads + self.n_kv_heads, self.n_kv_heads], dim=2)
         if self.use_rope:  # rotate queries and keys in one go: half the elementwise kernels
-            cos, sin = (t.to(qk.dtype).unsqueeze(1) for t in rope)  # (T, 1, head_size); under autocast qk is bf16
+            cos, sin = (t.to(qk.dtype).unsqueeze(-2) for t in rope)  # ([B,] T, 1, head_size); autocast: qk is bf16
             qk = qk * cos + rotate_half(qk) * sin
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_size)
-        mask, causal = None, True
+        causal = mask is None
         if cache is not None:
             cache.keys[layer][:, :, start:start + T] = k
             cache.values[layer][:, :, start:start + T] = v
             k, v = cache.keys[layer][:, :, :start + T], cache.values[layer][:, :, :start + T]
-            if T == 1:
+            if mask is None and T == 1:
                 causal = False  # one new token sees every cached position
-            elif start > 0:
+            elif mask is None and start > 0:
                 causal = False  # a chunk after a prefix: causal within the chunk, open to the prefix
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = F.scaled_dot_product_attention(
@@ -161,11 +162,11 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.pre_norm = config.norm_position == "pre"
 
-    def forward(self, x, rope, cache, layer, start):
+    def forward(self, x, rope, cache, layer, start, mask=None):
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, layer, start))
+            x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, layer, start, mask))
             return x + self.drop(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + self.drop(self.attn(x, rope, cache, layer, start)))
+        x = self.attn_norm(x + self.drop(self.attn(x, rope, cache, layer, start, mask)))
         return self.mlp_norm(x + self.drop(self.mlp(x)))
 
 
@@ -212,23 +213,37 @@ class Transformer(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                start: int = 0):
-        """Logits (B, T, vocab) and, with targets, the mean cross-entropy over targets that are not -1."""
+                start: int = 0, positions: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
+        """Logits (B, T, vocab) and, with targets, the mean cross-entropy over targets that are not -1.
+
+        `start` is the cache slot of idx[:, 0]. Left-padded batches of different lengths pass `positions` (B, T),
+        each row's own token positions, and `key_mask` (B, start + T), True where a cache slot holds a real token.
+        """
         B, T = idx.shape
-        if start + T > self.config.context_length:
-            raise MismatchError(f"sequence of {start + T} tokens exceeds the model's context_length "
+        last = int(positions.max()) + 1 if positions is not None else start + T
+        if last > self.config.context_length:
+            raise MismatchError(f"sequence of {last} tokens exceeds the model's context_length "
                                 f"{self.config.context_length}")
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)  # (T,), shared by every row
         x = self.embed(idx)  # (B, T, d_model)
         rope = None
         if self.config.positions == "learned":
-            x = x + self.pos_embed.weight[start:start + T]
+            x = x + self.pos_embed(positions)
         elif self.config.positions == "sinusoidal":
-            x = x + self.pos_table[start:start + T]
+            x = x + self.pos_table[positions]
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
+        mask = None
+        if key_mask is not None:
+            slots = torch.arange(start + T, device=idx.device)
+            queries = torch.arange(start, start + T, device=idx.device)[:, None]
+            # causal, real keys only; every query also sees itself, so padding rows never softmax over nothing
+            mask = ((slots <= queries) & key_mask[:, None, :]) | (slots == queries)  # (B, T, start + T)
+            mask = mask[:, None]  # (B, 1, T, start + T): the same for every head
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, cache, layer, start)
+            x = block(x, rope, cache, layer, start, mask)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits, None

@@ -1,0 +1,92 @@
+"""Batched generation: left-padded prompts of different lengths, each row under its own settings."""
+
+import pytest
+import torch
+
+from talelab.config import ModelConfig, SamplingConfig
+from talelab.generate import generate, generate_batch
+from talelab.models.transformer import Transformer
+
+PROMPTS = [[5, 9, 13], [7], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12]]
+
+
+def model_with(positions: str) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, context_length=40,
+                                    positions=positions))
+    with torch.no_grad():  # large weights: confident, varied predictions, so mistakes would show
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned", "sinusoidal"])
+def test_greedy_rows_in_a_padded_batch_equal_each_prompt_on_its_own(positions):
+    model = model_with(positions)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    batch = generate_batch(model, PROMPTS, [greedy] * len(PROMPTS), eos_ids=None)
+    for prompt, row in zip(PROMPTS, batch):
+        assert row.tokens == generate(model, prompt, greedy, eos_id=None)[0]
+
+
+def test_a_seeded_request_tells_the_same_story_alone_and_in_any_batch():
+    model = model_with("rope")
+    mine = SamplingConfig(temperature=0.9, top_k=20, top_p=0.95, seed=5, max_new_tokens=15)
+    alone = generate_batch(model, [PROMPTS[0]], [mine], eos_ids=None)[0].tokens
+    others = [SamplingConfig(temperature=1.3, seed=s, max_new_tokens=m) for s, m in ((1, 3), (2, 20), (3, 9))]
+    together = generate_batch(model, [PROMPTS[2], PROMPTS[0], PROMPTS[1], PROMPTS[3]],
+                              [others[0], mine, others[1], others[2]], eos_ids=None)
+    assert together[1].tokens == alone
+    assert [len(r.tokens) for r in together] == [3, 15, 20, 9]
+
+
+def test_each_row_keeps_its_own_settings():
+    model = model_with("rope")
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=10)
+    hot = SamplingConfig(temperature=2.0, seed=0, max_new_tokens=10, repetition_penalty=1.5)
+    batch = generate_batch(model, [PROMPTS[1], PROMPTS[1]], [greedy, hot], eos_ids=None)
+    assert batch[0].tokens == generate(model, PROMPTS[1], greedy, eos_id=None)[0]
+    assert batch[1].tokens != batch[0].tokens
+
+
+def test_callback_streams_every_token_and_can_end_a_row():
+    model = model_with("rope")
+    seen = {0: [], 1: []}
+
+    def on_token(row, token):
+        seen[row].append(token)
+        return row == 0 and len(seen[0]) == 4  # row 0 hits its "stop string" after 4 tokens
+
+    batch = generate_batch(model, PROMPTS[:2], [SamplingConfig(temperature=0.0, max_new_tokens=9)] * 2,
+                           eos_ids=None, on_token=on_token)
+    assert (len(batch[0].tokens), batch[0].finish_reason) == (4, "stop")
+    assert (len(batch[1].tokens), batch[1].finish_reason) == (9, "length")
+    assert seen == {0: batch[0].tokens, 1: batch[1].tokens}
+
+
+def test_eos_ends_a_row_and_is_left_out():
+    model = model_with("rope")
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    free = generate_batch(model, [PROMPTS[2]], [greedy], eos_ids=None)[0].tokens
+    stopped = generate_batch(model, [PROMPTS[2]], [greedy], eos_ids=free[3])[0]
+    assert stopped.tokens == free[:free.index(free[3])] and stopped.finish_reason == "stop"
+
+
+def test_top_alternatives_are_sorted_probabilities_led_by_the_greedy_choice():
+    model = model_with("rope")
+    row = generate_batch(model, [PROMPTS[0]], [SamplingConfig(temperature=0.0, max_new_tokens=6)], eos_ids=None,
+                         top_alternatives=5)[0]
+    assert len(row.alternatives) == 6
+    for token, alternatives in zip(row.tokens, row.alternatives):
+        probs = [p for _, p in alternatives]
+        assert alternatives[0][0] == token and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_rows_near_the_end_of_the_context_stop_there_while_others_go_on():
+    model = model_with("learned")
+    long_prompt = list(range(1, 37))  # 36 of 40 positions
+    batch = generate_batch(model, [long_prompt, PROMPTS[1]], [SamplingConfig(temperature=0.0, max_new_tokens=20)] * 2,
+                           eos_ids=None)
+    assert (len(batch[0].tokens), len(batch[1].tokens)) == (4, 20)
+    assert batch[1].tokens == generate(model, PROMPTS[1], SamplingConfig(temperature=0.0, max_new_tokens=20),
+                                       eos_id=None)[0]
