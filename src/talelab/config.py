@@ -90,8 +90,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class ModelConfig:
+    family: str = option("transformer", "model family: a decoder-only transformer or a recurrent baseline "
+                         "(tanh RNN, LSTM, GRU)", ("transformer", "rnn", "lstm", "gru"))
     vocab_size: int = option(0, "vocabulary size; 0 takes the tokenizer's")
-    d_model: int = option(128, "width of the residual stream")
+    d_model: int = option(128, "width of the residual stream (recurrent models: the embedding size)")
+    hidden_size: int = option(0, "recurrent models: hidden state size; 0 means d_model")
     n_layers: int = option(4, "number of transformer blocks")
     n_heads: int = option(4, "attention heads (query heads)")
     n_kv_heads: int = option(0, "key/value heads for grouped-query attention; 0 means n_heads")
@@ -115,12 +118,19 @@ class ModelConfig:
             self.d_ff = 4 * self.d_model
             if self.activation == "swiglu":  # keep the parameter count of a 4x MLP, as Llama does
                 self.d_ff = -(-(2 * self.d_ff // 3) // 32) * 32
+        if self.hidden_size == 0:
+            self.hidden_size = self.d_model
+        recurrent = self.family != "transformer"
         checks = [
-            (self.d_model % self.n_heads == 0, f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}"),
-            (self.n_heads % self.n_kv_heads == 0,
+            (recurrent or self.d_model % self.n_heads == 0,
+             f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}"),
+            (recurrent or self.n_heads % self.n_kv_heads == 0,
              f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.n_kv_heads}"),
-            (self.positions != "rope" or (self.d_model // self.n_heads) % 2 == 0, "rope needs an even head size"),
+            (recurrent or self.positions != "rope" or (self.d_model // self.n_heads) % 2 == 0,
+             "rope needs an even head size"),
             (self.context_length > 0 and self.n_layers > 0, "context_length and n_layers must be positive"),
+            (not (recurrent and self.tie_embeddings) or self.hidden_size == self.d_model,
+             f"tie_embeddings needs hidden_size == d_model ({self.hidden_size} != {self.d_model})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -202,6 +212,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       decay_fraction=0.3, min_lr_ratio=0.05, weight_decay=0.1, eval_interval=100, eval_batches=4,
                       checkpoint_interval=200, dtype="bfloat16"),
     },
+    # seed 002's recurrent table: word-level vocabulary of 2,048, untied output layer with bias, StepLR every 2,500
+    "rnn-5m": {"model": dict(family="rnn", d_model=512, n_layers=4, hidden_size=590, dropout=0.1005,
+                             tie_embeddings=False, bias=True),
+               "train": dict(lr=0.0006, schedule="step", step_size=2500, gamma=0.75, batch_size=64)},
+    "lstm-5m": {"model": dict(family="lstm", d_model=384, n_layers=2, hidden_size=464, dropout=0.1005,
+                              tie_embeddings=False, bias=True),
+                "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, batch_size=64)},
+    "gru-5m": {"model": dict(family="gru", d_model=384, n_layers=2, hidden_size=546, dropout=0.1005,
+                             tie_embeddings=False, bias=True),
+               "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, batch_size=64)},
     "260k": {"model": dict(d_model=64, n_layers=5, n_heads=8, n_kv_heads=4, d_ff=172, context_length=512)},
     "15m": {"model": dict(d_model=288, n_layers=6, n_heads=6, n_kv_heads=6, d_ff=768, context_length=256)},
     "42m": {"model": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_ff=1376, context_length=1024)},

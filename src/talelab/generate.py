@@ -16,7 +16,6 @@ import torch
 
 from talelab.config import SamplingConfig
 from talelab.errors import ConfigError, MismatchError
-from talelab.models.transformer import KVCache
 
 
 def check_config(config: SamplingConfig) -> None:
@@ -66,10 +65,10 @@ def evaluating(model):
         model.train(was_training)
 
 
-def prefill(model, prompt_ids: list[int], rows: int) -> tuple[torch.Tensor, KVCache]:
+def prefill(model, prompt_ids: list[int], rows: int):
     """Run the prompt once and copy its cache to `rows` streams: next-token logits (rows, vocab) in fp32, cache."""
     param = next(model.parameters())
-    cache = KVCache(model.config, 1, param.device, param.dtype)
+    cache = model.new_cache(1, param.device, param.dtype)
     logits, _ = model(torch.tensor([prompt_ids], device=param.device), cache=cache, start=0)
     if rows > 1:  # identical prompts: one forward pass, then copies of its keys and values
         cache.reorder(torch.zeros(rows, dtype=torch.long, device=param.device))
@@ -300,7 +299,7 @@ def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig
     device, longest = param.device, max(len(p) for p in prompts)
     pads = [longest - len(p) for p in prompts]
     total = longest + max(limits)
-    cache = KVCache(model.config, rows, device, param.dtype, length=total)
+    cache = model.new_cache(rows, device, param.dtype, length=total)
     key_mask = torch.zeros(rows, total, dtype=torch.bool, device=device)
     idx = torch.zeros(rows, longest, dtype=torch.long, device=device)
     for r, prompt in enumerate(prompts):

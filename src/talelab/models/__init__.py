@@ -1,0 +1,11 @@
+"""Model families behind one interface: `model(idx, targets, cache, start)` -> (logits, loss)."""
+
+from talelab.config import ModelConfig
+
+
+def build_model(config: ModelConfig):
+    """The model `config.family` names, with fresh weights."""
+    from talelab.models.recurrent import RecurrentLM
+    from talelab.models.transformer import Transformer
+
+    return Transformer(config) if config.family == "transformer" else RecurrentLM(config)

@@ -87,7 +87,8 @@ def import_llama2c(path: str | os.PathLike) -> Transformer:
 
 def llama_compatible(config: ModelConfig) -> None:
     """Raise unless the architecture is exactly what LlamaForCausalLM computes."""
-    wanted = {"positions": "rope", "norm": "rmsnorm", "norm_position": "pre", "activation": "swiglu", "bias": False}
+    wanted = {"family": "transformer", "positions": "rope", "norm": "rmsnorm", "norm_position": "pre",
+              "activation": "swiglu", "bias": False}
     for key, value in wanted.items():
         if getattr(config, key) != value:
             raise ConfigError(f"export to Hugging Face Llama needs {key}={value!r}; this model has "

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, load_model as load_safetensors_into, sa
 
 from talelab.config import ModelConfig, dataclass_from_dict
 from talelab.errors import InputError, MismatchError
+from talelab.models import build_model
 from talelab.models.transformer import Transformer
 from talelab.tokenizer import Tokenizer, load_tokenizer
 
@@ -93,6 +94,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     config = dataclass_from_dict(ModelConfig, raw["model"], where=str(directory / CONFIG_FILE))
     tokenizer = load_tokenizer(tokenizer_path or directory)
     check_vocabulary(config, tokenizer, str(tokenizer_path or directory))
-    model = Transformer(config)
+    model = build_model(config)
     load_weights(model, directory / WEIGHTS_FILE)
     return model.to(device).eval(), tokenizer, raw

@@ -212,6 +212,9 @@ class Transformer(nn.Module):
                 n -= self.lm_head.weight.numel()
         return n
 
+    def new_cache(self, batch_size: int, device, dtype, length: int | None = None) -> KVCache:
+        return KVCache(self.config, batch_size, device, dtype, length)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 start: int = 0, positions: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy over targets that are not -1.

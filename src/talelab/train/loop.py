@@ -21,7 +21,7 @@ from talelab.config import ModelConfig, TrainConfig
 from talelab.data.shards import Shard, load_shard, pretokenize
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import load_weights
-from talelab.models.transformer import Transformer
+from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from talelab.train.optim import lr_multiplier, make_optimizer
@@ -165,7 +165,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    model = Transformer(model_config).to(device)
+    model = build_model(model_config).to(device)
     optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
     data_rng = torch.Generator().manual_seed(config.seed)
