@@ -11,6 +11,7 @@ import sys
 from talelab.config import (PRESETS, ModelConfig, PrepareConfig, SamplingConfig, TokenizerConfig, TrainConfig,
                             build_train_configs, check_choices)
 from talelab.errors import TalelabError
+from talelab.serve import ServeConfig
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,7 +90,8 @@ def cmd_train(args) -> int:
     model_config, train_config = build_train_configs(
         args.preset, args.config, {"model": given(args, ModelConfig), "train": given(args, TrainConfig)}, base)
     summary = train(model_config, train_config, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -122,6 +124,13 @@ def cmd_convert(args) -> int:
     else:
         out = convert_hf(args.model, args.out)
     print(f"written {out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from talelab.serve.app import run_server
+
+    run_server(args.model, build(ServeConfig, args), device=args.device)
     return 0
 
 
@@ -187,6 +196,13 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer", default=None, help="llama2.c tokenizer .bin (import)")
     conv.add_argument("--out", required=True, help="output directory")
     conv.set_defaults(run=cmd_convert)
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible API and the story playground page (http://HOST:PORT/)")
+    srv.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                     help="a model or run directory to serve under NAME (repeat for several)")
+    srv.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_dataclass_flags(srv, ServeConfig, "serving")
+    srv.set_defaults(run=cmd_serve)
     return p
 
 

@@ -169,7 +169,7 @@ class TrainConfig:
                                  "and continue later with --resume on the same schedule")
     max_minutes: float = option(0.0, "stop after this much training time; the schedule then runs on time, not steps "
                                 "(0: no limit)")
-    batch_size: int = option(32, "sequences per micro-batch")
+    batch_size: int = option(32, "sequences per micro-batch, over all processes (torchrun splits it evenly)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     lr: float = option(1e-3, "peak learning rate")
     min_lr_ratio: float = option(0.1, "final learning rate as a share of the peak (cosine and wsd)")
@@ -182,6 +182,7 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the gradient norm to this; 0 disables")
+    log_interval: int = option(10, "record the training loss every this many steps")
     eval_interval: int = option(200, "evaluate every this many steps (and at the end)")
     eval_batches: int = option(8, "validation batches per evaluation")
     checkpoint_interval: int = option(200, "write a checkpoint every this many steps (and at the end)")

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,9 +25,8 @@ from talelab.models.storage import load_weights
 from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from talelab.train.distributed import join, leave, wrap
 from talelab.train.optim import lr_multiplier, make_optimizer
-
-LOG_EVERY = 10
 
 
 def pick_device(name: str) -> torch.device:
@@ -45,9 +45,10 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
-def random_windows(shard: Shard, batch_size: int, length: int, generator: torch.Generator, device) -> tuple:
-    """`batch_size` windows of `length` + 1 tokens at random offsets: inputs and next-token targets."""
-    starts = torch.randint(0, len(shard.tokens) - length - 1, (batch_size,), generator=generator).tolist()
+def random_windows(shard: Shard, batch_size: int, length: int, generator: torch.Generator, device,
+                   rows: slice = slice(None)) -> tuple:
+    """`rows` of `batch_size` windows of `length` + 1 tokens at random offsets: inputs and next-token targets."""
+    starts = torch.randint(0, len(shard.tokens) - length - 1, (batch_size,), generator=generator).tolist()[rows]
     rows = np.stack([shard.tokens[s:s + length + 1] for s in starts]).astype(np.int64)
     batch = torch.from_numpy(rows).to(device, non_blocking=True)
     return batch[:, :-1], batch[:, 1:]
@@ -113,8 +114,10 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict]:
     return [r for r in records if r["step"] <= up_to_step]
 
 
-def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig, next_batch) -> float | None:
-    """One optimizer step over `grad_accum` micro-batches; the mean loss, or None (and no update) if not finite."""
+def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig, next_batch,
+               average=lambda loss: loss) -> float | None:
+    """One optimizer step over `grad_accum` micro-batches; the mean loss (`average`d over processes), or None (and
+    no update) if it is not finite."""
     loss_sum = 0.0
     for _ in range(config.grad_accum):
         x, y = next_batch()
@@ -122,7 +125,7 @@ def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig,
             _, loss = forward(x, y)
         scaler.scale(loss / config.grad_accum).backward()
         loss_sum = loss_sum + loss.detach()
-    loss_value = float(loss_sum) / config.grad_accum
+    loss_value = float(average(loss_sum)) / config.grad_accum
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
         return None
@@ -139,7 +142,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     """Train a transformer as configured; returns a summary (steps, losses, tokens/s, checkpoint path)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    ranks = join(pick_device(config.device))
+    device, rows = ranks.device, ranks.rows(config.batch_size)
     autocast = autocast_context(device, config.dtype)
     tokenizer = load_tokenizer(config.tokenizer)
     shard_dir = pretokenize(config.data, tokenizer, progress=config.progress)
@@ -162,6 +166,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         raise InputError(f"{run_dir}: nothing to resume (no 'latest' checkpoint pointer)")
     if not resume and checkpoint is not None:
         raise ConfigError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    ranks.barrier()  # every rank has checked before rank 0 writes anything
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
@@ -185,17 +190,21 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             torch.cuda.set_rng_state(state["cuda_rng"])
         step, elapsed = state["step"], state["elapsed"]
         log(f"resuming {run_dir} from step {step}")
-    forward = torch.compile(model) if config.compile else model
+    forward = wrap(torch.compile(model) if config.compile else model, ranks)
+    if not ranks.is_main:
+        log = lambda *_: None  # noqa: E731  (one voice: rank 0 prints, records and saves)
 
     metrics_path = run_dir / "metrics.jsonl"
     records = read_metrics(metrics_path, step) if resume else []
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    metrics = open(metrics_path, "a", encoding="utf-8")
+    if ranks.is_main:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    metrics = open(metrics_path if ranks.is_main else os.devnull, "a", encoding="utf-8")
     val_windows = fixed_windows(val_shard, config.eval_batches * config.batch_size, T) if val_shard else None
     extra = {"train": dataclasses.asdict(config)}
     n_params = model.num_parameters()
     log(f"model: {n_params:,} parameters ({n_params / 1e6:.2f}M), vocab {model_config.vocab_size}, context {T}; "
-        f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}")
+        f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}"
+        + (f"; {ranks.world_size} processes" if ranks.world_size > 1 else ""))
 
     def diverged(what: str):
         good = latest_checkpoint(run_dir)
@@ -208,6 +217,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "data_rng": data_rng.get_state(),
                  "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
                  "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        if not ranks.is_main:
+            return None
         return save_checkpoint(run_dir, step, model, tokenizer, state, extra, config.keep_checkpoints)
 
     def record(entry: dict) -> None:
@@ -222,7 +233,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
 
     # a time-limited run shows seconds, since that, not max_steps, is what will end it
     bar = tqdm(total=round(max_seconds) if max_seconds else config.max_steps, initial=round(elapsed) if max_seconds
-               else step, unit="s" if max_seconds else "step", disable=not config.progress, dynamic_ncols=True,
+               else step, unit="s" if max_seconds else "step", disable=not (config.progress and ranks.is_main),
+               dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]")
     summary = {"parameters": n_params, "run_dir": str(run_dir)}
     last_saved, window_start, window_tokens = None, time.perf_counter(), 0
@@ -235,7 +247,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_value = train_step(forward, model, optimizer, scaler, autocast, config,
-                                    lambda: random_windows(train_shard, config.batch_size, T, data_rng, device))
+                                    lambda: random_windows(train_shard, config.batch_size, T, data_rng, device, rows),
+                                    ranks.mean)
             if loss_value is None:
                 diverged(f"loss stopped being finite at step {step + 1}")
             step += 1
@@ -244,7 +257,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             window_tokens += tokens_per_step
             bar.update(min(step_seconds, bar.total - bar.n) if max_seconds else 1)
             finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
-            if step % LOG_EVERY == 0 or finished:
+            if step % config.log_interval == 0 or finished:
                 tokens_per_s = window_tokens / (time.perf_counter() - window_start)
                 window_start, window_tokens = time.perf_counter(), 0
                 record({"step": step, "loss": round(loss_value, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
@@ -256,7 +269,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
                 bpb = val_loss / math.log(2) / val_shard.bytes_per_token
                 record({"step": step, "val_loss": round(val_loss, 5), "val_bpb": round(bpb, 5),
                         "elapsed_s": round(elapsed, 2)})
-                bar.write(f"step {step}: val loss {val_loss:.4f}, {bpb:.4f} bits per byte (windows of the val split)")
+                if ranks.is_main:
+                    bar.write(f"step {step}: val loss {val_loss:.4f}, {bpb:.4f} bits per byte (val split windows)")
                 summary.update(val_loss=val_loss, val_bpb=bpb)
             if step % config.checkpoint_interval == 0 or finished:
                 last_saved = save(step)
@@ -265,7 +279,9 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         metrics.close()
     if last_saved is None and step > 0 and latest_checkpoint(run_dir) is None:
         last_saved = save(step)
-    write_metrics_csv(records, run_dir / "metrics.csv")
-    plot_losses(records, run_dir / "loss.png")
+    if ranks.is_main:
+        write_metrics_csv(records, run_dir / "metrics.csv")
+        plot_losses(records, run_dir / "loss.png")
+    leave(ranks)
     summary.update(step=step, elapsed_s=elapsed, checkpoint=str(last_saved or latest_checkpoint(run_dir)))
     return summary
