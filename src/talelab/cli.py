@@ -134,11 +134,61 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from talelab.experiments.sweep import sweep
+
+    common = {"data": args.data, "tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
+    sweep(args.presets, args.grid, args.budget, args.out, common, base_preset=args.base_preset)
+    print(f"results in {args.out}/results.md")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from talelab.demo import run_demo
 
     run_demo(out=args.out, data_root=args.data_root, minutes=args.minutes)
     return 0
+
+
+def cmd_interpret_attention(args) -> int:
+    from talelab.interpret.attention import heads_markdown, run_attention
+
+    report = run_attention(args.model, args.out, text=args.text, data=args.data, samples=args.samples,
+                           protocol=args.protocol, layers=args.layers, heads=args.heads,
+                           positional_threshold=args.positional_threshold, role_threshold=args.role_threshold,
+                           window=args.window, map_tokens=args.map_tokens, batch_size=args.batch_size,
+                           data_root=args.data_root, progress=args.progress)
+    print(heads_markdown(report))
+    print(f"written {report['out']}: heads.md, heads.json, heads_overview.png, attention/layer*_head*.png")
+    return 0
+
+
+def cmd_interpret_neurons(args) -> int:
+    from talelab.interpret.neuron_report import ranking_markdown
+    from talelab.interpret.neurons import run_neurons
+
+    report = run_neurons(args.model, args.out, data=args.data, samples=args.samples, protocol=args.protocol,
+                         layers=args.layers, top=args.top, rank=args.rank, batch_size=args.batch_size,
+                         data_root=args.data_root, progress=args.progress)
+    print(ranking_markdown(report))
+    print(f"written {report['out']}: neurons.md, neurons.html, neurons.json")
+    return 0
+
+
+def add_interpret_inputs(parser: argparse.ArgumentParser, samples: int) -> None:
+    """The options both `interpret` commands share: which model, which texts, which layers, where to write."""
+    parser.add_argument("--model", required=True, help="talelab model or run directory, or a Hugging Face model "
+                        "directory of type llama or gpt2 (with its tokenizer)")
+    parser.add_argument("--samples", type=int, default=samples, help=f"texts to read from --data, each cut to the "
+                        f"model's context (0: all; default: {samples})")
+    parser.add_argument("--protocol", choices=["documents", "reference"], default="documents",
+                        help="documents: the texts of --data in order; reference: the pieces of the bits-per-byte "
+                        "protocol (blank-line pieces 2..301 of valid-head.txt)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices to study (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    parser.add_argument("--out", default=None, help="report directory (default: runs/interpret/<model name>)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar over batches")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -174,6 +224,18 @@ def parser() -> argparse.ArgumentParser:
     add_dataclass_flags(tr, TrainConfig, "training")
     tr.set_defaults(run=cmd_train)
 
+    sw = sub.add_parser("sweep", help="train several presets or a grid under one budget; table and plots")
+    sw.add_argument("presets", nargs="*", help=f"presets to compare ({', '.join(PRESETS)})")
+    sw.add_argument("--grid", default=None, help="config grid, e.g. 'd_model=128,256 n_layers=8,12 n_heads=2,4,8'")
+    sw.add_argument("--base-preset", default=None, help="preset the grid's values override")
+    sw.add_argument("--budget", required=True, help="per run: time ('5m', '90s') or tokens ('200k', '2M')")
+    sw.add_argument("--data", required=True, help="prepared data directory")
+    sw.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
+    sw.add_argument("--out", default="runs/sweep", help="sweep directory (re-run to resume)")
+    sw.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sw.set_defaults(run=cmd_sweep)
+
     gen = sub.add_parser("generate", help="write stories with a trained model")
     gen.add_argument("--model", required=True, help="model or run directory")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -196,6 +258,35 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer", default=None, help="llama2.c tokenizer .bin (import)")
     conv.add_argument("--out", required=True, help="output directory")
     conv.set_defaults(run=cmd_convert)
+
+    interp = sub.add_parser("interpret", help="what attention heads and MLP neurons do (talelab, HF llama/gpt2)")
+    interp = interp.add_subparsers(dest="interpret_command", required=True)
+    data_help = ("prepared directory (its val.jsonl), text or JSONL file, or a path under the data root "
+                 "(default: data/tinystories/valid-head.txt)")
+    att = interp.add_parser("attention", help="attention heat maps; heads classified positional or semantic and by "
+                            "role (previous-token, first-token, duplicate-token, local-window)")
+    add_interpret_inputs(att, samples=100)
+    source = att.add_mutually_exclusive_group()
+    source.add_argument("--text", default=None, help="one text to draw and score (must fit the model's context)")
+    source.add_argument("--data", default="data/tinystories/valid-head.txt", help=data_help)
+    att.add_argument("--heads", type=int, nargs="+", default=None, help="head indices to study (default: all)")
+    att.add_argument("--positional-threshold", type=float, default=0.5, help="a head whose distance correlation is "
+                     "above this is positional, else semantic (default: 0.5, the seed's rule)")
+    att.add_argument("--role-threshold", type=float, default=0.5, help="score a head needs for a role label "
+                     "(previous-token, first-token, duplicate-token, local-window; default: 0.5)")
+    att.add_argument("--window", type=int, default=4, help="local window: the last this many tokens, the query "
+                     "included (default: 4)")
+    att.add_argument("--map-tokens", type=int, default=40, help="heat maps show the first this many tokens of the "
+                     "first text, for readable labels (scores use every token; default: 40)")
+    att.set_defaults(run=cmd_interpret_attention)
+
+    neu = interp.add_parser("neurons", help="top activating tokens of every MLP neuron with context and word classes; "
+                            "the most class-selective neurons")
+    add_interpret_inputs(neu, samples=200)
+    neu.add_argument("--data", default="data/tinystories/valid-head.txt", help=data_help)
+    neu.add_argument("--top", type=int, default=10, help="activations kept per neuron (default: 10)")
+    neu.add_argument("--rank", type=int, default=20, help="neurons in the selectivity ranking (default: 20)")
+    neu.set_defaults(run=cmd_interpret_neurons)
 
     srv = sub.add_parser("serve", help="an OpenAI-compatible API and the story playground page (http://HOST:PORT/)")
     srv.add_argument("--model", action="append", default=[], metavar="NAME=PATH",

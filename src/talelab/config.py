@@ -199,6 +199,8 @@ class TrainConfig:
         check_choices(self)
 
 
+SEED_TRANSFORMER = dict(activation="gelu", norm="layernorm", bias=True, tie_embeddings=False)
+
 # Presets: overrides of ModelConfig ("model") and TrainConfig ("train"). The llama2.c shapes are Karpathy's
 # TinyStories models (dim / layers / heads / kv heads / context); their vocabulary comes from the tokenizer.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -213,6 +215,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       decay_fraction=0.3, min_lr_ratio=0.05, weight_decay=0.1, eval_interval=100, eval_batches=4,
                       checkpoint_interval=200, dtype="bfloat16"),
     },
+    # seed 002's transformer table: word-level vocabulary of 2,048, GELU, LayerNorm, biases, untied output, batch 64
+    "ts-1m": {"model": dict(d_model=128, n_heads=8, n_layers=3, d_ff=355, dropout=0.08, positions="rope",
+                            norm_position="post", **SEED_TRANSFORMER),
+              "train": dict(lr=0.004902, schedule="step", step_size=5000, gamma=0.7997, batch_size=64)},
+    "ts-5m": {"model": dict(d_model=256, n_heads=8, n_layers=5, d_ff=1028, dropout=0.1, positions="rope",
+                            norm_position="post", **SEED_TRANSFORMER),
+              "train": dict(lr=0.0013, schedule="step", step_size=12500, gamma=0.5551, batch_size=64)},
+    "ts-10m": {"model": dict(d_model=384, n_heads=8, n_layers=5, d_ff=1422, dropout=0.1, positions="sinusoidal",
+                             norm_position="pre", **SEED_TRANSFORMER),
+               "train": dict(lr=0.0009, schedule="step", step_size=12000, gamma=0.5, batch_size=64)},
     # seed 002's recurrent table: word-level vocabulary of 2,048, untied output layer with bias, StepLR every 2,500
     "rnn-5m": {"model": dict(family="rnn", d_model=512, n_layers=4, hidden_size=590, dropout=0.1005,
                              tie_embeddings=False, bias=True),

@@ -200,8 +200,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     metrics = open(metrics_path if ranks.is_main else os.devnull, "a", encoding="utf-8")
     val_windows = fixed_windows(val_shard, config.eval_batches * config.batch_size, T) if val_shard else None
-    extra = {"train": dataclasses.asdict(config)}
     n_params = model.num_parameters()
+    extra = {"train": dataclasses.asdict(config), "parameters": n_params}
     log(f"model: {n_params:,} parameters ({n_params / 1e6:.2f}M), vocab {model_config.vocab_size}, context {T}; "
         f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}"
         + (f"; {ranks.world_size} processes" if ranks.world_size > 1 else ""))

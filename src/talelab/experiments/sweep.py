@@ -1,0 +1,184 @@
+"""`talelab sweep`: train several configurations under one budget and compare them in a table and two plots.
+
+Each configuration trains in a child process (`talelab train`), so its peak memory is its own and a crash stays
+contained. A finished run is never redone and an interrupted one resumes from its checkpoint, so re-running the
+same command after a stop continues the sweep where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from talelab.config import ModelConfig, TrainConfig, build_train_configs
+from talelab.errors import ConfigError, TalelabError
+
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+COLUMNS = ["name", "parameters", "tokens_seen", "wall_time_s", "tokens_per_s", "val_loss", "val_bpb", "peak_rss_mb"]
+
+
+def parse_budget(budget: str) -> dict:
+    """'5m' or '90s' (training time) or '200k' / '1.5M' / '300000' (tokens) as train-config overrides."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(m|min|s|k|M|)\s*", budget)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"--budget {budget!r}: give a positive time ('5m', '90s') or token count ('200k', '2M')")
+    value, unit = float(match.group(1)), match.group(2)
+    if unit in ("m", "min", "s"):
+        return {"max_minutes": value if unit != "s" else value / 60}
+    return {"max_tokens": int(value * {"k": 1e3, "M": 1e6, "": 1}[unit])}
+
+
+def parse_grid(grid: str) -> list[dict]:
+    """'d_model=128,256 n_layers=8,12' -> every combination, as {key: value} with values typed like the field."""
+    axes = []
+    for part in grid.split():
+        key, _, values = part.partition("=")
+        if key not in MODEL_KEYS | TRAIN_KEYS or not values:
+            raise ConfigError(f"--grid: '{part}' is not key=v1,v2 with a model or train config key")
+        field_type = next(f.type for f in dataclasses.fields(ModelConfig if key in MODEL_KEYS else TrainConfig)
+                          if f.name == key)
+        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(field_type, str)
+        try:
+            axes.append([(key, cast(v)) for v in values.split(",") if v])
+        except ValueError:
+            raise ConfigError(f"--grid: values of '{key}' must be {field_type}s, got '{values}'") from None
+    combinations = [dict(c) for c in itertools.product(*axes)] if axes else []
+    if not combinations:
+        raise ConfigError(f"--grid {grid!r}: no combinations")
+    return combinations
+
+
+def plan_runs(presets: list[str], grid: str | None, base_preset: str | None) -> list[tuple[str, str | None, dict]]:
+    """(run name, preset, overrides) for every configuration of the sweep."""
+    runs = [(name, name, {}) for name in presets]
+    if grid:
+        for combination in parse_grid(grid):
+            name = "-".join(f"{k}{v}" for k, v in combination.items())
+            runs.append((f"{base_preset}-{name}" if base_preset else name, base_preset, combination))
+    if not runs:
+        raise ConfigError("sweep: name presets and/or give --grid")
+    return runs
+
+
+def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common: dict, budget: dict) -> dict:
+    """Train one configuration in a child process (resuming it if it was interrupted); its result row."""
+    model = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
+    train = {**common, **{k: v for k, v in overrides.items() if k in TRAIN_KEYS}, "out": str(run_dir),
+             "progress": False}
+    model_config, train_config = build_train_configs(preset, overrides={"model": model, "train": train})
+    if "max_tokens" in budget:
+        tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.context_length
+        train_config = dataclasses.replace(train_config, max_steps=max(1, budget["max_tokens"] // tokens_per_step))
+    else:
+        train_config = dataclasses.replace(train_config, max_minutes=budget["max_minutes"], max_steps=10**9)
+    train_config = dataclasses.replace(train_config, schedule_steps=train_config.max_steps)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "sweep-config.yaml"
+    config_file.write_text(yaml.safe_dump({"model": dataclasses.asdict(model_config),
+                                           "train": dataclasses.asdict(train_config)}), encoding="utf-8")
+    command = [sys.executable, "-m", "talelab", "train", "--config", str(config_file)]
+    if (run_dir / "latest").is_file():
+        command.append("--resume")
+    started = time.perf_counter()
+    with open(run_dir / "train.log", "a", encoding="utf-8") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=log)
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own peak memory, not the sweep's
+    if os.waitstatus_to_exitcode(status) != 0:
+        lines = (run_dir / "train.log").read_text(encoding="utf-8").strip().splitlines()
+        raise TalelabError(f"{run_dir}: training failed ({lines[-1] if lines else 'no output'}); "
+                           f"see {run_dir / 'train.log'}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    last_val = [r for r in records if "val_loss" in r][-1]
+    last_train = [r for r in records if "loss" in r][-1]
+    saved = json.loads((run_dir / (run_dir / "latest").read_text().strip() / "config.json").read_text())
+    parameters = saved["parameters"]
+    return {"name": run_dir.name, "parameters": parameters, "tokens_seen": last_train["step"] * tokens_per_step,
+            "wall_time_s": round(last_train["elapsed_s"], 1),
+            "tokens_per_s": round(last_train["step"] * tokens_per_step / max(last_train["elapsed_s"], 1e-9)),
+            "val_loss": round(last_val["val_loss"], 4), "val_bpb": round(last_val["val_bpb"], 4),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "this_session_s": round(time.perf_counter() - started, 1)}
+
+
+def sweep(presets: list[str], grid: str | None, budget: str, out: str | Path, common: dict,
+          base_preset: str | None = None, log=print) -> list[dict]:
+    """Run every configuration not yet finished, then write results.md, results.csv and the plots into `out`."""
+    limits = parse_budget(budget)
+    runs = plan_runs(presets, grid, base_preset)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (name, preset, overrides) in enumerate(runs, start=1):
+        run_dir = out / name
+        done = run_dir / "result.json"
+        if done.is_file():  # finished in an earlier session: never redone
+            rows.append(json.loads(done.read_text(encoding="utf-8")))
+            log(f"[{i}/{len(runs)}] {name}: done earlier")
+            continue
+        log(f"[{i}/{len(runs)}] {name}: training ({budget})")
+        row = run_configuration(run_dir, preset, overrides, common, limits)
+        done.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+        rows.append(row)
+        log(f"[{i}/{len(runs)}] {name}: val loss {row['val_loss']}, {row['val_bpb']} bits per byte, "
+            f"{row['parameters']:,} parameters, {row['tokens_per_s']:,} tokens/s")
+        write_results(rows, out, budget)
+    write_results(rows, out, budget)
+    return rows
+
+
+def write_results(rows: list[dict], out: Path, budget: str) -> None:
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Sweep results (budget {budget} per run)", "",
+             "| run | parameters | tokens seen | wall time (s) | tokens/s | val loss | val bits/byte | peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["val_loss"]):
+        lines.append(f"| {r['name']} | {r['parameters']:,} | {r['tokens_seen']:,} | {r['wall_time_s']} | "
+                     f"{r['tokens_per_s']:,} | {r['val_loss']} | {r['val_bpb']} | {r['peak_rss_mb']} |")
+    lines += ["", "Sorted by validation loss (windows of the prepared val split); bits per byte make runs with "
+              "different tokenizers comparable. Plots: bpb_vs_parameters.png, loss_curves.png."]
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot_results(rows, out)
+
+
+def plot_results(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for r in rows:
+        ax.scatter(r["parameters"], r["val_bpb"])
+        ax.annotate(r["name"], (r["parameters"], r["val_bpb"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation bits per byte")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "bpb_vs_parameters.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for r in rows:
+        records = [json.loads(x) for x in (out / r["name"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        val = [x for x in records if "val_loss" in x]
+        ax.plot([x["elapsed_s"] for x in val], [x["val_loss"] for x in val], "o-", ms=3, label=r["name"])
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png")
+    plt.close(fig)

@@ -1,0 +1,44 @@
+import csv
+
+import pytest
+
+from talelab.errors import ConfigError
+from talelab.experiments.sweep import parse_budget, parse_grid, sweep
+
+
+def test_budgets_are_time_or_tokens():
+    assert parse_budget("5m") == {"max_minutes": 5.0}
+    assert parse_budget("90s") == {"max_minutes": 1.5}
+    assert parse_budget("200k") == {"max_tokens": 200_000}
+    assert parse_budget("1.5M") == {"max_tokens": 1_500_000}
+    for bad in ("0", "0m", "soon", "-3k"):
+        with pytest.raises(ConfigError, match="budget"):
+            parse_budget(bad)
+
+
+def test_grid_is_the_product_of_its_axes_with_typed_values():
+    combos = parse_grid("d_model=128,256,512 n_layers=8,12 n_heads=2,4,8")
+    assert len(combos) == 18 and combos[0] == {"d_model": 128, "n_layers": 8, "n_heads": 2}
+    assert parse_grid("lr=0.001,0.002 positions=rope")[1] == {"lr": 0.002, "positions": "rope"}
+    with pytest.raises(ConfigError, match="n_layerz"):
+        parse_grid("n_layerz=2,3")
+    with pytest.raises(ConfigError, match="no combinations"):
+        parse_grid("")
+
+
+def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished_runs(tmp_path, prepared, bpe_dir):
+    common = {"data": str(prepared), "tokenizer": str(bpe_dir)}
+    out = tmp_path / "sweep"
+    rows = sweep([], "d_model=32,48", "6k", out, common, base_preset="tiny", log=lambda *_: None)
+    assert [r["name"] for r in rows] == ["tiny-d_model32", "tiny-d_model48"]
+    assert rows[0]["parameters"] < rows[1]["parameters"] and all(r["peak_rss_mb"] > 50 for r in rows)
+    assert all(r["tokens_seen"] == 11 * 8 * 64 for r in rows)  # 6k tokens of 512-token steps: 11 steps
+    table = list(csv.DictReader(open(out / "results.csv")))
+    assert [t["name"] for t in table] == ["tiny-d_model32", "tiny-d_model48"]
+    assert (out / "bpb_vs_parameters.png").stat().st_size > 1000 and (out / "loss_curves.png").is_file()
+
+    (out / "tiny-d_model48" / "result.json").unlink()  # as if the sweep had been stopped during the second run
+    said = []
+    again = sweep([], "d_model=32,48", "6k", out, common, base_preset="tiny", log=said.append)
+    assert "done earlier" in said[0] and "training" in said[1]
+    assert again[1]["tokens_seen"] == rows[1]["tokens_seen"] and again[1]["val_loss"] == rows[1]["val_loss"]
