@@ -7,10 +7,11 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from talelab.config import (PRESETS, ModelConfig, PrepareConfig, SamplingConfig, TokenizerConfig, TrainConfig,
                             build_train_configs, check_choices)
-from talelab.errors import TalelabError
+from talelab.errors import ConfigError, TalelabError
 from talelab.serve import ServeConfig
 
 
@@ -143,6 +144,18 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from talelab.experiments.memory import memory_table
+
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers") from None
+    memory_table(args.presets, batch_sizes, args.vocab_size, args.device, args.dtype, args.out, args.memory_limit_gb)
+    print((Path(args.out) / "memory.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from talelab.demo import run_demo
 
@@ -235,6 +248,17 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sw.set_defaults(run=cmd_sweep)
+
+    mem = sub.add_parser("memory", help="peak training memory per preset and batch size ('oom' where it fails)")
+    mem.add_argument("presets", nargs="+", help=f"presets to measure ({', '.join(PRESETS)})")
+    mem.add_argument("--batch-sizes", default="2,4,8,16,32", help="comma-separated batch sizes")
+    mem.add_argument("--vocab-size", type=int, default=2048, help="vocabulary size of the models")
+    mem.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    mem.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    mem.add_argument("--memory-limit-gb", type=float, default=0.0,
+                     help="cap each measurement's address space (CPU), so 'oom' appears where it would not fit")
+    mem.add_argument("--out", default="runs/memory", help="folder for memory.md and memory.csv")
+    mem.set_defaults(run=cmd_memory)
 
     gen = sub.add_parser("generate", help="write stories with a trained model")
     gen.add_argument("--model", required=True, help="model or run directory")

@@ -200,6 +200,7 @@ class TrainConfig:
 
 
 SEED_TRANSFORMER = dict(activation="gelu", norm="layernorm", bias=True, tie_embeddings=False)
+SEED_TRAINING = dict(batch_size=64, warmup_steps=0, weight_decay=0.01)  # StepLR from the first step, AdamW defaults
 
 # Presets: overrides of ModelConfig ("model") and TrainConfig ("train"). The llama2.c shapes are Karpathy's
 # TinyStories models (dim / layers / heads / kv heads / context); their vocabulary comes from the tokenizer.
@@ -218,23 +219,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # seed 002's transformer table: word-level vocabulary of 2,048, GELU, LayerNorm, biases, untied output, batch 64
     "ts-1m": {"model": dict(d_model=128, n_heads=8, n_layers=3, d_ff=355, dropout=0.08, positions="rope",
                             norm_position="post", **SEED_TRANSFORMER),
-              "train": dict(lr=0.004902, schedule="step", step_size=5000, gamma=0.7997, batch_size=64)},
+              "train": dict(lr=0.004902, schedule="step", step_size=5000, gamma=0.7997, **SEED_TRAINING)},
     "ts-5m": {"model": dict(d_model=256, n_heads=8, n_layers=5, d_ff=1028, dropout=0.1, positions="rope",
                             norm_position="post", **SEED_TRANSFORMER),
-              "train": dict(lr=0.0013, schedule="step", step_size=12500, gamma=0.5551, batch_size=64)},
+              "train": dict(lr=0.0013, schedule="step", step_size=12500, gamma=0.5551, **SEED_TRAINING)},
     "ts-10m": {"model": dict(d_model=384, n_heads=8, n_layers=5, d_ff=1422, dropout=0.1, positions="sinusoidal",
                              norm_position="pre", **SEED_TRANSFORMER),
-               "train": dict(lr=0.0009, schedule="step", step_size=12000, gamma=0.5, batch_size=64)},
+               "train": dict(lr=0.0009, schedule="step", step_size=12000, gamma=0.5, **SEED_TRAINING)},
     # seed 002's recurrent table: word-level vocabulary of 2,048, untied output layer with bias, StepLR every 2,500
     "rnn-5m": {"model": dict(family="rnn", d_model=512, n_layers=4, hidden_size=590, dropout=0.1005,
                              tie_embeddings=False, bias=True),
-               "train": dict(lr=0.0006, schedule="step", step_size=2500, gamma=0.75, batch_size=64)},
+               "train": dict(lr=0.0006, schedule="step", step_size=2500, gamma=0.75, **SEED_TRAINING)},
     "lstm-5m": {"model": dict(family="lstm", d_model=384, n_layers=2, hidden_size=464, dropout=0.1005,
                               tie_embeddings=False, bias=True),
-                "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, batch_size=64)},
+                "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, **SEED_TRAINING)},
     "gru-5m": {"model": dict(family="gru", d_model=384, n_layers=2, hidden_size=546, dropout=0.1005,
                              tie_embeddings=False, bias=True),
-               "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, batch_size=64)},
+               "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, **SEED_TRAINING)},
     "260k": {"model": dict(d_model=64, n_layers=5, n_heads=8, n_kv_heads=4, d_ff=172, context_length=512)},
     "15m": {"model": dict(d_model=288, n_layers=6, n_heads=6, n_kv_heads=6, d_ff=768, context_length=256)},
     "42m": {"model": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_ff=1376, context_length=1024)},

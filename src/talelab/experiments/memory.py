@@ -1,0 +1,97 @@
+"""`talelab memory`: peak memory of training steps per model and batch size, `oom` where it does not fit.
+
+Each cell runs in a fresh child process (`python -m talelab.experiments.memory PRESET BATCH ...`), so one cell's
+memory never inflates another's and an out-of-memory failure is a table entry, not a crash. CPU cells report the
+child's peak resident memory; CUDA cells report torch.cuda.max_memory_allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STEPS = 2  # the second step has the optimizer's moments allocated: the steady-state peak
+
+
+def measure_in_this_process(preset_name: str, batch_size: int, vocab_size: int, device: str, dtype: str) -> dict:
+    """Build the preset's model, train STEPS steps on random tokens, report the peak (run inside the child)."""
+    import torch
+
+    from talelab.config import TrainConfig, build_train_configs
+    from talelab.models import build_model
+    from talelab.train.loop import autocast_context, train_step
+    from talelab.train.optim import make_optimizer
+
+    model_config, _ = build_train_configs(preset_name, overrides={"model": {"vocab_size": vocab_size}})
+    config = TrainConfig(batch_size=batch_size, dtype=dtype)
+    device = torch.device(device)
+    model = build_model(model_config).to(device).train()
+    optimizer = make_optimizer(model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
+    tokens = torch.randint(0, vocab_size, (batch_size, model_config.context_length + 1), device=device)
+    for _ in range(STEPS):
+        train_step(model, model, optimizer, scaler, autocast_context(device, dtype), config,
+                   lambda: (tokens[:, :-1], tokens[:, 1:]))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"parameters": model.num_parameters(), "cuda_peak_mb": peak}
+
+
+def measure(preset_name: str, batch_size: int, vocab_size: int, device: str, dtype: str,
+            memory_limit_gb: float = 0) -> str:
+    """The cell's text: peak MB, or 'oom'."""
+    command = [sys.executable, "-m", "talelab.experiments.memory", preset_name, str(batch_size), str(vocab_size),
+               device, dtype, str(memory_limit_gb)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(child.pid, 0)
+    out, err = child.stdout.read(), child.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        if "out of memory" in err.lower() or "cannot allocate" in err.lower() or os.WIFSIGNALED(status):
+            return "oom"
+        raise RuntimeError(f"memory measurement of {preset_name} at batch {batch_size} failed: {err.strip()[-300:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    peak = result["cuda_peak_mb"] if result["cuda_peak_mb"] is not None else usage.ru_maxrss / 1024
+    return f"{peak:,.0f}"
+
+
+def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, device: str, dtype: str, out: str,
+                 memory_limit_gb: float = 0, log=print) -> list[dict]:
+    """Every preset x batch size; writes memory.md and memory.csv into `out`."""
+    from talelab.config import preset
+    from talelab.errors import ConfigError
+
+    for name in presets:
+        preset(name)  # unknown names fail before any child starts
+    if not presets or not batch_sizes or min(batch_sizes) <= 0:
+        raise ConfigError("memory: name at least one preset and positive --batch-sizes")
+    rows = []
+    for name in presets:
+        row = {"model": name}
+        for batch in batch_sizes:
+            row[str(batch)] = measure(name, batch, vocab_size, device, dtype, memory_limit_gb)
+            log(f"{name} batch {batch}: {row[str(batch)]}")
+        rows.append(row)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    what = "peak resident memory of the process (MB)" if device == "cpu" else "torch.cuda.max_memory_allocated (MB)"
+    lines = [f"# Training memory: {what}, {dtype}, vocabulary {vocab_size}", "",
+             "| model | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
+             "|---|" + "---:|" * len(batch_sizes)]
+    lines += ["| " + " | ".join([r["model"]] + [r[str(b)] for b in batch_sizes]) + " |" for r in rows]
+    (out / "memory.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "memory.csv").write_text("\n".join([",".join(["model"] + [str(b) for b in batch_sizes])] + [
+        ",".join([r["model"]] + [r[str(b)].replace(",", "") for b in batch_sizes]) for r in rows]) + "\n",
+        encoding="utf-8")
+    return rows
+
+
+if __name__ == "__main__":  # the child: python -m talelab.experiments.memory PRESET BATCH VOCAB DEVICE DTYPE LIMIT_GB
+    name, batch, vocab, device_name, dtype_name, limit = sys.argv[1:7]
+    if float(limit) > 0:  # a ceiling on the address space makes an out-of-memory cell reproducible on any machine
+        import resource
+
+        cap = int(float(limit) * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    print(json.dumps(measure_in_this_process(name, int(batch), int(vocab), device_name, dtype_name)))
