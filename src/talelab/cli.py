@@ -198,7 +198,7 @@ def add_interpret_inputs(parser: argparse.ArgumentParser, samples: int) -> None:
                         help="documents: the texts of --data in order; reference: the pieces of the bits-per-byte "
                         "protocol (blank-line pieces 2..301 of valid-head.txt)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices to study (default: all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: 8)")
     parser.add_argument("--out", default=None, help="report directory (default: runs/interpret/<model name>)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar over batches")
