@@ -178,6 +178,10 @@ class TrainConfig:
     decay_fraction: float = option(0.2, "wsd: share of training spent decaying at the end")
     step_size: int = option(5000, "step schedule: multiply the rate by gamma every step_size steps (StepLR)")
     gamma: float = option(0.8, "step schedule: decay factor")
+    objective: str = option("next-token", "training objective; contrastive adds alpha / (L_shuffled + 0.01) for "
+                            "stories with shuffled sentences", ("next-token", "contrastive"))
+    contrastive_fraction: float = option(0.33, "contrastive: share of each batch made of sentence-shuffled stories")
+    contrastive_alpha: float = option(5.0, "contrastive: weight alpha of the shuffled-story term")
     weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on norms, biases or embeddings)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")

@@ -26,6 +26,7 @@ from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from talelab.train.distributed import join, leave, wrap
+from talelab.train.objectives import contrastive_loss, next_token_loss, shuffled_stories
 from talelab.train.optim import lr_multiplier, make_optimizer
 
 
@@ -115,14 +116,14 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict]:
 
 
 def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig, next_batch,
-               average=lambda loss: loss) -> float | None:
+               average=lambda loss: loss, objective=next_token_loss) -> float | None:
     """One optimizer step over `grad_accum` micro-batches; the mean loss (`average`d over processes), or None (and
     no update) if it is not finite."""
     loss_sum = 0.0
     for _ in range(config.grad_accum):
-        x, y = next_batch()
+        batch = next_batch()
         with autocast:
-            _, loss = forward(x, y)
+            loss = objective(forward, batch)
         scaler.scale(loss / config.grad_accum).backward()
         loss_sum = loss_sum + loss.detach()
     loss_value = float(average(loss_sum)) / config.grad_accum
@@ -238,6 +239,21 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]")
     summary = {"parameters": n_params, "run_dir": str(run_dir)}
     last_saved, window_start, window_tokens = None, time.perf_counter(), 0
+    if config.objective == "contrastive":  # a share of every batch becomes sentence-shuffled stories
+        shuffled = round(config.contrastive_fraction * config.batch_size)
+        objective = contrastive_loss(config.contrastive_alpha)
+        normal_rows = ranks.rows(config.batch_size - shuffled) if shuffled < config.batch_size else slice(0)
+        shuffled_rows = ranks.rows(shuffled)
+
+        def next_batch():
+            return (*random_windows(train_shard, config.batch_size - shuffled, T, data_rng, device, normal_rows),
+                    *shuffled_stories(train_shard, tokenizer, shuffled, T, data_rng, device, shuffled_rows))
+    else:
+        objective = next_token_loss
+
+        def next_batch():
+            return random_windows(train_shard, config.batch_size, T, data_rng, device, rows)
+
     model.train()
     try:
         while step < config.max_steps and not (max_seconds and elapsed >= max_seconds):
@@ -246,9 +262,8 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             lr = config.lr * lr_multiplier(step, progress, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_value = train_step(forward, model, optimizer, scaler, autocast, config,
-                                    lambda: random_windows(train_shard, config.batch_size, T, data_rng, device, rows),
-                                    ranks.mean)
+            loss_value = train_step(forward, model, optimizer, scaler, autocast, config, next_batch, ranks.mean,
+                                    objective)
             if loss_value is None:
                 diverged(f"loss stopped being finite at step {step + 1}")
             step += 1
