@@ -90,8 +90,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class ModelConfig:
-    family: str = option("transformer", "model family: a decoder-only transformer or a recurrent baseline "
-                         "(tanh RNN, LSTM, GRU)", ("transformer", "rnn", "lstm", "gru"))
+    family: str = option("transformer", "model family: a decoder-only transformer, the pair-compressing transformer "
+                         "(compressor), or a recurrent baseline (tanh RNN, LSTM, GRU)",
+                         ("transformer", "compressor", "rnn", "lstm", "gru"))
     vocab_size: int = option(0, "vocabulary size; 0 takes the tokenizer's")
     d_model: int = option(128, "width of the residual stream (recurrent models: the embedding size)")
     hidden_size: int = option(0, "recurrent models: hidden state size; 0 means d_model")
@@ -120,7 +121,7 @@ class ModelConfig:
                 self.d_ff = -(-(2 * self.d_ff // 3) // 32) * 32
         if self.hidden_size == 0:
             self.hidden_size = self.d_model
-        recurrent = self.family != "transformer"
+        recurrent = self.family in ("rnn", "lstm", "gru")
         checks = [
             (recurrent or self.d_model % self.n_heads == 0,
              f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}"),

@@ -5,7 +5,10 @@ from talelab.config import ModelConfig
 
 def build_model(config: ModelConfig):
     """The model `config.family` names, with fresh weights."""
+    from talelab.models.compressor import CompressorLM
     from talelab.models.recurrent import RecurrentLM
     from talelab.models.transformer import Transformer
 
-    return Transformer(config) if config.family == "transformer" else RecurrentLM(config)
+    if config.family == "transformer":
+        return Transformer(config)
+    return CompressorLM(config) if config.family == "compressor" else RecurrentLM(config)
