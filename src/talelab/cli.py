@@ -9,10 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from talelab.config import (PRESETS, ModelConfig, PrepareConfig, SamplingConfig, TokenizerConfig, TrainConfig,
-                            build_train_configs, check_choices)
+from talelab.config import (PRESETS, ModelConfig, PrepareConfig, SamplingConfig, ServeConfig, TokenizerConfig,
+                            TrainConfig, build_train_configs, check_choices)
 from talelab.errors import ConfigError, TalelabError
-from talelab.serve import ServeConfig
 
 
 class Parser(argparse.ArgumentParser):

@@ -204,6 +204,21 @@ class TrainConfig:
         check_choices(self)
 
 
+@dataclass
+class ServeConfig:
+    host: str = option("127.0.0.1", "address to bind; the default answers this machine only, 0.0.0.0 answers anyone")
+    port: int = option(8000, "TCP port")
+    max_prompt_chars: int = option(8000, "longest prompt accepted, in characters (the model's context caps tokens)")
+    max_tokens: int = option(512, "largest max_tokens a request may ask for")
+    default_max_tokens: int = option(256, "max_tokens of a request that does not say")
+    max_choices: int = option(4, "largest n (stories per request)")
+    max_concurrent: int = option(64, "stories being written or waiting, all models together; requests beyond "
+                                "get 429")
+    batching: bool = option(True, "run requests that arrive together in shared forward passes (off: one at a time)")
+    max_batch: int = option(16, "most rows in one batch")
+    batch_window_ms: float = option(10.0, "how long a batch waits for more requests after the first arrives")
+
+
 SEED_TRANSFORMER = dict(activation="gelu", norm="layernorm", bias=True, tie_embeddings=False)
 SEED_TRAINING = dict(batch_size=64, warmup_steps=0, weight_decay=0.01)  # StepLR from the first step, AdamW defaults
 

@@ -1,0 +1,60 @@
+"""Live servers on loopback for the serve tests: real models (the tiny trained run and stories260K), real uvicorn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+
+from talelab.config import ServeConfig
+from talelab.serve.app import create_app, load_models
+
+
+@contextmanager
+def live_server(models: dict[str, Path], **config):
+    """Serve `models` on a free loopback port (the OS picks it) in a thread; yield the base URL; shut down."""
+    app = create_app(load_models([f"{name}={path}" for name, path in models.items()]), ServeConfig(**config))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stories260k(tmp_path_factory, shared) -> Path:
+    from talelab.models.convert import convert_llama2c
+
+    out = tmp_path_factory.mktemp("stories260K") / "stories260K"
+    return Path(convert_llama2c(shared / "models/stories260K/stories260K.bin", shared / "models/stories260K/tok512.bin",
+                                out))
+
+
+@pytest.fixture(scope="session")
+def served(tiny_run, stories260k) -> dict[str, Path]:
+    return {"tiny": tiny_run, "stories260K": stories260k}
+
+
+@pytest.fixture(scope="session")
+def server(served):
+    """The two models with default settings (batching on), shared by the tests that need no special limits."""
+    with live_server(served) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed", max_retries=0, timeout=60)
