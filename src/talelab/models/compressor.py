@@ -20,8 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from talelab.config import ModelConfig
-from talelab.errors import ConfigError, MismatchError
-from talelab.models.transformer import Block, ChunkedCrossEntropy, make_norm, rope_tables
+from talelab.errors import ConfigError
+from talelab.models.transformer import (Block, ChunkedCrossEntropy, check_fits_context, check_vocabulary_set,
+                                        count_parameters, make_norm, rope_tables)
 
 
 class TokenHistory:
@@ -38,8 +39,7 @@ class TokenHistory:
 class CompressorLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size <= 0:
-            raise MismatchError("model config: vocab_size must be set (from the tokenizer) before building a model")
+        check_vocabulary_set(config)
         if config.positions != "rope":
             raise ConfigError("compressor: positions must be rope (pair positions are rotated, not embedded)")
         self.config = config
@@ -64,8 +64,7 @@ class CompressorLM(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if exclude_embeddings else n
+        return count_parameters(self, exclude_embeddings)
 
     def new_cache(self, batch_size: int, device, dtype, length: int | None = None) -> TokenHistory:
         return TokenHistory()
@@ -90,9 +89,7 @@ class CompressorLM(nn.Module):
                 start: int = 0, positions: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
         if key_mask is not None:
             raise ConfigError("the compressor model cannot decode left-padded batches; generate one prompt at a time")
-        if start + idx.shape[1] > self.config.context_length:
-            raise MismatchError(f"sequence of {start + idx.shape[1]} tokens exceeds the model's context_length "
-                                f"{self.config.context_length}")
+        check_fits_context(self.config, start + idx.shape[1])
         if cache is not None:  # generation: append the new tokens and read the whole story again
             cache.tokens = idx if cache.tokens is None else torch.cat([cache.tokens, idx], dim=1)
             logits = self.predictions(cache.tokens)[:, -idx.shape[1]:]

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from talelab.config import ModelConfig
-from talelab.errors import ConfigError, MismatchError
-from talelab.models.transformer import ChunkedCrossEntropy
+from talelab.errors import ConfigError
+from talelab.models.transformer import (ChunkedCrossEntropy, check_fits_context, check_vocabulary_set,
+                                        count_parameters)
 
 LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -35,8 +36,7 @@ class RecurrentLM(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size <= 0:
-            raise MismatchError("model config: vocab_size must be set (from the tokenizer) before building a model")
+        check_vocabulary_set(config)
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         extra = {"nonlinearity": "tanh"} if config.family == "rnn" else {}
@@ -49,8 +49,7 @@ class RecurrentLM(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if exclude_embeddings else n
+        return count_parameters(self, exclude_embeddings)
 
     def new_cache(self, batch_size: int, device, dtype, length: int | None = None) -> RecurrentState:
         return RecurrentState()
@@ -60,9 +59,7 @@ class RecurrentLM(nn.Module):
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy over targets that are not -1."""
         if key_mask is not None:  # a padding token would flow into the hidden state
             raise ConfigError("recurrent models cannot decode left-padded batches; generate one prompt at a time")
-        if start + idx.shape[1] > self.config.context_length:
-            raise MismatchError(f"sequence of {start + idx.shape[1]} tokens exceeds the model's context_length "
-                                f"{self.config.context_length}")
+        check_fits_context(self.config, start + idx.shape[1])
         out, state = self.rnn(self.drop(self.embed(idx)), cache.state if cache is not None else None)
         if cache is not None:
             cache.state = state

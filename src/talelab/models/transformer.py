@@ -170,11 +170,31 @@ class Block(nn.Module):
         return self.mlp_norm(x + self.drop(self.mlp(x)))
 
 
+def check_vocabulary_set(config: ModelConfig) -> None:
+    """Every family needs its vocabulary from the tokenizer before it is built."""
+    if config.vocab_size <= 0:
+        raise MismatchError("model config: vocab_size must be set (from the tokenizer) before building a model")
+
+
+def check_fits_context(config: ModelConfig, length: int) -> None:
+    if length > config.context_length:
+        raise MismatchError(f"sequence of {length} tokens exceeds the model's context_length {config.context_length}")
+
+
+def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Parameters of any talelab model; without embeddings: minus the input table and an untied output one."""
+    n = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        n -= model.embed.weight.numel()
+        if not model.config.tie_embeddings:
+            n -= model.lm_head.weight.numel()
+    return n
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size <= 0:
-            raise MismatchError("model config: vocab_size must be set (from the tokenizer) before building a model")
+        check_vocabulary_set(config)
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.positions == "learned":
@@ -205,12 +225,7 @@ class Transformer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.embed.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.lm_head.weight.numel()
-        return n
+        return count_parameters(self, exclude_embeddings)
 
     def new_cache(self, batch_size: int, device, dtype, length: int | None = None) -> KVCache:
         return KVCache(self.config, batch_size, device, dtype, length)
@@ -223,10 +238,7 @@ class Transformer(nn.Module):
         each row's own token positions, and `key_mask` (B, start + T), True where a cache slot holds a real token.
         """
         B, T = idx.shape
-        last = int(positions.max()) + 1 if positions is not None else start + T
-        if last > self.config.context_length:
-            raise MismatchError(f"sequence of {last} tokens exceeds the model's context_length "
-                                f"{self.config.context_length}")
+        check_fits_context(self.config, int(positions.max()) + 1 if positions is not None else start + T)
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)  # (T,), shared by every row
         x = self.embed(idx)  # (B, T, d_model)
