@@ -42,3 +42,10 @@ def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished
     again = sweep([], "d_model=32,48", "6k", out, common, base_preset="tiny", log=said.append)
     assert "done earlier" in said[0] and "training" in said[1]
     assert again[1]["tokens_seen"] == rows[1]["tokens_seen"] and again[1]["val_loss"] == rows[1]["val_loss"]
+
+
+def test_a_time_budget_stops_each_run_by_the_clock(tmp_path, prepared, bpe_dir):
+    common = {"data": str(prepared), "tokenizer": str(bpe_dir)}
+    (row,) = sweep(["tiny"], None, "2s", tmp_path / "timed", common, log=lambda *_: None)
+    assert row["tokens_seen"] > 0 and row["tokens_seen"] % (8 * 64) == 0  # whole steps of the tiny preset
+    assert row["wall_time_s"] < 30

@@ -22,6 +22,7 @@ import yaml
 
 from talelab.config import ModelConfig, TrainConfig, build_train_configs
 from talelab.errors import ConfigError, TalelabError
+from talelab.models.storage import read_config, resolve_model_dir
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -77,8 +78,8 @@ def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common
     train = {**common, **{k: v for k, v in overrides.items() if k in TRAIN_KEYS}, "out": str(run_dir),
              "progress": False}
     model_config, train_config = build_train_configs(preset, overrides={"model": model, "train": train})
+    tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.context_length
     if "max_tokens" in budget:
-        tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.context_length
         train_config = dataclasses.replace(train_config, max_steps=max(1, budget["max_tokens"] // tokens_per_step))
     else:
         train_config = dataclasses.replace(train_config, max_minutes=budget["max_minutes"], max_steps=10**9)
@@ -101,8 +102,7 @@ def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     last_val = [r for r in records if "val_loss" in r][-1]
     last_train = [r for r in records if "loss" in r][-1]
-    saved = json.loads((run_dir / (run_dir / "latest").read_text().strip() / "config.json").read_text())
-    parameters = saved["parameters"]
+    parameters = read_config(resolve_model_dir(run_dir))["parameters"]
     return {"name": run_dir.name, "parameters": parameters, "tokens_seen": last_train["step"] * tokens_per_step,
             "wall_time_s": round(last_train["elapsed_s"], 1),
             "tokens_per_s": round(last_train["step"] * tokens_per_step / max(last_train["elapsed_s"], 1e-9)),
