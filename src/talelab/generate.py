@@ -319,8 +319,7 @@ def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig
         for r, prompt in enumerate(prompts):
             present[r, prompt] = True
         for step in range(max(limits)):
-            penalty = settings["repetition_penalty"]
-            logits = torch.where(present, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+            logits = penalize_repeats(logits, present, settings["repetition_penalty"])  # (rows, 1) penalties
             token = pick_rows(logits, settings, generators)
             if top_alternatives:
                 top = logits.softmax(dim=-1).topk(top_alternatives)

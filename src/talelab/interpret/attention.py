@@ -28,7 +28,7 @@ import torch
 from talelab.errors import InputError
 from talelab.interpret.inputs import (Subject, batches, check_indices, check_positive, default_out, encode_texts,
                                       forward, load_subject, read_texts, token_label, token_pieces)
-from talelab.models.transformer import Attention, rotate_half
+from talelab.models.transformer import Attention
 from talelab.paths import TINYSTORIES_VALID
 
 SCORES = ("distance_correlation", "previous_token", "first_token", "duplicate_token", "local_window")
@@ -36,13 +36,8 @@ SCORES = ("distance_correlation", "previous_token", "first_token", "duplicate_to
 
 def attention_weights(attn: Attention, x: torch.Tensor, rope) -> torch.Tensor:
     """The weights (B, n_heads, T, T) that `attn` applies to its input `x` (B, T, d_model) in a full forward."""
-    B, T, _ = x.shape
-    qkv = attn.qkv(x).view(B, T, attn.n_heads + 2 * attn.n_kv_heads, attn.head_size)
-    qk = qkv[:, :, :attn.n_heads + attn.n_kv_heads]
-    if attn.use_rope:
-        cos, sin = (t.to(qk.dtype).unsqueeze(1) for t in rope)
-        qk = qk * cos + rotate_half(qk) * sin
-    q, k = (t.transpose(1, 2) for t in qk.split([attn.n_heads, attn.n_kv_heads], dim=2))  # (B, heads, T, hs)
+    T = x.shape[1]
+    q, k, _ = attn.project(x, rope)  # exactly the queries and keys the module's forward uses
     k = k.repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)  # query head h reads kv head h // group
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(attn.head_size)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()

@@ -6,7 +6,6 @@ Hugging Face models are used as they are, through forward hooks and `output_atte
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from talelab.errors import ConfigError, InputError, MismatchError
+from talelab.models.storage import load_model, read_config
 from talelab.tokenizer import Tokenizer, load_tokenizer
 
 # Hugging Face model types whose attention weights (eager attention) and MLP activations we know how to reach:
@@ -51,15 +51,8 @@ def load_subject(path: str | os.PathLike) -> Subject:
     directory = Path(path)
     if not directory.is_dir():
         raise InputError(f"{directory}: no such model directory")
-    raw = {}
-    if (directory / "config.json").is_file():
-        try:
-            raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{directory / 'config.json'}: not valid JSON ({e})") from None
+    raw = read_config(directory) if (directory / "config.json").is_file() else {}
     if (directory / "latest").is_file() or "model" in raw:
-        from talelab.models.storage import load_model
-
         model, tokenizer, _ = load_model(directory)
         c = model.config
         if c.family != "transformer":

@@ -111,7 +111,8 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.use_rope = config.positions == "rope"
 
-    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int, mask: torch.Tensor | None = None):
+    def project(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, n_heads, T, head_size), keys and values (B, n_kv_heads, T, head_size), RoPE applied."""
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_size)
         qk, v = qkv.split([self.n_heads + self.n_kv_heads, self.n_kv_heads], dim=2)
@@ -119,7 +120,11 @@ class Attention(nn.Module):
             cos, sin = (t.to(qk.dtype).unsqueeze(-2) for t in rope)  # ([B,] T, 1, head_size); autocast: qk is bf16
             qk = qk * cos + rotate_half(qk) * sin
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_size)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int, mask: torch.Tensor | None = None):
+        B, T, _ = x.shape
+        q, k, v = self.project(x, rope)
         causal = mask is None
         if cache is not None:
             cache.keys[layer][:, :, start:start + T] = k

@@ -14,7 +14,7 @@ import torch
 
 from talelab.errors import InputError
 from talelab.atomic import atomic_directory, write_text_atomic
-from talelab.models.storage import LATEST_POINTER, resolve_model_dir, save_model
+from talelab.models.storage import LATEST_POINTER, read_config, resolve_model_dir, save_model
 
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
@@ -45,10 +45,8 @@ def load_trainer_state(checkpoint: Path) -> dict:
 
 def saved_configuration(run_dir: Path) -> dict:
     """The model and train sections a run's latest checkpoint was made with, to resume it without restating them."""
-    import json
-
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise InputError(f"{run_dir}: nothing to resume (no 'latest' checkpoint pointer)")
-    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    saved = read_config(checkpoint)
     return {"model": saved["model"], "train": saved.get("train", {})}

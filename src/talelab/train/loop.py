@@ -21,7 +21,7 @@ import torch
 from talelab.config import ModelConfig, TrainConfig
 from talelab.data.shards import Shard, load_shard, pretokenize
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
-from talelab.models.storage import load_weights
+from talelab.models.storage import check_vocabulary, load_weights, read_config
 from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -153,9 +153,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
 
     if model_config.vocab_size == 0:
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    elif model_config.vocab_size < tokenizer.vocab_size:
-        raise MismatchError(f"{config.tokenizer}: tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is "
-                            f"{model_config.vocab_size}")
+    check_vocabulary(model_config, tokenizer, config.tokenizer)
     T = model_config.context_length
     if len(train_shard.tokens) < T + 2:
         raise InputError(f"{config.data}: only {len(train_shard.tokens)} training tokens, fewer than one window of "
@@ -177,7 +175,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     data_rng = torch.Generator().manual_seed(config.seed)
     step, elapsed = 0, 0.0
     if resume:
-        saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        saved = read_config(checkpoint)
         if saved["model"] != dataclasses.asdict(model_config):
             changed = [k for k, v in dataclasses.asdict(model_config).items() if saved["model"].get(k) != v]
             raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
