@@ -23,9 +23,8 @@ DEMO_VOCAB = 2048
 STORY_PROMPTS = ("Once upon a time", "One day, a little dog named", "Lily and Ben")
 
 
-def stage(title: str) -> float:
+def stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
-    return time.perf_counter()
 
 
 def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = None) -> dict:
