@@ -125,13 +125,7 @@ def _split_jsonl(path: Path, text: str, text_field: str) -> list[str]:
 
 def _read_hub(source: str, text_field: str, split: str, max_documents: int) -> list[str]:
     """The `text_field` of a Hugging Face dataset's records; streams when only the first few are wanted."""
-    try:
-        import datasets  # optional: only hub sources need it, and it is slow to import
-    except ImportError:
-        raise InputError(
-            f"{source}: no such file, and reading it as a Hugging Face dataset id needs the 'datasets' package "
-            "(pip install talelab[hub])"
-        ) from None
+    import datasets  # imported here: only hub sources need it, and it is slow to import
     try:
         # Streaming the first rows avoids downloading a whole multi-gigabyte split for a small run.
         dataset = datasets.load_dataset(source, split=split, streaming=max_documents > 0)
