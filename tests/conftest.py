@@ -1,4 +1,6 @@
-"""Shared fixtures: real shared data, one small prepared corpus, one BPE tokenizer and one tiny trained run.
+"""Shared fixtures: real shared data, one small prepared corpus, one BPE tokenizer, one tiny trained run, and real
+pretrained models: Karpathy's stories260K (talelab and Hugging Face Llama forms) and a small GPT-2-shaped model with
+GPT-2's real tokenizer.
 
 Torch runs on one thread in tests: the suite shares two cores and two multi-threaded processes thrash.
 """
@@ -71,4 +73,59 @@ def tiny_run(tmp_path_factory, tiny_configs) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(*tiny_configs(out), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stories260k(tmp_path_factory, shared) -> Path:
+    """Karpathy's stories260K imported from llama2.c: a talelab model directory."""
+    from talelab.models.convert import convert_llama2c
+
+    out = tmp_path_factory.mktemp("stories260K") / "stories260K"
+    convert_llama2c(str(shared / paths.STORIES260K_MODEL), str(shared / paths.STORIES260K_TOKENIZER), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stories260k_hf(tmp_path_factory, stories260k) -> Path:
+    """The same weights as a Hugging Face LlamaForCausalLM directory with its tokenizer."""
+    from talelab.models.convert import export_hf
+    from talelab.models.storage import load_model
+
+    model, tokenizer, _ = load_model(stories260k)
+    return export_hf(model, tokenizer, tmp_path_factory.mktemp("stories260K-hf") / "stories260K-hf")
+
+
+@pytest.fixture(scope="session")
+def gpt2_small(tmp_path_factory, shared) -> Path:
+    """A GPT-2-shaped model (2 layers, 64 wide) with GPT-2's real 50,257-token tokenizer, pretrained for 200 steps
+    on the shared stories: a real GPT2LMHeadModel directory that the GPT-2 code paths (Conv1D, c_attn, pad = eos)
+    meet as they would meet DistilGPT2, at a size CI can afford."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    out = tmp_path_factory.mktemp("gpt2-small") / "gpt2-small"
+    gpt2 = shared / "tokenizers/gpt2"
+    tokenizer = GPT2TokenizerFast.from_pretrained(gpt2)  # vocab.json + merges.txt, as the hub ships them
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config)
+    text = (shared / paths.TINYSTORIES_TRAIN).read_text(encoding="utf-8")
+    stories = [s.strip() for s in text.split("<|endoftext|>") if s.strip()][:600]
+    ids = torch.tensor([i for s in stories for i in tokenizer(s)["input_ids"] + [tokenizer.eos_token_id]])
+    windows = ids[: len(ids) // 64 * 64].view(-1, 64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    torch.set_num_threads(2)  # the 50,257-way output layer dominates; nothing else runs while the fixture builds
+    try:
+        for _ in range(200):
+            batch = windows[torch.randint(len(windows), (4,), generator=generator)]
+            model(batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(1)
+    model.eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out

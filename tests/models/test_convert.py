@@ -6,31 +6,29 @@ from talelab import paths
 from talelab.config import ModelConfig
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.likelihood import reference_pieces, score_documents
-from talelab.models.convert import convert_llama2c, export_hf, import_llama2c
+from talelab.models.convert import export_hf, import_llama2c
 from talelab.models.storage import load_model
 from talelab.models.transformer import Transformer
 from talelab.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def stories260k(tmp_path_factory, shared):
-    out = tmp_path_factory.mktemp("convert") / "stories260K"
-    convert_llama2c(str(shared / paths.STORIES260K_MODEL), str(shared / paths.STORIES260K_TOKENIZER), out)
-    return load_model(out)
+def stories260k_loaded(stories260k):
+    return load_model(stories260k)
 
 
-def test_stories260k_scores_the_published_reference_bits_per_byte(stories260k, shared):
-    model, tokenizer, _ = stories260k
+def test_stories260k_scores_the_published_reference_bits_per_byte(stories260k_loaded, shared):
+    model, tokenizer, _ = stories260k_loaded
     result = score_documents(model, tokenizer, reference_pieces(shared / paths.TINYSTORIES_VALID))
     assert (result["tokens"], result["bytes"]) == (29212, 62046)
     assert result["bits_per_byte"] == pytest.approx(0.975, abs=0.0005)
     assert result["loss"] == pytest.approx(1.435, abs=0.0005)
 
 
-def test_hf_llama_export_gives_the_same_logits(stories260k, tmp_path):
+def test_hf_llama_export_gives_the_same_logits(stories260k_loaded, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, tokenizer, _ = stories260k
+    model, tokenizer, _ = stories260k_loaded
     export_hf(model, tokenizer, tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode("Once upon a time, Tim saw a big red dog.")]])

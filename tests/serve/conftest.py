@@ -35,15 +35,6 @@ def live_server(models: dict[str, Path], **config):
 
 
 @pytest.fixture(scope="session")
-def stories260k(tmp_path_factory, shared) -> Path:
-    from talelab.models.convert import convert_llama2c
-
-    out = tmp_path_factory.mktemp("stories260K") / "stories260K"
-    return Path(convert_llama2c(shared / "models/stories260K/stories260K.bin", shared / "models/stories260K/tok512.bin",
-                                out))
-
-
-@pytest.fixture(scope="session")
 def served(tiny_run, stories260k) -> dict[str, Path]:
     return {"tiny": tiny_run, "stories260K": stories260k}
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from talelab.train.loop import train
-from talelab.train.objectives import contrastive_loss, shuffle_sentences, split_sentences
+from talelab.data.sentences import shuffle_sentences, split_sentences
+from talelab.train.objectives import contrastive_loss
 
 
 @pytest.mark.parametrize("text,expected", [

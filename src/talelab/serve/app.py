@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,13 +37,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from talelab.config import SamplingConfig, ServeConfig
+from talelab.data.tags import FEATURES
 from talelab.errors import ConfigError
 from talelab.models.transformer import Transformer
 from talelab.serve.batching import Batcher, Story, events
 from talelab.tokenizer import Tokenizer
 
-Feature = Literal["Dialogue", "BadEnding", "MoralValue", "Twist", "Foreshadowing", "Conflict"]
-FEATURES = get_args(Feature)
+Feature = Literal[FEATURES]
 MAX_BODY_BYTES = 1 << 20  # far above any prompt the character cap lets through
 STATIC = Path(__file__).parent / "static"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
