@@ -75,3 +75,11 @@ def test_imported_weights_match_the_file(shared):
     model = import_llama2c(shared / paths.STORIES260K_MODEL)
     raw = np.fromfile(shared / paths.STORIES260K_MODEL, dtype=np.float32)
     assert np.array_equal(model.embed.weight.detach().numpy().ravel(), raw[7:7 + 512 * 64])
+
+
+def test_llama2c_export_reads_back_byte_for_byte(stories260k, shared, tmp_path):
+    from talelab.models.convert import export_llama2c
+
+    model, _, _ = load_model(stories260k)
+    written = export_llama2c(model, tmp_path / "stories260K.bin")
+    assert written.read_bytes() == (shared / paths.STORIES260K_MODEL).read_bytes()

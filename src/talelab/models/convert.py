@@ -1,4 +1,4 @@
-"""Import llama2.c checkpoints and export talelab models to Hugging Face Llama directories."""
+"""Import and export llama2.c checkpoints; export talelab models to Hugging Face Llama directories."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from talelab.config import ModelConfig
 from talelab.errors import ConfigError, InputError
-from talelab.atomic import atomic_directory
+from talelab.atomic import atomic_directory, atomic_file
 from talelab.models.storage import check_vocabulary, load_model, save_model
 from talelab.models.transformer import Transformer
 from talelab.paths import resolve_input
@@ -23,6 +23,12 @@ def meta_to_rotate_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder q/k rows from Meta's interleaved RoPE pairs to the rotate-half layout (as HF's Llama converter)."""
     rows, cols = w.shape
     return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def rotate_half_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of meta_to_rotate_half: back to the interleaved pairs llama2.c's run.c rotates."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
 def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -83,6 +89,38 @@ def import_llama2c(path: str | os.PathLike) -> Transformer:
     model = Transformer(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def export_llama2c(model: Transformer, path: str | os.PathLike) -> Path:
+    """Write a llama2.c legacy float32 checkpoint that run.c decodes (and import_llama2c reads back exactly)."""
+    c = model.config
+    llama_compatible(c)
+    q_rows, kv_rows = c.n_heads * c.head_size, c.n_kv_heads * c.head_size
+    blocks = list(model.blocks)
+    qkv = [b.attn.qkv.weight.detach().split([q_rows, kv_rows, kv_rows]) for b in blocks]
+    gate_up = [b.mlp.up.weight.detach().chunk(2) for b in blocks]
+    # The tables as llama2.c's precompute_freqs_cis computes them (reciprocal first), so files match bit for bit.
+    frequencies = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_size, 2).float() / c.head_size))
+    angles = torch.outer(torch.arange(c.context_length).float(), frequencies)
+    parts = [
+        model.embed.weight, *(b.attn_norm.weight for b in blocks),
+        *(rotate_half_to_meta(q, c.n_heads) for q, _, _ in qkv),
+        *(rotate_half_to_meta(k, c.n_kv_heads) for _, k, _ in qkv),
+        *(v for _, _, v in qkv), *(b.attn.out.weight for b in blocks), *(b.mlp_norm.weight for b in blocks),
+        *(gate for gate, _ in gate_up), *(b.mlp.down.weight for b in blocks), *(up for _, up in gate_up),
+        model.norm.weight, angles.cos(), angles.sin(),  # run.c reads (and newer versions skip) these RoPE tables
+    ]
+    if not c.tie_embeddings:
+        parts.append(model.lm_head.weight)
+    vocab = c.vocab_size if c.tie_embeddings else -c.vocab_size  # llama2.c: negative means a separate classifier
+    header = np.array([c.d_model, c.d_ff, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.context_length], np.int32)
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            for part in parts:
+                f.write(part.detach().float().contiguous().numpy().tobytes())
+    return path
 
 
 def llama_compatible(config: ModelConfig) -> None:
