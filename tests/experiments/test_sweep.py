@@ -2,8 +2,9 @@ import csv
 
 import pytest
 
+from talelab.cli import main
 from talelab.errors import ConfigError
-from talelab.experiments.sweep import parse_budget, parse_grid, sweep
+from talelab.experiments.sweep import parse_budget, parse_grid, plan_runs, sweep
 
 
 def test_budgets_are_time_or_tokens():
@@ -22,8 +23,36 @@ def test_grid_is_the_product_of_its_axes_with_typed_values():
     assert parse_grid("lr=0.001,0.002 positions=rope")[1] == {"lr": 0.002, "positions": "rope"}
     with pytest.raises(ConfigError, match="n_layerz"):
         parse_grid("n_layerz=2,3")
-    with pytest.raises(ConfigError, match="no combinations"):
-        parse_grid("")
+    for empty in ("", "d_model=,", " ; "):
+        with pytest.raises(ConfigError, match="no combinations"):
+            parse_grid(empty)
+
+
+def test_grids_joined_by_semicolons_list_any_set_of_combinations():
+    # e.g. two corners of seed 004's grid, not its whole product; a repeated combination runs once
+    combos = parse_grid("d_model=128 n_layers=8 n_heads=2; d_model=512 n_layers=12 n_heads=8,2; d_model=128 "
+                        "n_layers=8 n_heads=2")
+    assert combos == [{"d_model": 128, "n_layers": 8, "n_heads": 2}, {"d_model": 512, "n_layers": 12, "n_heads": 8},
+                      {"d_model": 512, "n_layers": 12, "n_heads": 2}]
+    runs = plan_runs(["ts-1m"], "d_model=128,256,512 n_layers=8,12 n_heads=2,4,8", "ts-1m")
+    assert len(runs) == 19 and runs[1] == ("ts-1m-d_model128-n_layers8-n_heads2", "ts-1m",
+                                           {"d_model": 128, "n_layers": 8, "n_heads": 2})
+
+
+def test_every_configuration_is_checked_before_the_first_one_trains(tmp_path, capsys, prepared, bpe_dir):
+    with pytest.raises(ConfigError, match="sweep run 'ts-99m': unknown preset 'ts-99m'"):
+        plan_runs(["ts-1m", "ts-99m"], None, None)
+    with pytest.raises(ConfigError, match="sweep run 'tiny-d_model32-n_heads3': .*divisible by n_heads 3"):
+        plan_runs([], "d_model=32 n_heads=4,3", "tiny")
+    common = ["--data", str(prepared), "--tokenizer", str(bpe_dir), "--out", str(tmp_path / "sweep")]
+    assert main(["sweep", "tiny", "ts-99m", "--budget", "6k", *common]) == 2
+    assert main(["sweep", "--grid", "n_layerz=2,3", "--budget", "6k", *common]) == 2
+    assert main(["sweep", "--grid", "n_layers=,", "--budget", "6k", *common]) == 2
+    assert main(["sweep", "tiny", "--budget", "0", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("talelab: error: ") for line in err)
+    assert "ts-99m" in err[0] and "n_layerz" in err[1] and "no combinations" in err[2] and "budget" in err[3]
+    assert not (tmp_path / "sweep" / "tiny").exists()  # the valid run did not start before the bad one was found
 
 
 def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished_runs(tmp_path, prepared, bpe_dir):

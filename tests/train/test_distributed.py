@@ -1,43 +1,140 @@
+"""Two processes on CPU with gloo, as CI runs them: DDP and FSDP2 reproduce a one-process run, and checkpoints move
+between world sizes and wrappings (1 process <-> 2 processes, DDP <-> FSDP) and continue as if never stopped.
+
+One torchrun launch (tests/train/torchrun_jobs.py) runs every two-process case: starting processes is the slow part.
+"""
+
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from talelab.config import SamplingConfig, build_train_configs
 from talelab.errors import ConfigError
-from talelab.models.storage import resolve_model_dir
-from talelab.train.distributed import Ranks
+from talelab.generate import generate_text
+from talelab.models import build_model
+from talelab.models.storage import load_model
+from talelab.train.checkpoint import load_trainer_state
+from talelab.train.distributed import Ranks, shard
 from talelab.train.loop import train
 
+JOBS = Path(__file__).with_name("torchrun_jobs.py")
+QUIET = lambda *_: None  # noqa: E731
 
-def losses(run_dir) -> list[float]:
+
+def losses(run_dir) -> dict[int, float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
-def test_two_processes_with_batch_b_each_match_one_process_with_batch_2b(tiny_configs, tmp_path, prepared, bpe_dir):
-    model_cfg, one = tiny_configs(tmp_path / "one", max_steps=10, batch_size=8, log_interval=1)
-    train(model_cfg, one, log=lambda *_: None)
-    two = tmp_path / "two"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "talelab", "train", "--preset", "tiny", "--data", prepared, "--tokenizer", bpe_dir,
-               "--out", two, "--max-steps", 10, "--batch-size", 8, "--log-interval", 1, "--no-progress"]
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=240,
+def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+
+
+def moments(run_dir, step: int) -> dict[str, torch.Tensor]:
+    """AdamW's first and second moments of every parameter, by parameter name."""
+    state = load_trainer_state(run_dir / "checkpoints" / f"step-{step:08d}")["optimizer"]["state"]
+    return {f"{name}.{k}": v for name, s in state.items() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")}
+
+
+def assert_close(a: dict, b: dict, atol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), k
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_configs, prepared, bpe_dir):
+    """A one-process run of 12 steps (global batch 8), and two-process runs: DDP and FSDP for 10 of the same 12-step
+    schedule (4 rows per rank), the one-process run's step-10 checkpoint continued to 12 by FSDP and by DDP, and a
+    batch that two processes cannot split."""
+    root = tmp_path_factory.mktemp("distributed")
+    common = dict(batch_size=8, max_steps=12, schedule_steps=12, log_interval=1)
+    model_config, one = tiny_configs(root / "one", **common)
+    train(model_config, one, log=QUIET)
+    for name in ("one-to-fsdp", "one-to-ddp"):  # as if the one-process run had been killed after step 10
+        shutil.copytree(root / "one", root / name)
+        shutil.rmtree(root / name / "checkpoints" / "step-00000012")
+        (root / name / "latest").write_text("checkpoints/step-00000010\n")
+    base = ["train", "--preset", "tiny", "--data", prepared, "--tokenizer", bpe_dir, "--batch-size", 8,
+            "--max-steps", 10, "--schedule-steps", 12, "--log-interval", 1, "--no-progress"]
+    jobs = [[0, base + ["--out", root / "ddp"]],
+            [0, base + ["--out", root / "fsdp", "--fsdp"]],
+            [0, ["train", "--out", root / "one-to-fsdp", "--resume", "--fsdp", "--no-progress"]],
+            [0, ["train", "--out", root / "one-to-ddp", "--resume", "--no-progress"]],
+            [2, base + ["--out", root / "odd", "--batch-size", 7]]]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(JOBS),
+               json.dumps([[code, [str(a) for a in argv]] for code, argv in jobs])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert losses(two) == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
-    a = load_file(str(resolve_model_dir(tmp_path / "one") / "model.safetensors"))
-    b = load_file(str(resolve_model_dir(two) / "model.safetensors"))
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-    # the checkpoint of the 2-process run resumes in one process: its data state is the global batch's
-    _, more = tiny_configs(two, max_steps=12, batch_size=8, log_interval=1)
-    assert train(model_cfg, more, resume=True, log=lambda *_: None)["step"] == 12
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the two-process checkpoints continue in one process: their data state is the global batch's
+    for name in ("ddp", "fsdp"):
+        train(*tiny_configs(root / name, **common), resume=True, log=QUIET)
+    return root, done.stdout, done.stderr
 
 
-def test_a_world_size_that_does_not_divide_the_batch_is_refused():
+def test_two_processes_with_batch_b_each_match_one_process_with_batch_2b(runs):
+    root, stdout, _ = runs
+    # FSDP really shards: rank 0 holds about half of the 43,168 parameters (a row more where a dimension is odd)
+    total, held = re.search(r"model: ([\d,]+) parameters.*FSDP: ([\d,]+) parameters held by each", stdout).groups()
+    assert int(total.replace(",", "")) / 2 <= int(held.replace(",", "")) < int(total.replace(",", "")) * 0.55
+    one = losses(root / "one")
+    for name in ("ddp", "fsdp"):
+        run = losses(root / name)
+        assert list(run) == list(range(1, 13))  # 10 steps on two processes, 2 more in one after resuming
+        assert [run[s] for s in range(1, 11)] == pytest.approx([one[s] for s in range(1, 11)], abs=1e-5), name
+        assert_close(weights(root / name, 10), weights(root / "one", 10))
+
+
+def test_an_fsdp_checkpoint_holds_whole_weights_and_optimizer_state_that_load_model_reads(runs):
+    root, _, _ = runs
+    # gathered from the shards: the same tensors under the same names as the one-process run's checkpoint
+    assert_close(moments(root / "fsdp", 10), moments(root / "one", 10))
+    model, tokenizer, raw = load_model(root / "fsdp" / "checkpoints" / "step-00000010")
+    assert raw["train"]["fsdp"] is True and raw["parameters"] == model.num_parameters()
+    assert model.lm_head.weight is model.embed.weight  # tied embeddings stay tied through the gather
+    story = generate_text(model, tokenizer, SamplingConfig(max_new_tokens=8, temperature=0, seed=0))[0]
+    assert story.startswith("Once upon a time") and len(story) > len("Once upon a time")
+
+
+@pytest.mark.parametrize("name", ["fsdp", "ddp"])
+def test_a_two_process_checkpoint_resumes_in_one_process_as_if_never_stopped(runs, name):
+    root, _, _ = runs
+    one, resumed = losses(root / "one"), losses(root / name)
+    assert [resumed[11], resumed[12]] == pytest.approx([one[11], one[12]], abs=1e-5)
+    assert_close(weights(root / name, 12), weights(root / "one", 12))
+    assert_close(moments(root / name, 12), moments(root / "one", 12))
+
+
+@pytest.mark.parametrize("name", ["one-to-fsdp", "one-to-ddp"])
+def test_a_one_process_checkpoint_resumes_in_two_processes_as_if_never_stopped(runs, name):
+    root, _, _ = runs
+    one, resumed = losses(root / "one"), losses(root / name)
+    assert list(resumed) == list(range(1, 13))
+    assert [resumed[11], resumed[12]] == pytest.approx([one[11], one[12]], abs=1e-5)
+    assert_close(weights(root / name, 12), weights(root / "one", 12))
+    assert_close(moments(root / name, 12), moments(root / "one", 12))
+
+
+def test_a_world_size_that_does_not_divide_the_batch_is_refused(runs):
+    _, _, stderr = runs
+    # each rank says it in one line (the two may interleave on the shared stderr), and no traceback
+    assert stderr.count("talelab: error: batch_size 7 is not divisible by the world size 2: every process needs an "
+                        "equal share of the global batch") == 2 and "Traceback" not in stderr
     with pytest.raises(ConfigError, match="batch_size 10 is not divisible by the world size 4"):
         Ranks(rank=1, world_size=4).rows(10)
     assert Ranks(rank=1, world_size=4).rows(8) == slice(2, 4)
+
+
+def test_fsdp_refuses_recurrent_models_which_have_no_blocks_to_shard():
+    model_config, _ = build_train_configs("lstm-5m", overrides={"model": {"vocab_size": 64}})
+    with pytest.raises(ConfigError, match="lstm family"):
+        shard(build_model(model_config), Ranks(rank=0, world_size=2))

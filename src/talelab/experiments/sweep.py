@@ -41,7 +41,22 @@ def parse_budget(budget: str) -> dict:
 
 
 def parse_grid(grid: str) -> list[dict]:
-    """'d_model=128,256 n_layers=8,12' -> every combination, as {key: value} with values typed like the field."""
+    """'d_model=128,256 n_layers=8,12' -> every combination, as {key: value} with values typed like the field.
+
+    Grids joined by ';' add their combinations, so any set of configurations can be listed, not only a product:
+    'd_model=128 n_layers=8; d_model=512 n_layers=12' is two runs.
+    """
+    combinations = []
+    for part in grid.split(";"):
+        for combination in grid_product(part):
+            if combination not in combinations:
+                combinations.append(combination)
+    if not combinations:
+        raise ConfigError(f"--grid {grid!r}: no combinations (give key=v1,v2 with at least one value per key)")
+    return combinations
+
+
+def grid_product(grid: str) -> list[dict]:
     axes = []
     for part in grid.split():
         key, _, values = part.partition("=")
@@ -54,14 +69,11 @@ def parse_grid(grid: str) -> list[dict]:
             axes.append([(key, cast(v)) for v in values.split(",") if v])
         except ValueError:
             raise ConfigError(f"--grid: values of '{key}' must be {field_type}s, got '{values}'") from None
-    combinations = [dict(c) for c in itertools.product(*axes)] if axes else []
-    if not combinations:
-        raise ConfigError(f"--grid {grid!r}: no combinations")
-    return combinations
+    return [dict(c) for c in itertools.product(*axes)] if axes else []
 
 
 def plan_runs(presets: list[str], grid: str | None, base_preset: str | None) -> list[tuple[str, str | None, dict]]:
-    """(run name, preset, overrides) for every configuration of the sweep."""
+    """(run name, preset, overrides) for every configuration of the sweep, each checked before any of them trains."""
     runs = [(name, name, {}) for name in presets]
     if grid:
         for combination in parse_grid(grid):
@@ -69,15 +81,24 @@ def plan_runs(presets: list[str], grid: str | None, base_preset: str | None) -> 
             runs.append((f"{base_preset}-{name}" if base_preset else name, base_preset, combination))
     if not runs:
         raise ConfigError("sweep: name presets and/or give --grid")
+    for name, preset, overrides in runs:  # an unknown preset or an impossible shape fails now, not hours later
+        try:
+            configurations(preset, overrides, {})
+        except ConfigError as e:
+            raise ConfigError(f"sweep run '{name}': {e}") from None
     return runs
+
+
+def configurations(preset: str | None, overrides: dict, train: dict):
+    """The model and train configs of one run: the preset, then the `train` settings, then the grid's values."""
+    model = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
+    train = {**train, **{k: v for k, v in overrides.items() if k in TRAIN_KEYS}}
+    return build_train_configs(preset, overrides={"model": model, "train": train})
 
 
 def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common: dict, budget: dict) -> dict:
     """Train one configuration in a child process (resuming it if it was interrupted); its result row."""
-    model = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
-    train = {**common, **{k: v for k, v in overrides.items() if k in TRAIN_KEYS}, "out": str(run_dir),
-             "progress": False}
-    model_config, train_config = build_train_configs(preset, overrides={"model": model, "train": train})
+    model_config, train_config = configurations(preset, overrides, {**common, "out": str(run_dir), "progress": False})
     tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.context_length
     if "max_tokens" in budget:
         train_config = dataclasses.replace(train_config, max_steps=max(1, budget["max_tokens"] // tokens_per_step))

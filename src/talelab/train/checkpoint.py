@@ -14,6 +14,7 @@ import torch
 
 from talelab.errors import InputError
 from talelab.atomic import atomic_directory, write_text_atomic
+from talelab.models import build_model
 from talelab.models.storage import LATEST_POINTER, read_config, resolve_model_dir, save_model
 
 TRAINER_STATE = "trainer_state.pt"
@@ -30,6 +31,17 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     for old in sorted((run_dir / CHECKPOINTS).glob("step-*"))[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def unsharded_copy(model, weights: dict):
+    """A plain model holding `weights` (whole tensors gathered from FSDP shards), to save as any model is saved.
+    Built on the meta device and given the tensors themselves, so no second set of weights is allocated."""
+    with torch.device("meta"):
+        copy = build_model(model.config)
+    copy.load_state_dict(weights, assign=True)
+    if copy.config.tie_embeddings:  # assign gave lm_head a tensor of its own; tie it again as build_model does
+        copy.lm_head.weight = copy.embed.weight
+    return copy
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -1,8 +1,10 @@
 """Data-parallel training across processes started by `torchrun`: one rank per device, rank 0 writes.
 
 Every rank draws the same global batch from the same seeded generator and trains on its own slice of it, so a run
-on N processes sees exactly the data of a one-process run with the same global batch, and a checkpoint (whose data
-state is the generator's) resumes on any number of processes.
+on N processes sees exactly the data of a one-process run with the same global batch. Gradients are averaged by
+DistributedDataParallel, or with `--fsdp` by FSDP2, which also shards weights and optimizer state. Checkpoints hold
+whole tensors keyed by parameter name (the data state is the generator's), so they resume on any number of
+processes, with or without FSDP.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     device: torch.device | None = None
+    owns_group: bool = False  # whether join() made the process group (and leave() should end it)
 
     @property
     def is_main(self) -> bool:
@@ -55,22 +58,95 @@ def join(device: torch.device) -> Ranks:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()  # a caller that set up its own group (several runs in a row) keeps it
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Ranks(rank=dist.get_rank(), world_size=world_size, device=device)
+    return Ranks(rank=dist.get_rank(), world_size=world_size, device=device, owns_group=owns_group)
 
 
 def leave(ranks: Ranks) -> None:
     if ranks.world_size > 1 and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if ranks.owns_group:
+            dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
-    """DistributedDataParallel averages gradients across ranks during backward."""
+def wrap(model: torch.nn.Module, ranks: Ranks, fsdp: bool = False, compile: bool = False) -> torch.nn.Module:
+    """What the training step calls: the model itself in one process; with DistributedDataParallel, which averages
+    gradients across ranks during backward; or, with `fsdp`, the model sharded in place by FSDP2."""
+    if ranks.world_size > 1 and fsdp:
+        shard(model, ranks)  # the module itself now holds this rank's slices, so compile it after sharding
+        return torch.compile(model) if compile else model
+    model = torch.compile(model) if compile else model
     if ranks.world_size == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def shard(model: torch.nn.Module, ranks: Ranks) -> None:
+    """FSDP2: every rank keeps 1/N of each parameter, gradient and optimizer moment, and gathers a block's weights
+    only while that block runs. Each block is one unit; the embeddings, final norm and output layer form the root
+    unit, which keeps tied input/output embeddings in one piece."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if model.config.family in ("rnn", "lstm", "gru"):  # nn.LSTM & co. keep private flat views of their weights
+        raise ConfigError(f"--fsdp shards transformer blocks; the {model.config.family} family has none "
+                          f"(train it with plain torchrun, which uses DistributedDataParallel)")
+    mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def local_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Each parameter as this rank holds it: whole, or under FSDP its shard."""
+    if not dist.is_initialized():  # nothing can be sharded (and torch.distributed.tensor takes a second to import)
+        return list(model.parameters())
+    from torch.distributed.tensor import DTensor
+
+    return [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    if not dist.is_initialized():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def held_parameters(model: torch.nn.Module) -> int:
+    """Parameters this rank holds: all of them, or under FSDP its shards' share."""
+    return sum(t.numel() for t in local_tensors(model))
+
+
+def all_finite(model: torch.nn.Module, ranks: Ranks) -> bool:
+    """Whether every weight is finite on every rank (under FSDP each rank checks the shards it holds)."""
+    local = all(bool(torch.isfinite(t).all()) for t in local_tensors(model))
+    return float(ranks.mean(torch.tensor(float(local), device=ranks.device))) == 1.0
+
+
+def gathered_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict]:
+    """The optimizer state, and under FSDP the weights, as whole tensors keyed by parameter name, on rank 0 (empty
+    on other ranks). The layout is the same for a plain, DDP or FSDP model on any number of ranks, which is what
+    lets a checkpoint resume on any world size. Every rank must call it: under FSDP gathering is a collective."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
+    weights = get_model_state_dict(model, options=options) if is_sharded(model) else None
+    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a whole optimizer state (as gathered_state writes it); under FSDP each rank keeps its own slices."""
+    if all(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
+        optimizer.load_state_dict(state)  # a checkpoint from before named optimizer states, one process only
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

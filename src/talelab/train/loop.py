@@ -24,8 +24,9 @@ from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiver
 from talelab.models.storage import check_vocabulary, load_weights, read_config
 from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
-from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from talelab.train.distributed import join, leave, wrap
+from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, unsharded_copy
+from talelab.train.distributed import (all_finite, gathered_state, held_parameters, is_sharded, join, leave,
+                                      load_optimizer_state, wrap)
 from talelab.train.objectives import contrastive_loss, next_token_loss, shuffled_stories
 from talelab.train.optim import lr_multiplier, make_optimizer
 
@@ -84,7 +85,7 @@ def plot_losses(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, (ax, clock) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
@@ -94,6 +95,11 @@ def plot_losses(records: list[dict], path: Path) -> None:
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    # time to quality: what a budget of minutes buys, comparable across tokenizers
+    clock.plot([r["elapsed_s"] / 60 for r in val], [r["val_bpb"] for r in val], "o-", color="C1", ms=3)
+    clock.set_xlabel("training time (minutes)")
+    clock.set_ylabel("validation bits per byte")
+    clock.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -169,19 +175,24 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    model = build_model(model_config).to(device)
-    optimizer = make_optimizer(model, config, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
-    data_rng = torch.Generator().manual_seed(config.seed)
-    step, elapsed = 0, 0.0
+    # to be sharded, the whole model waits in CPU memory: fully_shard moves each rank's slices to the device
+    model = build_model(model_config).to("cpu" if config.fsdp and ranks.world_size > 1 else device)
+    n_params = model.num_parameters()
     if resume:
         saved = read_config(checkpoint)
         if saved["model"] != dataclasses.asdict(model_config):
             changed = [k for k, v in dataclasses.asdict(model_config).items() if saved["model"].get(k) != v]
             raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
-        load_weights(model, checkpoint / "model.safetensors")
+        load_weights(model, checkpoint / "model.safetensors")  # whole weights on every rank; FSDP then slices them
+    # under FSDP `model` itself is sharded here, so the optimizer is made afterwards, over this rank's slices
+    forward = wrap(model, ranks, fsdp=config.fsdp, compile=config.compile)
+    optimizer = make_optimizer(model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
+    data_rng = torch.Generator().manual_seed(config.seed)
+    step, elapsed = 0, 0.0
+    if resume:
         state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -189,7 +200,6 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             torch.cuda.set_rng_state(state["cuda_rng"])
         step, elapsed = state["step"], state["elapsed"]
         log(f"resuming {run_dir} from step {step}")
-    forward = wrap(torch.compile(model) if config.compile else model, ranks)
     if not ranks.is_main:
         log = lambda *_: None  # noqa: E731  (one voice: rank 0 prints, records and saves)
 
@@ -199,26 +209,31 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     metrics = open(metrics_path if ranks.is_main else os.devnull, "a", encoding="utf-8")
     val_windows = fixed_windows(val_shard, config.eval_batches * config.batch_size, T) if val_shard else None
-    n_params = model.num_parameters()
     extra = {"train": dataclasses.asdict(config), "parameters": n_params}
     log(f"model: {n_params:,} parameters ({n_params / 1e6:.2f}M), vocab {model_config.vocab_size}, context {T}; "
         f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}"
-        + (f"; {ranks.world_size} processes" if ranks.world_size > 1 else ""))
+        + (f"; {ranks.world_size} processes" if ranks.world_size > 1 else "")
+        + (f" (FSDP: {held_parameters(model):,} parameters held by each)" if is_sharded(model) else ""))
+    if config.fsdp and ranks.world_size == 1:
+        log("--fsdp: one process has nothing to shard with; training unsharded")
 
     def diverged(what: str):
         good = latest_checkpoint(run_dir)
         kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{run_dir}: {what}; training stopped, {kept} (try a lower --lr or --grad-clip)")
 
-    def save(step: int) -> Path:
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never publish a broken checkpoint
+    def save(step: int) -> Path | None:
+        """Every rank takes part (gathering FSDP shards is collective); rank 0 writes."""
+        if not all_finite(model, ranks):  # never publish a broken checkpoint
             diverged(f"weights stopped being finite by step {step}")
-        state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "data_rng": data_rng.get_state(),
-                 "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
-                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        weights, optimizer_state = gathered_state(model, optimizer)
         if not ranks.is_main:
             return None
-        return save_checkpoint(run_dir, step, model, tokenizer, state, extra, config.keep_checkpoints)
+        state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(), "data_rng": data_rng.get_state(),
+                 "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
+                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        plain = unsharded_copy(model, weights) if weights is not None else model
+        return save_checkpoint(run_dir, step, plain, tokenizer, state, extra, config.keep_checkpoints)
 
     def record(entry: dict) -> None:
         records.append(entry)
@@ -290,8 +305,6 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     finally:  # an exception (divergence, Ctrl-C) still leaves complete metric lines and a clean terminal
         bar.close()
         metrics.close()
-    if last_saved is None and step > 0 and latest_checkpoint(run_dir) is None:
-        last_saved = save(step)
     if ranks.is_main:
         write_metrics_csv(records, run_dir / "metrics.csv")
         plot_losses(records, run_dir / "loss.png")
