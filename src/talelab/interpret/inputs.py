@@ -1,5 +1,6 @@
-"""What the interpret commands read: a model (talelab, or a Hugging Face Llama / GPT-2 causal LM), its tokenizer,
-and texts encoded as beginning-of-story token + tokens, a padded batch at a time.
+"""What the interpret commands read: a model (talelab, or a Hugging Face Llama / GPT-2 causal LM or a LoRA adapter
+over one, all through models.storage.load_model), its tokenizer, and texts encoded as beginning-of-story token +
+tokens, a padded batch at a time.
 
 Hugging Face models are used as they are, through forward hooks and `output_attentions`; nothing is copied.
 """
@@ -16,7 +17,7 @@ import torch
 
 from talelab.errors import ConfigError, InputError, MismatchError
 from talelab.models.storage import load_model, read_config
-from talelab.tokenizer import Tokenizer, load_tokenizer
+from talelab.tokenizer import Tokenizer
 
 # Hugging Face model types whose attention weights (eager attention) and MLP activations we know how to reach:
 # model_type -> (attribute path of the list of blocks, module in a block whose input is the MLP activation).
@@ -47,32 +48,34 @@ class Subject:
 
 
 def load_subject(path: str | os.PathLike) -> Subject:
-    """A talelab transformer (model or run directory), or a Hugging Face model directory of a supported type."""
+    """A talelab transformer (model or run directory), or a Hugging Face model directory or hub id (or a LoRA
+    adapter over one) of a supported type."""
+    from talelab.models.hf import HFCausalLM, looks_like_hub_id
+
     directory = Path(path)
-    if not directory.is_dir():
+    if not directory.is_dir() and not looks_like_hub_id(path):
         raise InputError(f"{directory}: no such model directory")
     raw = read_config(directory) if (directory / "config.json").is_file() else {}
-    if (directory / "latest").is_file() or "model" in raw:
-        model, tokenizer, _ = load_model(directory)
-        c = model.config
-        if c.family != "transformer":
-            raise ConfigError(f"{directory}: a talelab {c.family} model has no attention heads or MLP neurons to "
-                              f"study; supported: {SUPPORTED}")
-        return Subject(model, tokenizer, "talelab", c.n_layers, c.n_heads, c.context_length)
-    model_type = raw.get("model_type")
-    if model_type is None:
-        raise InputError(f"{directory}: neither a talelab model (config.json with a 'model' section) nor a Hugging "
-                         f"Face model (config.json with 'model_type'); supported: {SUPPORTED}")
-    if model_type not in HF_FAMILIES:
+    check_hf_family(directory, raw.get("model_type"))  # before any weights load
+    # eager attention: the fused kernels (sdpa, flash) never materialise the weights that output_attentions returns
+    model, tokenizer, _ = load_model(path, attn_implementation="eager")
+    if isinstance(model, HFCausalLM):
+        check_hf_family(directory, model.config.model_type)  # an adapter's base
+        hf = model.transformers_model  # hooks and output_attentions need transformers' own modules and outputs
+        c = hf.config  # GPT-2's n_layer, n_head answer to these names too
+        return Subject(hf, tokenizer, model.config.model_type, c.num_hidden_layers, c.num_attention_heads,
+                       model.config.context_length)
+    c = model.config
+    if c.family != "transformer":
+        raise ConfigError(f"{directory}: a talelab {c.family} model has no attention heads or MLP neurons to "
+                          f"study; supported: {SUPPORTED}")
+    return Subject(model, tokenizer, "talelab", c.n_layers, c.n_heads, c.context_length)
+
+
+def check_hf_family(directory: Path, model_type: str | None) -> None:
+    if model_type is not None and model_type not in HF_FAMILIES:
         raise ConfigError(f"{directory}: model type '{model_type}' is not supported (its attention weights and MLP "
                           f"activations are not reachable here); supported: {SUPPORTED}")
-    from transformers import AutoModelForCausalLM
-
-    # eager attention: the fused kernels (sdpa, flash) never materialise the weights that output_attentions returns
-    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(directory)
-    c = model.config  # GPT-2's n_layer, n_head, n_positions answer to these names too
-    return Subject(model, tokenizer, model_type, c.num_hidden_layers, c.num_attention_heads, c.max_position_embeddings)
 
 
 def default_out(model: str | os.PathLike) -> Path:

@@ -1,7 +1,8 @@
 """A model on disk: model.safetensors + config.json + tokenizer.json, written atomically, loaded with checks.
 
 A run directory points at its newest checkpoint with a one-line `latest` file, so anything that loads a model
-accepts either a model directory or a run directory.
+accepts either a model directory or a run directory. `load_model` also takes Hugging Face causal LM directories, hub
+ids and PEFT adapter directories (models/hf.py), so every command that uses a model works on them.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     if pointer.is_file():
         path = path / pointer.read_text(encoding="utf-8").strip()
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise InputError(f"{path}: not a talelab model (expected {CONFIG_FILE} and {WEIGHTS_FILE}, or a run directory "
-                         f"with a '{LATEST_POINTER}' file)")
+        raise InputError(f"{path}: not a model directory (expected a talelab model: {CONFIG_FILE} with a 'model' "
+                         f"section and {WEIGHTS_FILE}; a run directory with a '{LATEST_POINTER}' file; a Hugging Face "
+                         f"model: {CONFIG_FILE} with 'model_type'; or a PEFT adapter: adapter_config.json)")
     return path
 
 
@@ -85,8 +87,18 @@ def check_vocabulary(config: ModelConfig, tokenizer: Tokenizer, where: str) -> N
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               tokenizer_path: str | os.PathLike | None = None) -> tuple[Transformer, Tokenizer, dict]:
-    """The model, its tokenizer (or the one given) and the raw config of a model or run directory."""
+               tokenizer_path: str | os.PathLike | None = None,
+               **hf_options) -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """The model, its tokenizer (or the one given) and the raw config of a talelab model or run directory, a Hugging
+    Face causal LM directory (or hub id), or a PEFT adapter directory; `hf_options` (dtype, attn_implementation)
+    apply to Hugging Face models only."""
+    from talelab.models import hf
+
+    given = Path(path)
+    if given.is_dir() and not (given / LATEST_POINTER).is_file() and (hf.is_adapter_dir(given) or hf.is_hf_dir(given)):
+        return hf.load_hf_model(given, device, tokenizer_path=tokenizer_path, **hf_options)
+    if not given.exists() and hf.looks_like_hub_id(path):
+        return hf.load_hf_model(str(path), device, tokenizer_path=tokenizer_path, **hf_options)
     directory = resolve_model_dir(path)
     raw = read_config(directory)
     if "model" not in raw:
