@@ -1,13 +1,14 @@
 """Training tokens/s: talelab's training step against a plain eager PyTorch reference, measured side by side.
 
-Shape (issue 2): d_model 128, 4 layers, 4 heads, context 256, batch 32, vocab 4096, 2 threads. The reference is
-the loop a user would write from nanoGPT: LayerNorm, fused qkv, SDPA, GELU MLP, AdamW, fp32. talelab runs its own
-`train_step` (the one `talelab train` uses, gradient clipping included) in fp32 and with bf16 autocast, both on
-the reference's GPT-2 architecture (learned positions, LayerNorm, GELU, biases) and on talelab's default Llama
-architecture (RoPE, RMSNorm, SwiGLU), whose extra elementwise kernels cost time on a CPU. Rounds alternate so
-that machine noise hits every contender alike; the figure is the median over rounds.
+Shapes: `small` (issue 2 and issue 8's goal 1): d_model 128, 4 layers, 4 heads, context 256, batch 32, vocab 4096;
+`15m` (llama2.c's 15M shape): d_model 288, 6 layers, 6 heads, context 256, batch 8, vocab 32000. 2 threads.
+The reference is the loop a user would write from nanoGPT: LayerNorm, fused qkv, SDPA, GELU MLP, AdamW, fp32.
+talelab runs its own `train_step` (the one `talelab train` uses, gradient clipping included) in fp32 and with bf16
+autocast, both on the reference's GPT-2 architecture (learned positions, LayerNorm, GELU, biases) and on talelab's
+default Llama architecture (RoPE, RMSNorm, SwiGLU), whose extra elementwise kernels cost time on a CPU. Rounds
+alternate so that machine noise hits every contender alike; the figure is the median over rounds.
 
-    python benchmarks/train_throughput.py [--rounds 5] [--steps 6]
+    python benchmarks/train_throughput.py [--shape small|15m] [--rounds 5] [--steps 6]
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from talelab.models.transformer import Transformer
 from talelab.train.loop import autocast_context, train_step
 from talelab.train.optim import make_optimizer
 
-D_MODEL, LAYERS, HEADS, CONTEXT, BATCH, VOCAB = 128, 4, 4, 256, 32, 4096
+SHAPES = {"small": dict(d_model=128, layers=4, heads=4, context=256, batch=32, vocab=4096),
+          "15m": dict(d_model=288, layers=6, heads=6, context=256, batch=8, vocab=32000)}
 
 
 class ReferenceBlock(nn.Module):
@@ -46,12 +48,12 @@ class ReferenceBlock(nn.Module):
 
 
 class ReferenceGPT(nn.Module):
-    def __init__(self):
+    def __init__(self, d_model: int, layers: int, heads: int, context: int, vocab: int, **_):
         super().__init__()
-        self.tok, self.pos = nn.Embedding(VOCAB, D_MODEL), nn.Embedding(CONTEXT, D_MODEL)
-        self.blocks = nn.ModuleList(ReferenceBlock(D_MODEL, HEADS) for _ in range(LAYERS))
-        self.ln = nn.LayerNorm(D_MODEL)
-        self.head = nn.Linear(D_MODEL, VOCAB, bias=False)
+        self.tok, self.pos = nn.Embedding(vocab, d_model), nn.Embedding(context, d_model)
+        self.blocks = nn.ModuleList(ReferenceBlock(d_model, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab, bias=False)
         self.head.weight = self.tok.weight
 
     def forward(self, idx, targets):
@@ -59,11 +61,11 @@ class ReferenceGPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln(x))
-        return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
-def reference_contender():
-    model = ReferenceGPT()
+def reference_contender(shape: dict):
+    model = ReferenceGPT(**shape)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(x, y):
@@ -79,10 +81,10 @@ def reference_contender():
 GPT2_ARCHITECTURE = dict(positions="learned", norm="layernorm", activation="gelu", bias=True)
 
 
-def talelab_contender(dtype: str, **architecture):
-    config = TrainConfig(dtype=dtype, batch_size=BATCH, grad_clip=1.0)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, d_model=D_MODEL, n_layers=LAYERS, n_heads=HEADS,
-                                    context_length=CONTEXT, **architecture)).train()
+def talelab_contender(shape: dict, dtype: str, **architecture):
+    config = TrainConfig(dtype=dtype, batch_size=shape["batch"], grad_clip=1.0)
+    model = Transformer(ModelConfig(vocab_size=shape["vocab"], d_model=shape["d_model"], n_layers=shape["layers"],
+                                    n_heads=shape["heads"], context_length=shape["context"], **architecture)).train()
     device = torch.device("cpu")
     optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -99,7 +101,7 @@ def tokens_per_second(step, batches, steps: int) -> float:
     started = time.perf_counter()
     for i in range(steps):
         step(*batches[i % len(batches)])
-    return BATCH * CONTEXT * steps / (time.perf_counter() - started)
+    return batches[0][0].numel() * steps / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -107,25 +109,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per contender per round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", choices=list(SHAPES), default="small")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    batches = [(torch.randint(0, VOCAB, (BATCH, CONTEXT)), torch.randint(0, VOCAB, (BATCH, CONTEXT)))
-               for _ in range(4)]
-    contenders = {"reference eager fp32": reference_contender(),
-                  "talelab fp32, gpt2 arch": talelab_contender("float32", **GPT2_ARCHITECTURE),
-                  "talelab bf16, gpt2 arch": talelab_contender("bfloat16", **GPT2_ARCHITECTURE),
-                  "talelab fp32, llama arch": talelab_contender("float32"),
-                  "talelab bf16, llama arch": talelab_contender("bfloat16")}
+    shape = SHAPES[args.shape]
+    size = (shape["batch"], shape["context"])
+    batches = [(torch.randint(0, shape["vocab"], size), torch.randint(0, shape["vocab"], size)) for _ in range(4)]
+    contenders = {"reference eager fp32": reference_contender(shape),
+                  "talelab fp32, gpt2 arch": talelab_contender(shape, "float32", **GPT2_ARCHITECTURE),
+                  "talelab bf16, gpt2 arch": talelab_contender(shape, "bfloat16", **GPT2_ARCHITECTURE),
+                  "talelab fp32, llama arch": talelab_contender(shape, "float32"),
+                  "talelab bf16, llama arch": talelab_contender(shape, "bfloat16")}
     results = {name: [] for name in contenders}
     for r in range(args.rounds):
         for name, step in contenders.items():
             results[name].append(tokens_per_second(step, batches, args.steps))
         print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in results.items()), flush=True)
     base = statistics.median(results["reference eager fp32"])
-    print(f"\nshape d_model {D_MODEL}, {LAYERS} layers, {HEADS} heads, context {CONTEXT}, batch {BATCH}, "
-          f"vocab {VOCAB}, "
-          f"{args.threads} threads; median of {args.rounds} rounds x {args.steps} steps")
+    print(f"\nshape {args.shape}: " + ", ".join(f"{k} {v}" for k, v in shape.items())
+          + f"; {args.threads} threads; median of {args.rounds} rounds x {args.steps} steps")
     for name, values in results.items():
         median = statistics.median(values)
         print(f"{name:<26}{median:>10,.0f} tokens/s   ratio {median / base:.2f}x")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from talelab.config import ModelConfig, SamplingConfig
 from talelab.errors import ConfigError, MismatchError
 from talelab import paths
-from talelab.generate import beam_search, generate, generate_text, keep_top_p, penalize_repeats, pick
+from talelab.generate import (beam_search, fast_decoder, generate, generate_text, keep_top_p, penalize_repeats,
+                              pick)
 from talelab.models.transformer import Transformer
 
 PROMPT = [1, 2, 3]
@@ -148,6 +149,35 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p():
     assert kept(0.7) == [True, True, False, False]
     assert kept(0.81) == [True, True, True, False]
     assert kept(0.01) == [True, False, False, False]
+
+
+@pytest.mark.parametrize("p", [0.3, 0.9, 0.999])
+def test_top_p_shortlist_keeps_what_a_full_sort_keeps(p):
+    """The shortlist (most likely 256) and its whole-vocabulary fallback (p = 0.999 on flat logits) both keep
+    exactly the nucleus a full sort finds."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4000, generator=generator) * torch.tensor([[0.5], [1], [2], [4], [8], [0.1]])
+    probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
+    drop = probs.cumsum(dim=-1) - probs >= p
+    drop[:, 0] = False
+    expected = torch.zeros_like(drop).scatter(1, order, ~drop)
+    assert torch.equal(torch.isfinite(keep_top_p(logits, p)), expected)
+
+
+def test_bfloat16_decoder_keeps_logits_within_rounding_of_float32():
+    model = random_model()
+    fast = fast_decoder(random_model(), dtype="bfloat16")
+    idx = torch.tensor([PROMPT * 5])
+    with torch.no_grad():
+        exact, rounded = model(idx)[0], fast(idx)[0].float()
+    assert (rounded - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_compiled_decoder_writes_the_same_greedy_story():
+    model = random_model()
+    fast = fast_decoder(random_model(), compile=True)
+    config = SamplingConfig(max_new_tokens=20, **GREEDY)
+    assert generate(fast, PROMPT, config, eos_id=None) == generate(model, PROMPT, config, eos_id=None)
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
