@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -121,12 +120,6 @@ def test_file_without_documents_is_an_empty_corpus(tmp_path, content):
     path = tmp_path / "empty.txt"
     path.write_text(content, encoding="utf-8")
     assert f"{path}: no documents" in one_line_error(path)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="only without the hub extra")
-def test_hub_dataset_id_without_datasets_installed_says_how_to_install_it():
-    message = one_line_error("roneneldan/TinyStories")
-    assert "roneneldan/TinyStories" in message and "pip install talelab[hub]" in message
 
 
 def test_unknown_format_is_rejected():

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from talelab.atomic import atomic_directory
 from talelab.config import PrepareConfig
-from talelab.data.clean import clean_documents
+from talelab.data.clean import clean_documents, record_removal
 from talelab.data.dedupe import dedupe_documents
+from talelab.data.quality import quality_too_low
 from talelab.data.sources import read_documents
 from talelab.errors import ConfigError, InputError
 
@@ -46,10 +47,13 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
         max_non_ascii=config.max_non_ascii,
         progress=progress,
     )
+    if config.min_quality > 0:
+        kept, quality_rule = drop_low_quality(kept, config.min_quality)
+        rules.append(quality_rule)
     if not kept:
         counts = ", ".join(f"{r['rule']} removed {r['removed']}" for r in rules if r.get("removed"))
         raise InputError(f"{config.source}: no documents left after cleaning ({counts}); "
-                         "loosen --min-chars/--max-chars/--max-non-ascii or check --format")
+                         "loosen --min-chars/--max-chars/--max-non-ascii/--min-quality or check --format")
     kept, duplicate_rules = dedupe_documents(kept, config.near_duplicate_threshold)
     rules += duplicate_rules
     splits = split_documents(kept, config.val_fraction, config.test_fraction)
@@ -96,8 +100,23 @@ def check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"min_chars {config.min_chars}, max_chars {config.max_chars}: need 0 <= min <= max")
     if not 0 <= config.max_non_ascii <= 1:
         raise ConfigError(f"max_non_ascii {config.max_non_ascii}: must be a share in [0, 1]")
+    if not 0 <= config.min_quality <= 1:
+        raise ConfigError(f"min_quality {config.min_quality}: must be a quality score in [0, 1] (0 disables)")
     if config.max_documents < 0:
         raise ConfigError(f"max_documents {config.max_documents}: must be >= 0 (0 reads all)")
+
+
+def drop_low_quality(docs: list[str], min_quality: float) -> tuple[list[str], dict]:
+    """The cleaned documents whose quality score reaches min_quality, and the rule's report entry."""
+    report = {"rule": "low_quality", "action": "drop", "removed": 0, "examples": []}
+    kept = []
+    for text in docs:
+        why = quality_too_low(text, min_quality)
+        if why is None:
+            kept.append(text)
+        else:
+            record_removal(report, text, why)
+    return kept, report
 
 
 def check_output_dir(out: Path) -> None:

@@ -106,16 +106,30 @@ def detect_format(path: Path, text: str) -> str:
     return "eot" if _EOT_LINE.search(text) else "blank-line"
 
 
+def json_lines(path, text: str):
+    """(line number, value) of every non-blank line of JSONL text; a line that is not JSON stops with file:line."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line, naming file and line for the first that is not an object."""
+    rows = []
+    for number, row in json_lines(path, read_text(path)):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, found a JSON {type(row).__name__}")
+        rows.append((number, row))
+    return rows
+
+
 def _split_jsonl(path: Path, text: str, text_field: str) -> list[str]:
     """The `text_field` of every JSON object line, naming file and line for the first bad one."""
     docs = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for number, row in json_lines(path, text):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             found = f"keys: {', '.join(sorted(row))}" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
             raise InputError(f"{path}:{number}: no string field '{text_field}' ({found}; set --text-field)")

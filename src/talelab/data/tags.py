@@ -3,6 +3,7 @@
 TinyStories (Eldan & Li, 2023) asked GPT-4 for stories with some of six features. Two leave a surface trace a rule
 can see: Dialogue (quoted speech) and MoralValue (an explicit lesson). The other four (BadEnding, Twist,
 Foreshadowing, Conflict) need a classifier trained on labelled stories; rules for them would be guesses.
+`story_prompt` writes a request for features in the TinyStories Instruct form that serving and evaluation share.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ RULES = {"Dialogue": has_dialogue, "MoralValue": has_moral}
 def rule_features(story: str) -> list[str]:
     """The rule-detectable features the story shows, in FEATURES order."""
     return [name for name in RULE_FEATURES if RULES[name](story)]
+
+
+def story_prompt(beginning: str, features: list[str]) -> str:
+    """The text a model continues: the beginning alone, or after its features in TinyStories Instruct form."""
+    if not features:
+        return beginning
+    return f"Features: {', '.join(dict.fromkeys(features))}\nStory: {beginning}"
 
 
 def check_features(names, where: str) -> list[str]:

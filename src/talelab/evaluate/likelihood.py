@@ -87,12 +87,19 @@ def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16
 def evaluate_file(model_path: str, text: str, data_root=None, protocol: str = "reference",
                   batch_size: int = 16) -> dict:
     """`talelab eval loss`: score a model on a text file, by the reference protocol or over all its documents."""
-    from talelab.data.sources import read_documents
     from talelab.models.storage import load_model
+
+    path, documents = validation_documents(text, protocol, data_root)
+    model, tokenizer, _ = load_model(model_path)
+    return {"model": str(model_path), "text": str(path), "protocol": protocol,
+            **score_documents(model, tokenizer, documents, batch_size=batch_size)}
+
+
+def validation_documents(text: str, protocol: str = "reference", data_root=None) -> tuple[Path, list[str]]:
+    """The file `text` names (a path or under the data root) and its documents: the reference protocol's pieces, or
+    every document (split as `talelab prepare` splits them)."""
+    from talelab.data.sources import read_documents
     from talelab.paths import resolve_input
 
     path = resolve_input(text, data_root)
-    model, tokenizer, _ = load_model(model_path)
-    documents = reference_pieces(path) if protocol == "reference" else read_documents(str(path))
-    return {"model": str(model_path), "text": str(path), "protocol": protocol,
-            **score_documents(model, tokenizer, documents, batch_size=batch_size)}
+    return path, reference_pieces(path) if protocol == "reference" else read_documents(str(path))

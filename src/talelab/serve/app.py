@@ -13,7 +13,8 @@ outside them has no logprob (null). When streaming, they arrive with each story'
 Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 for a body that is not JSON or
 breaks the schema or a limit (a prompt longer than the context included), 404 for a model that is not served,
 413 for a body over 1 MiB, 429 when `max_concurrent` stories are being written. Models are named on the command line
-(NAME=PATH) and loaded from safetensors; a request picks one by name and can never name a path.
+(NAME=PATH: a talelab model or run directory, a Hugging Face causal LM directory or a PEFT adapter directory) and
+loaded from safetensors; a request picks one by name and can never name a path.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from talelab.config import SamplingConfig, ServeConfig
-from talelab.data.tags import FEATURES
+from talelab.data.tags import FEATURES, story_prompt
 from talelab.errors import ConfigError
+from talelab.models.hf import HFCausalLM
 from talelab.models.transformer import Transformer
 from talelab.serve.batching import Batcher, Story, events
 from talelab.tokenizer import Tokenizer
@@ -110,7 +112,7 @@ class Served:
     """A model offered under a name, its tokenizer, and (while the app runs) its batching worker."""
 
     name: str
-    model: Transformer
+    model: Transformer | HFCausalLM
     tokenizer: Tokenizer
     batcher: Batcher | None = None
 
@@ -131,18 +133,11 @@ def load_models(specs: list[str], device: str = "cpu") -> dict[str, Served]:
         if name in served:
             raise ConfigError(f"--model {spec}: the name '{name}' is given twice")
         model, tokenizer, _ = load_model(path, device=device)
-        if not isinstance(model, Transformer):  # batched decoding needs per-row positions and a padding mask
-            raise ConfigError(f"--model {spec}: a {type(model).__name__} model cannot be served yet (only transformers "
-                              f"decode in batches)")
+        if not isinstance(model, (Transformer, HFCausalLM)):  # batched decoding needs per-row positions and a mask
+            raise ConfigError(f"--model {spec}: a {type(model).__name__} model cannot be served yet (only talelab "
+                              f"transformers and Hugging Face causal LMs decode in batches)")
         served[name] = Served(name, model, tokenizer)
     return served
-
-
-def story_prompt(beginning: str, features: list[str]) -> str:
-    """The text a model continues: the beginning alone, or after its features in TinyStories Instruct form."""
-    if not features:
-        return beginning
-    return f"Features: {', '.join(dict.fromkeys(features))}\nStory: {beginning}"
 
 
 def story_beginning(messages: list[Message]) -> str:

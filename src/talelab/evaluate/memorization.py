@@ -1,0 +1,337 @@
+"""Memorization and novelty: how close does each generated story come to the training stories?
+
+Four measures, each with its own tokenizer (none of them is the model's, so they never move with tokenization):
+- nearest training story by TF-IDF cosine (scikit-learn TfidfVectorizer: lowercased words of two or more letters
+  or digits, English stop words removed; rows L2-normalised, so a copy scores 1);
+- the max ROUGE-2 precision of the generation against the training set (rouge-score's tokenizer: lowercase
+  alphanumeric runs, no stemming), computed on the TF-IDF top CANDIDATES stories only: a training story with many
+  of the generation's bigrams shares its words too, so it ranks there;
+- exact copy / template match / original (see `classify`: word 4-grams of WORD, names masked);
+- novelty as a seed project defined it: the mean sacrebleu sentence BLEU (13a tokens, exp smoothing, effective
+  order) of a generation against NOVELTY_SAMPLE training stories drawn with a fixed seed, in [0, 1] like the
+  report's other BLEU figures; lower is more novel.
+
+The search scales to all of TinyStories (2.1M stories): TF-IDF columns are split in two. The DENSE_TERMS most
+frequent terms, which hold most of the non-zeros and make sparse products slow, form a dense matrix (bfloat16 where
+the CPU multiplies it natively, else float32) multiplied by BLAS; the long tail stays sparse (scipy) and is added
+only where it is non-zero. Training rows are scored CHUNK_ROWS at a time and only scores above each query's current
+k-th best are merged, so memory stays at one chunk of scores; the k best are then rescored exactly in float32.
+benchmarks/nearest_story.py measures it: 1,000 queries against 1M stories in about 23 s on two shared cores.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from talelab.errors import InputError
+from talelab.evaluate.overlap import bleu
+from talelab.evaluate.render import cell
+
+CANDIDATES = 10  # TF-IDF neighbours per generation on which ROUGE-2 and the classification are computed
+NOVELTY_SAMPLE, NOVELTY_SEED = 100, 0
+DENSE_TERMS, CHUNK_ROWS, QUERY_BATCH = 512, 20_000, 1024
+RESCORED = 10  # candidates per query ranked in the fast dtype, then rescored exactly
+NGRAM = 4  # word n-gram length of the copy classification
+COPY_THRESHOLD = 0.8  # share of the generation's n-grams found in the training story
+LABELS = ("exact copy", "template match", "original")  # strongest first
+
+
+class NearestStoryIndex:
+    """TF-IDF vectors of the training stories, built once and searched in batches of generations."""
+
+    def __init__(self, stories: list[str], dense_terms: int = DENSE_TERMS, chunk_rows: int = CHUNK_ROWS,
+                 progress: bool = True, vectorizer=None, dtype: torch.dtype | None = None):
+        """Fit a TfidfVectorizer on the stories, or reuse a fitted `vectorizer` (the same vectors for another set).
+
+        dtype: of the dense part that ranks candidates (default: bfloat16 where the CPU has native bf16 matrix
+        products, else float32); the k best are always rescored exactly in float32.
+        """
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if not stories:
+            raise InputError("memorization: no training stories to search")
+        self.stories, self.chunk_rows, self.progress = stories, chunk_rows, progress
+        self.vectorizer = vectorizer or TfidfVectorizer(stop_words="english", dtype=np.float32)
+        try:
+            matrix = self.vectorizer.transform(stories) if vectorizer else self.vectorizer.fit_transform(stories)
+        except ValueError as e:  # scikit-learn's "empty vocabulary": nothing but stop words and one-letter words
+            raise InputError(f"memorization: the {len(stories)} training stories hold no indexable words ({e})")
+        self.matrix = matrix.tocsr()  # float32, L2-normalised rows: the exact vectors
+        frequency = np.bincount(matrix.indices, minlength=matrix.shape[1])
+        order = np.argsort(-frequency, kind="stable")
+        self.dense_columns, self.sparse_columns = order[:dense_terms], order[dense_terms:]
+        self.dtype = dtype or fast_matmul_dtype()
+        dense = self.matrix[:, self.dense_columns].tocsr()
+        self.dense = torch.cat([torch.from_numpy(dense[i:i + chunk_rows].toarray()).to(self.dtype)  # chunked: peak
+                                for i in range(0, len(stories), chunk_rows)])  # memory stays one float32 chunk
+        self.sparse = self.matrix[:, self.sparse_columns].tocsr()
+
+    def __len__(self) -> int:
+        return len(self.stories)
+
+    def search(self, queries: list[str], k: int = 1, batch_size: int = QUERY_BATCH) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines, story indices), each of shape (len(queries), k), best first: each query's k nearest stories."""
+        k = min(k, len(self.stories))
+        # Chunks grow 4x from RESCORED rows up to chunk_rows: each query's k-th best rises quickly, so every chunk
+        # passes few scores to the merge (a first chunk of chunk_rows would pass them all).
+        n = len(self.stories)
+        warmup = [RESCORED * 4**i for i in range(12) if RESCORED * 4**i < min(n, self.chunk_rows)]
+        bounds = sorted({0, *warmup, *range(self.chunk_rows, n, self.chunk_rows), n})
+        chunks = list(zip(bounds, bounds[1:]))
+        batches = range(0, len(queries), batch_size)
+        bar = tqdm(total=len(batches) * len(chunks), desc="nearest stories", unit="chunk",
+                   disable=None if self.progress else True)
+        found = [self._search_batch(queries[start:start + batch_size], k, chunks, bar) for start in batches]
+        bar.close()
+        if not found:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return np.concatenate([s for s, _ in found]), np.concatenate([i for _, i in found])
+
+    def _search_batch(self, queries: list[str], k: int, chunks: list, bar) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.vectorizer.transform(queries).astype(np.float32)
+        query_dense = torch.from_numpy(vectors[:, self.dense_columns].toarray()).to(self.dtype).T.contiguous()
+        query_sparse = vectors[:, self.sparse_columns].T.tocsc()  # (V - D, Q)
+        width = min(max(k, RESCORED), len(self.stories))
+        # -1 stands for "none yet": TF-IDF vectors are non-negative, so every cosine beats it.
+        best = torch.full((len(queries), width), -1.0), torch.zeros((len(queries), width), dtype=torch.long)
+        for start, stop in chunks:
+            scores = self.dense[start:stop] @ query_dense  # (rows, Q), in self.dtype
+            # The rare terms touch few (story, query) pairs: add them where they are, no dense pass.
+            tail = (self.sparse[start:stop] @ query_sparse).tocoo()
+            rows, columns = torch.from_numpy(tail.row.astype(np.int64)), torch.from_numpy(tail.col.astype(np.int64))
+            scores[rows, columns] += torch.from_numpy(tail.data).to(self.dtype)
+            best = merge_top_k(scores, start, *best)
+            bar.update()
+        return self.rescore(vectors, best[1].numpy(), k)
+
+    def rescore(self, vectors, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact float32 cosines of each query with its candidate rows, and the k best of them, best first."""
+        n_queries, width = rows.shape
+        candidates = self.matrix[rows.ravel()]
+        exact = np.asarray(candidates.multiply(vectors[np.repeat(np.arange(n_queries), width)]).sum(axis=1))
+        exact = exact.reshape(n_queries, width).astype(np.float32)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def fast_matmul_dtype() -> torch.dtype:
+    """bfloat16 where oneDNN runs it natively (AVX512-BF16 / AMX: about 4x float32 here), else float32."""
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):  # a private probe: fall back to the safe choice if it moves
+        return torch.float32
+
+
+def merge_top_k(scores: torch.Tensor, offset: int, best_scores: torch.Tensor, best_rows: torch.Tensor):
+    """Each query's k best (score, row) after adding a (rows, queries) block of scores whose first row is `offset`.
+
+    Only scores above a query's current k-th best can enter, and after the first chunk few do: merging just those
+    is much cheaper than a top-k over every block. Ties keep the earlier row.
+    """
+    n_queries, k = best_scores.shape
+    rows, queries = (scores > best_scores[:, -1].to(scores.dtype)).nonzero(as_tuple=True)
+    all_values = torch.cat([best_scores.flatten(), scores[rows, queries].float()])
+    all_rows = torch.cat([best_rows.flatten(), rows + offset])
+    all_queries = torch.cat([torch.arange(n_queries).repeat_interleave(k), queries])
+    # One sort groups by query, best first: cosines lie in [-1, 1], so query * 4 + (1 - cosine) orders both.
+    order = torch.sort(all_queries.double() * 4 + (1 - all_values.double()), stable=True).indices
+    counts = torch.bincount(all_queries, minlength=n_queries)
+    rank = torch.arange(len(order)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    keep = order[rank < k]
+    return all_values[keep].view(n_queries, k), all_rows[keep].view(n_queries, k)
+
+
+# --- copies, templates and originals ------------------------------------------------------------------------------
+
+# Names TinyStories uses most, so that a name is found even at a sentence start or in lowercased text.
+COMMON_NAMES = frozenset("""
+lily tom ben tim timmy sue sara sarah sam max anna lucy mia jack jill bob bobby billy joe john kate katie amy emma
+mary molly ellie ella jane jenny lisa mike jake jim jimmy dan danny leo zoe rose daisy spot buddy fluffy mittens
+whiskers rex bella kitty lola luna oliver ollie peter pete sally susie nick rosie grace noah liam ava mark alex
+""".split())
+WORD = re.compile(r"[A-Za-z0-9]+")
+_TOKEN = re.compile(r"[A-Za-z0-9]+|[.!?\n\"“”]")  # words, plus the marks after which a sentence (or speech) starts
+NAME = "<name>"
+
+
+def find_names(text: str) -> set[str]:
+    """Lowercased names: words capitalised somewhere other than a sentence or quotation start, or in COMMON_NAMES."""
+    names, starts = set(), True
+    for token in _TOKEN.findall(text):
+        if not token[0].isalnum():
+            starts = True
+            continue
+        lower = token.lower()
+        if lower in COMMON_NAMES or (token[0].isupper() and not starts and token != "I"):
+            names.add(lower)
+        starts = False
+    return names
+
+
+def words_of(text: str, mask_names: bool) -> list[str]:
+    """Lowercased words (WORD); with mask_names every occurrence of a name found anywhere in the text becomes NAME."""
+    words = [w.lower() for w in WORD.findall(text)]
+    if not mask_names:
+        return words
+    names = find_names(text)
+    return [NAME if w in names else w for w in words]
+
+
+def containment(words: list[str], source_words: list[str], n: int = NGRAM) -> float:
+    """Share of the n-grams of `words` that also occur in `source_words` (0 when `words` has fewer than n)."""
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    source = {tuple(source_words[i:i + n]) for i in range(len(source_words) - n + 1)}
+    return sum(g in source for g in grams) / len(grams)
+
+
+def classify(generation: str, source: str) -> dict:
+    """Exact copy, template match or original, with the overlaps behind the label.
+
+    overlap: share of the generation's word 4-grams found verbatim in the source; masked_overlap: the same after
+    masking names (find_names) in both. Exact copy: overlap >= COPY_THRESHOLD and every name of the generation
+    occurs in the source. Template match: otherwise masked_overlap >= COPY_THRESHOLD (the same text with other
+    names). Original: neither.
+    """
+    plain = containment(words_of(generation, False), words_of(source, False))
+    masked = containment(words_of(generation, True), words_of(source, True))
+    same_names = find_names(generation) <= set(words_of(source, False))
+    label = ("exact copy" if plain >= COPY_THRESHOLD and same_names
+             else "template match" if masked >= COPY_THRESHOLD else "original")
+    return {"label": label, "overlap": round(plain, 4), "masked_overlap": round(masked, 4)}
+
+
+# --- novelty and ROUGE ---------------------------------------------------------------------------------------------
+
+
+def novelty_bleu(generations: list[str], train_stories: list[str], sample_size: int = NOVELTY_SAMPLE,
+                 seed: int = NOVELTY_SEED) -> list[float]:
+    """Each generation's mean sentence BLEU, in [0, 1] like the report's other BLEU figures, against the same
+    `sample_size` training stories."""
+    references = random.Random(seed).sample(train_stories, min(sample_size, len(train_stories)))
+    return [sum(bleu(g, [r]) for r in references) / len(references) for g in generations]
+
+
+def max_rouge2_precision(generation: str, candidates: list[str]) -> float:
+    """The highest ROUGE-2 precision of the generation against any candidate (share of its bigrams they hold)."""
+    scorer = rouge2_scorer()
+    return max((scorer.score(c, generation)["rouge2"].precision for c in candidates), default=0.0)
+
+
+@lru_cache(maxsize=1)
+def rouge2_scorer():
+    """ROUGE-2 only (overlap.rouge_scorer adds ROUGE-L, quadratic in length), with the same tokenizer, no stemming."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer(["rouge2"], use_stemmer=False)
+
+
+# --- the report section --------------------------------------------------------------------------------------------
+
+_cached_index: tuple[int, NearestStoryIndex] | None = None
+
+
+def index_for(stories: list[str], progress: bool = True) -> NearestStoryIndex:
+    """The index of these stories, reused when the same stories come again (a sweep asks once per setting)."""
+    global _cached_index
+    key = hash((len(stories), tuple(stories)))
+    if _cached_index is None or _cached_index[0] != key:
+        _cached_index = None  # free the old one before building the next
+        _cached_index = key, NearestStoryIndex(stories, progress=progress)
+    _cached_index[1].progress = progress
+    return _cached_index[1]
+
+
+def memorization_section(generations: list[str], train_stories: list[str], out_dir: Path, top: int = 5,
+                         progress: bool = True) -> dict:
+    """Nearest training story, max ROUGE-2 precision, copy classification and novelty BLEU of the generations."""
+    if not generations:
+        raise InputError("memorization: no generated stories to compare")
+    index = index_for(train_stories, progress)
+    cosines, neighbours = index.search(generations, k=CANDIDATES)
+    records = []
+    for i, generation in enumerate(generations):
+        candidates = [train_stories[j] for j in neighbours[i]]
+        verdicts = [classify(generation, c) for c in candidates]
+        strongest = min(range(len(verdicts)), key=lambda j: (LABELS.index(verdicts[j]["label"]),
+                                                             -verdicts[j]["masked_overlap"]))
+        records.append({"nearest": int(neighbours[i][0]), "cosine": round(float(cosines[i][0]), 4),
+                        "rouge2_precision": round(max_rouge2_precision(generation, candidates), 4),
+                        **verdicts[strongest], "source": int(neighbours[i][strongest])})
+    novelty = novelty_bleu(generations, train_stories)
+    for record, score in zip(records, novelty):
+        record["novelty_bleu"] = round(score, 4)
+    counts = {label: sum(r["label"] == label for r in records) for label in LABELS}
+    mean = lambda key: round(sum(r[key] for r in records) / len(records), 4)  # noqa: E731
+    headline = {"novelty_bleu": mean("novelty_bleu"), "nearest_cosine_mean": mean("cosine"),
+                "nearest_cosine_max": max(r["cosine"] for r in records),
+                "rouge2_precision_max_mean": mean("rouge2_precision"),
+                "exact_copy_share": round(counts["exact copy"] / len(records), 4),
+                "template_match_share": round(counts["template match"] / len(records), 4)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    draw_histogram([r["cosine"] for r in records], out_dir / "memorization_cosine.png", len(train_stories))
+    ranked = sorted(range(len(records)), key=lambda i: -records[i]["cosine"])[:top]
+    top_pairs = [{"generation": generations[i], "training_story": train_stories[records[i]["nearest"]],
+                  **records[i]} for i in ranked]
+    section = {"headline": headline, "generations": len(generations), "training_stories": len(train_stories),
+               "classification": counts, "records": records, "top_pairs": top_pairs,
+               "novelty_sample": NOVELTY_SAMPLE, "novelty_seed": NOVELTY_SEED, "candidates": CANDIDATES,
+               "charts": ["memorization_cosine.png"]}
+    section["markdown"] = render_markdown(section)
+    return section
+
+
+def render_markdown(section: dict) -> str:
+    """Headline figures, the classification counts, the method in brief and the closest pairs side by side."""
+    h, counts = section["headline"], section["classification"]
+    lines = [f"{section['generations']} generated stories against {section['training_stories']:,} training "
+             "stories.", "",
+             "| novelty BLEU | nearest cosine (mean) | nearest cosine (max) | max ROUGE-2 precision (mean) | "
+             "exact copies | template matches | originals |", "|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {h['novelty_bleu']:.4f} | {h['nearest_cosine_mean']:.4f} | {h['nearest_cosine_max']:.4f} | "
+             f"{h['rouge2_precision_max_mean']:.4f} | {counts['exact copy']} | {counts['template match']} | "
+             f"{counts['original']} |", "",
+             "- Nearest story: TF-IDF cosine (words of 2+ letters, English stop words removed; 1 = same words).",
+             f"- Max ROUGE-2 precision: share of a generation's bigrams found in one training story, over the "
+             f"{section['candidates']} TF-IDF nearest stories (not the whole set).",
+             f"- Copies: word {NGRAM}-grams of the generation found in a candidate story; exact copy at >= "
+             f"{COPY_THRESHOLD:.0%} with the same names, template match at >= {COPY_THRESHOLD:.0%} once names "
+             "(capitalised mid-sentence, or common TinyStories names) are masked.",
+             "- Novelty BLEU: mean sentence BLEU in [0, 1] (sacrebleu 13a, exp smoothing) against "
+             f"{section['novelty_sample']} training stories drawn with seed {section['novelty_seed']}; lower is "
+             "more novel.", "",
+             "![nearest training story cosine](memorization_cosine.png)", "",
+             "| generation | nearest training story | cosine | ROUGE-2 P | label |", "|---|---|---:|---:|---|"]
+    for pair in section["top_pairs"]:
+        lines.append(f"| {cell(pair['generation'], 600)} | {cell(pair['training_story'], 600)} | "
+                     f"{pair['cosine']:.4f} | {pair['rouge2_precision']:.4f} | {pair['label']} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_histogram(values: list[float], path: Path, n_stories: int) -> None:
+    """Distribution of the nearest-story cosines as a PNG (own Agg canvas: no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.hist(values, bins=20, range=(0.0, 1.0), color="#4c72b0", edgecolor="white")
+    ax.axvline(sum(values) / len(values), color="#c44e52", linestyle="--", label=f"mean {np.mean(values):.3f}")
+    ax.legend()
+    ax.set_xlabel("TF-IDF cosine to the nearest training story")
+    ax.set_ylabel("generated stories")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Nearest of {n_stories:,} training stories", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,118 @@
+"""Sweeps of decoding settings: the same prompt sampled under each setting (or grid of settings), scored for
+diversity (Self-BLEU, distinct-n, similarity across generations) and, where those sections exist, novelty and
+quality, in one table like seed 000's (markdown, CSV and a PNG).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from talelab.config import SamplingConfig
+from talelab.errors import ConfigError
+from talelab.evaluate.overlap import diversity
+
+SWEEP_KEYS = {"temperature": float, "top_k": int, "top_p": float, "num_beams": int, "repetition_penalty": float}
+COLUMNS = ("self_bleu", "distinct_1", "distinct_2", "distinct_3", "max_rouge2_to_others_mean")
+LABELS = {"self_bleu": "Self-BLEU", "distinct_1": "distinct-1", "distinct_2": "distinct-2", "distinct_3": "distinct-3",
+          "max_rouge2_to_others_mean": "max ROUGE-2 to others", "novelty_bleu": "novelty BLEU", "quality": "quality"}
+
+
+def parse_sweep(text: str) -> list[dict]:
+    """'temperature=0.6,0.8 top_p=0.9,1' (keys separated by spaces or ';') -> every combination as {key: value}."""
+    axes, seen = [], set()
+    for part in [p for p in re.split(r"[\s;]+", text.strip()) if p]:
+        key, equals, values = part.partition("=")
+        if key not in SWEEP_KEYS or not equals or not values.strip(","):
+            raise ConfigError(f"--sweep: '{part}' is not key=v1,v2,... with key one of {', '.join(SWEEP_KEYS)}")
+        if key in seen:
+            raise ConfigError(f"--sweep: '{key}' is given twice")
+        seen.add(key)
+        try:
+            axes.append([(key, SWEEP_KEYS[key](v)) for v in values.split(",") if v])
+        except ValueError:
+            kind = SWEEP_KEYS[key].__name__
+            raise ConfigError(f"--sweep: values of '{key}' must be {kind}s, got '{values}'") from None
+    if not axes:
+        raise ConfigError(f"--sweep {text!r}: no settings (expected e.g. 'temperature=0.6,0.8,1.2')")
+    return [dict(combination) for combination in itertools.product(*axes)]
+
+
+def setting_label(setting: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items())
+
+
+def sweep_section(complete, base: SamplingConfig, settings: list[dict], samples: int, out_dir: Path,
+                  scorers: dict[str, Callable[[list[str]], float]] | None = None, progress: bool = True) -> dict:
+    """Sample `samples` stories from `base.prompt` under each setting (the other settings as in `base`) and score
+    them; `scorers` adds columns (e.g. novelty, quality) computed from the stories."""
+    from talelab.generate import check_config
+    from tqdm import tqdm
+
+    configs = [dataclasses.replace(base, **setting) for setting in settings]
+    for config in configs:
+        check_config(config)  # every setting is refused before any is generated
+    scorers = scorers or {}
+    rows = []
+    for setting, config in tqdm(list(zip(settings, configs)), desc="sweep", unit="setting", disable=not progress):
+        stories = [config.prompt + c for c in complete([config.prompt] * samples, config)]
+        scores = diversity(stories)
+        row = {"setting": setting_label(setting), **setting, **{c: scores[c] for c in COLUMNS}}
+        for name, score in scorers.items():
+            row[name] = score(stories)
+        row["example"] = stories[0]
+        rows.append(row)
+    columns = ["setting", *settings[0], *COLUMNS, *scorers]
+    with open(out_dir / "sweep.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = [*COLUMNS, *scorers]
+    draw_sweep(rows, list(settings[0]), ["self_bleu", "distinct_2", *scorers], out_dir / "sweep.png")
+    header = ["setting", *(LABELS.get(m, m) for m in metrics)]
+    lines = [f"{samples} stories from {base.prompt!r} per setting; other settings: temperature {base.temperature}, "
+             f"top-k {base.top_k}, top-p {base.top_p}, beams {base.num_beams}, repetition penalty "
+             f"{base.repetition_penalty}, at most {base.max_new_tokens} new tokens. Lower Self-BLEU and higher "
+             f"distinct-n mean more varied stories.", "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        lines.append(f"| {row['setting']} | " + " | ".join(number(row[m]) for m in metrics) + " |")
+    if any(config.num_beams > 1 and not config.beam_sample for config in configs):
+        lines += ["", "Beam search is deterministic: every story of a beam setting is the same, so its Self-BLEU is 1."]
+    if "novelty_bleu" in scorers:
+        lines += ["", "Novelty BLEU: mean BLEU of each story against sampled training stories, as the memorization "
+                  "section defines it; lower is more novel. Quality: the quality score in [0, 1]."]
+    lines += ["", "Written: sweep.csv, sweep.png.", "", "![sweep](sweep.png)"]
+    return {"rows": rows, "columns": columns, "markdown": "\n".join(lines), "charts": ["sweep.png"],
+            "files": ["sweep.csv"]}
+
+
+def number(value) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def draw_sweep(rows: list[dict], keys: list[str], metrics: list[str], path: Path) -> None:
+    """One panel per metric, one bar per setting, labelled by the setting's values."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(3.4, 0.5 * len(rows) + 1.5) * len(metrics), 3.8))
+    FigureCanvasAgg(fig)
+    labels = [" / ".join(str(row[k]) for k in keys) for row in rows]
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        values = [row[metric] if isinstance(row[metric], (int, float)) else float("nan") for row in rows]
+        ax.bar(range(len(rows)), [0.0 if math.isnan(v) else v for v in values], color="#4c72b0")
+        ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=30 if len(rows) > 4 else 0)
+        ax.set_xlabel(" / ".join(keys), fontsize=8)
+        ax.set_title(LABELS.get(metric, metric), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
