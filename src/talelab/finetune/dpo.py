@@ -1,0 +1,288 @@
+"""`talelab dpo`: Direct Preference Optimization with a LoRA adapter, on trl's DPOTrainer.
+
+The reference model is the base itself with the adapter switched off (trl does this when it is given a peft_config
+and no ref_model), so memory holds one copy of the base weights. Reward accuracy and margins are measured on held-out
+pairs before training, during it and after it.
+
+Output directory:
+    adapter/          the trained LoRA adapter + tokenizer (`talelab merge --adapter <out>/adapter` folds it in)
+    checkpoints/      resumable trainer checkpoints (optimizer, scheduler, RNG state): `--resume` continues
+    metrics.jsonl     every logged record (training steps and held-out evaluations), one JSON object a line
+    dpo.png           margins and reward accuracy over steps, training and held-out
+    report.md, summary.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, TrainerCallback
+
+from talelab.atomic import write_text_atomic
+from talelab.config import PreferenceConfig, check_choices
+from talelab.errors import ConfigError, InputError
+from talelab.paths import resolve_input
+
+HH_ASSISTANT = "\n\nAssistant:"
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+# trl's names for what the report shows, in the order it shows them
+HELDOUT_METRICS = {"accuracy": "eval_rewards/accuracies", "margin": "eval_rewards/margins",
+                   "chosen_reward": "eval_rewards/chosen", "rejected_reward": "eval_rewards/rejected",
+                   "loss": "eval_loss"}
+
+
+def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """Anthropic HH: the shared dialogue up to its last '\\n\\nAssistant:' is the prompt; the rest are completions.
+
+    The cut is searched in the common prefix, so a response that itself holds further turns stays whole."""
+    cut = os.path.commonprefix([chosen, rejected]).rfind(HH_ASSISTANT)
+    if cut < 0:
+        return None
+    end = cut + len(HH_ASSISTANT)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def read_pairs(data: str, data_root=None) -> list[dict]:
+    """Preference pairs of a JSONL file (gzip-compressed too): prompt/chosen/rejected rows or Anthropic HH rows."""
+    path = resolve_input(data, data_root)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a JSONL file of preference pairs")
+    opener = gzip.open if path.suffix == ".gz" else open
+    pairs = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    pairs.append(pair_of(line, f"{path}:{number}"))
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise InputError(f"{path}: unreadable ({' '.join(str(e).split())[:160]}); expected UTF-8 JSONL, optionally "
+                         f"gzip-compressed") from None
+    if not pairs:
+        raise InputError(f"{path}: no preference pairs (empty file)")
+    return pairs
+
+
+def pair_of(line: str, where: str) -> dict:
+    """One row as {prompt, chosen, rejected}, or an InputError naming file and line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object with prompt, chosen and rejected, found a JSON "
+                         f"{type(row).__name__}")
+    if all(isinstance(row.get(k), str) for k in PAIR_FIELDS):
+        return {k: row[k] for k in PAIR_FIELDS}
+    if "prompt" not in row and all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
+        parts = split_dialogue(row["chosen"], row["rejected"])
+        if parts is None:
+            raise InputError(f"{where}: chosen and rejected share no '\\n\\nAssistant:' turn, so no prompt can be "
+                             f"split off (Anthropic HH format expected, or give a 'prompt' field)")
+        return dict(zip(PAIR_FIELDS, parts))
+    missing = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str)]
+    raise InputError(f"{where}: a pair needs string fields prompt, chosen and rejected (Anthropic HH rows: chosen and "
+                     f"rejected); missing or not text: {', '.join(missing)} (keys: {', '.join(sorted(row)) or 'none'})")
+
+
+def hold_out(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training pairs, held-out pairs): a seeded random share, at least one pair on each side."""
+    if len(pairs) < 2:
+        raise InputError(f"only {len(pairs)} preference pair: at least 2 are needed (one to train, one held out)")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
+    held = set(order[:count])
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+
+def even_batch(count: int, limit: int) -> int:
+    """The largest batch size <= limit that divides count: trl averages per-batch means, so equal batches make the
+    held-out figures exact means over pairs."""
+    return max(b for b in range(1, max(1, min(count, limit)) + 1) if count % b == 0)
+
+
+def check_config(config: PreferenceConfig) -> None:
+    check_choices(config)
+    if not config.base or not config.data:
+        raise ConfigError("dpo needs --base (the model to align) and --data (preference pairs)")
+    checks = [(config.beta > 0, f"beta={config.beta} must be positive"),
+              (config.lr > 0, f"lr={config.lr} must be positive"),
+              (config.epochs > 0, f"epochs={config.epochs} must be positive"),
+              (config.batch_size >= 1 and config.grad_accum >= 1, "batch_size and grad_accum must be 1 or more"),
+              (config.max_length >= 8, f"max_length={config.max_length} must be 8 tokens or more"),
+              (0 < config.heldout_fraction < 1, f"heldout_fraction={config.heldout_fraction} must be in (0, 1)"),
+              (0 <= config.warmup_ratio < 1, f"warmup_ratio={config.warmup_ratio} must be in [0, 1)"),
+              (config.save_steps >= 1 and config.logging_steps >= 1, "save_steps and logging_steps must be >= 1"),
+              (config.eval_steps >= 0 and config.max_pairs >= 0, "eval_steps and max_pairs must be 0 or more")]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"dpo: {message}")
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every logged record (training steps and evaluations) to metrics.jsonl as it happens."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        record = {"step": state.global_step, **(logs or {})}  # the trainer's logs carry the epoch
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None):
+    """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from talelab.finetune.base import load_base, lora_config, resolve_base
+
+    check_config(config)
+    pairs = read_pairs(config.data, data_root)
+    if config.max_pairs:
+        pairs = pairs[:config.max_pairs]
+    train_pairs, heldout_pairs = hold_out(pairs, config.heldout_fraction, config.seed)
+    source = resolve_base(config.base, data_root)
+    if (Path(source) / "adapter_config.json").is_file():
+        raise ConfigError(f"--base {config.base} is a LoRA adapter: merge it first (talelab merge --adapter "
+                          f"{config.base} --out <dir>) and pass <dir>, so that the DPO adapter records a base that "
+                          f"holds the fine-tuned weights")
+    model, tokenizer = load_base(config.base, data_root, dtype=config.dtype, log=log)
+    if Path(source).is_dir():  # the adapter records its base: make that path valid from any working directory
+        source = model.config._name_or_path = str(Path(source).resolve())
+    peft_config = lora_config(model, config.rank, config.alpha, config.lora_dropout, config.target_modules)
+    steps = math.ceil(config.epochs * math.ceil(len(train_pairs) / (config.batch_size * config.grad_accum)))
+    out = Path(config.out)
+    args = DPOConfig(
+        output_dir=str(out / "checkpoints"), beta=config.beta, learning_rate=config.lr,
+        num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, max_length=config.max_length, lr_scheduler_type="linear",
+        warmup_steps=config.warmup_ratio, eval_strategy="steps", eval_steps=config.eval_steps or max(1, steps // 10),
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        report_to=[], disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed,
+        bf16=config.dtype == "bfloat16", activation_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        log_level="warning")
+    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+                         train_dataset=Dataset.from_list(train_pairs), eval_dataset=Dataset.from_list(heldout_pairs),
+                         callbacks=[MetricsLog(out / "metrics.jsonl")])
+    trainer.remove_callback(PrinterCallback)  # without a progress bar transformers prints every log dict
+    # sized on the pairs left after trl drops those whose prompt fills max_length
+    trainer.args.per_device_eval_batch_size = even_batch(len(trainer.eval_dataset), config.batch_size)
+    facts = {"base": source, "data": config.data, "pairs": len(pairs), "train_pairs": len(trainer.train_dataset),
+             "heldout_pairs": len(trainer.eval_dataset), "dropped_by_max_length": len(pairs) - len(
+                 trainer.train_dataset) - len(trainer.eval_dataset), "planned_steps": steps}
+    if not len(trainer.train_dataset) or not len(trainer.eval_dataset):
+        raise ConfigError(f"dpo: every {'training' if not len(trainer.train_dataset) else 'held-out'} pair's prompt "
+                          f"fills max_length={config.max_length} tokens; raise --max-length")
+    return trainer, facts
+
+
+def heldout_figures(metrics: dict) -> dict:
+    return {name: metrics[key] for name, key in HELDOUT_METRICS.items() if key in metrics}
+
+
+def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=print) -> dict:
+    """Train the adapter; write adapter/, metrics.jsonl, dpo.png, report.md and summary.json; return the summary."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from talelab.finetune.base import format_trainable
+    from talelab.train.loop import read_metrics
+
+    out = Path(config.out)
+    checkpoints = out / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume and last is None:
+        raise InputError(f"{checkpoints}: no checkpoint to resume from (run without --resume to start)")
+    if not resume and last is not None:
+        raise ConfigError(f"{out}: already holds a DPO run ({Path(last).name}); pass --resume to continue it or "
+                          f"choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    summary_path = out / "summary.json"
+    if resume:  # records past the checkpoint will be logged again
+        step = int(Path(last).name.rsplit("-", 1)[1])
+        kept = read_metrics(metrics_path, step)
+        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        metrics_path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    trainer, facts = make_trainer(config, data_root, log)
+    log(f"{format_trainable(trainer.model)}; reference: the base with the adapter disabled (no second copy)")
+    log(f"{facts['train_pairs']} training pairs, {facts['heldout_pairs']} held out, {facts['dropped_by_max_length']} "
+        f"dropped (prompt fills max_length)")
+    if resume and summary_path.is_file():  # written when the run started
+        before = json.loads(summary_path.read_text(encoding="utf-8"))["heldout_before"]
+    else:  # the fresh adapter is zero: policy == reference, so every reward is 0 (ties count as wrong)
+        before = heldout_figures(trainer.evaluate())
+        write_text_atomic(summary_path, json.dumps({"heldout_before": before}, indent=2) + "\n")
+    trainer.train(resume_from_checkpoint=last if resume else None)
+    evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
+    # the trainer may already have evaluated at the last step: evaluating again would log the same figures twice
+    done = evaluations and evaluations[-1].get("step") == trainer.state.global_step
+    after = heldout_figures(evaluations[-1] if done else trainer.evaluate())
+    trainer.model.save_pretrained(out / "adapter")
+    trainer.processing_class.save_pretrained(out / "adapter")
+    records = read_metrics(metrics_path, trainer.state.global_step)
+    plot_dpo(records, out / "dpo.png")
+    summary = {**facts, "out": str(out), "steps": trainer.state.global_step, "heldout_before": before,
+               "heldout_after": after, "wall_seconds": round(time.perf_counter() - started, 1),
+               "config": dataclasses.asdict(config)}
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "report.md", render_report(summary, format_trainable(trainer.model)))
+    return summary
+
+
+def plot_dpo(records: list[dict], path: Path) -> None:
+    """Two panels over steps: reward margin and reward accuracy, training (per log) and held-out (per evaluation)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    heldout = {r["step"]: r for r in records if "eval_rewards/margins" in r}  # last evaluation of a step wins
+    train = [r for r in records if "rewards/margins" in r]
+    for ax, key, title in zip(fig.subplots(1, 2), ("rewards/margins", "rewards/accuracies"),
+                              ("reward margin (chosen - rejected)", "reward accuracy")):
+        ax.plot([r["step"] for r in train], [r[key] for r in train], alpha=0.5, label="training batches")
+        ax.plot(list(heldout), [r["eval_" + key] for r in heldout.values()], "o-", label="held-out pairs")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if train or heldout:
+        fig.axes[1].axhline(0.5, color="grey", linestyle=":", linewidth=1)  # chance
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def render_report(summary: dict, trainable: str) -> str:
+    before, after, c = summary["heldout_before"], summary["heldout_after"], summary["config"]
+    rows = "\n".join(f"| {name.replace('_', ' ')} | {before.get(name, float('nan')):.4f} | "
+                     f"{after.get(name, float('nan')):.4f} |" for name in HELDOUT_METRICS)
+    lines = [
+        "# DPO report", "",
+        f"- base: `{summary['base']}`; pairs: `{summary['data']}`",
+        f"- {summary['train_pairs']} pairs for training, {summary['heldout_pairs']} held out, "
+        f"{summary['dropped_by_max_length']} dropped (prompt alone fills max_length {c['max_length']})",
+        f"- {summary['steps']} steps in {summary['wall_seconds']} s; beta {c['beta']}, lr {c['lr']}, batch "
+        f"{c['batch_size']} x {c['grad_accum']}, epochs {c['epochs']}, seed {c['seed']}",
+        f"- LoRA rank {c['rank']}, alpha {c['alpha']}, targets `{c['target_modules']}`: {trainable}",
+        "- reference policy: the base with the adapter disabled (one copy of the weights in memory)", "",
+        "## Held-out pairs", "",
+        "A pair is ranked right when the chosen completion's implicit reward, beta * (log pi - log pi_ref), exceeds "
+        "the rejected one's (a tie counts as wrong, so accuracy is 0 before training, when the policy is the "
+        "reference); the margin is the mean difference of the two rewards.", "",
+        "| figure | before | after |", "|---|---|---|", rows, "",
+        "![margins and accuracy over steps](dpo.png)", "",
+        f"Every logged figure is in `metrics.jsonl`. `talelab merge --adapter {summary['out']}/adapter --out <dir>` "
+        "makes a standalone model of the adapter in `adapter/`.", ""]
+    return "\n".join(lines)

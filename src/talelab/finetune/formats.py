@@ -1,0 +1,270 @@
+"""Prompt templates: each task turns a data file into trl's formats (prompt + completion, or plain text).
+
+- stories-tags: TinyStories Instruct prompts (`Features:`, `Words:`, `Summary:`, then `Story:`); loss on the story.
+- lm: plain text for domain-adaptive pretraining (the shared sonnets are cleaned of headings and line numbers).
+- instruct: the Alpaca template, `User:`/`Assistant:` turns, or the tokenizer's own chat template; loss on answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from pathlib import Path
+
+from talelab.data.sources import read_documents, read_jsonl, read_text, resolve_source
+from talelab.data.tags import RULE_FEATURES, check_features, rule_features
+from talelab.errors import ConfigError, InputError
+
+TASKS = ("stories-tags", "lm", "instruct")
+INSTRUCT_TEMPLATES = ("auto", "alpaca", "user-assistant", "chat")
+EOS_PLACEHOLDER = "###eos_token###"  # how the shared Dolly rows mark the end of an answer
+ALPACA_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                 "the request.")
+ALPACA_HEADER_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+                            "further context. Write a response that appropriately completes the request.")
+_SONNET_HEADING = re.compile(r"^\s*SONNET(?: [IVXLCDM]+)?\s*$", re.MULTILINE)
+_LINE_NUMBER = re.compile(r"\s+\d+\s*$", re.MULTILINE)
+_INSTRUCT_KEYS = ("Features:", "Words:", "Summary:", "Random sentence:", "Story:")
+# Words too common to test instruction following when required words are drawn from an unlabelled story.
+_COMMON = set("""the and was were that with they them then there their this from have had for but not she her his him
+one day very said what when who would could what into your you are all out saw big little too some went came""".split())
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def field(row: dict, names: tuple[str, ...], where: str) -> str:
+    """The first string field of `names` in the row, or an InputError naming the place and the fields wanted."""
+    for name in names:
+        if isinstance(row.get(name), str):
+            return row[name]
+    raise InputError(f"{where}: no string field {' or '.join(repr(n) for n in names)} (keys: {', '.join(sorted(row))})")
+
+
+def is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".json")
+
+
+# ---------------------------------------------------------------- stories-tags
+
+
+def story_prompt(features: list[str], words: list[str] = (), summary: str = "", bos: str = "") -> str:
+    """The TinyStoriesInstruct prompt; the story follows ' ' after 'Story:' (the space belongs to the story's first
+    token, so the prompt's tokens are a prefix of prompt + story)."""
+    lines = [f"Features: {', '.join(features)}"] if features else []
+    lines += [f"Words: {', '.join(words)}"] if words else []
+    lines += [f"Summary: {summary}"] if summary else []
+    return bos + "".join(line + "\n" for line in lines) + "Story:"
+
+
+def pick_words(story: str, count: int) -> list[str]:
+    """`count` distinct uncommon words of the story, chosen by a hash of the story (the same every run)."""
+    words = sorted({w for w in re.findall(r"[a-z]{4,}", story.lower()) if w not in _COMMON})
+    rng = random.Random(hashlib.sha256(story.encode("utf-8")).digest())
+    return rng.sample(words, min(count, len(words)))
+
+
+def words_used(story: str, words: list[str]) -> int:
+    """How many of the required words the story contains (as words or their inflections: 'jump' in 'jumped')."""
+    text = story.lower()
+    return sum(re.search(rf"\b{re.escape(w.lower())}", text) is not None for w in words)
+
+
+def parse_instruct_story(document: str) -> dict:
+    """A TinyStoriesInstruct block (`Features:` / `Words:` / `Summary:` / `Story:` lines) as a record."""
+    record, story_lines, in_story = {"features": [], "words": [], "summary": ""}, [], False
+    for line in document.split("\n"):
+        key = next((k for k in _INSTRUCT_KEYS if line.startswith(k)), None)
+        if in_story or key is None:
+            story_lines.append(line)
+        elif key == "Story:":
+            in_story = True
+            story_lines.append(line[len(key):].strip())
+        elif key == "Features:":
+            record["features"] = [f.strip() for f in line[len(key):].split(",") if f.strip()]
+        elif key == "Words:":
+            record["words"] = [w.strip() for w in line[len(key):].split(",") if w.strip()]
+        elif key == "Summary:":
+            record["summary"] = line[len(key):].strip()
+    record["story"] = "\n".join(story_lines).strip()
+    return record
+
+
+def story_records(path: Path, derive_words: int = 0) -> tuple[list[dict], str]:
+    """Stories with their features, words and summary, and a note on where the features came from.
+
+    JSONL rows in the TinyStories all_data form carry labels; Instruct-format text carries them in its lines; any
+    other text has none, so the features that rules detect reliably (Dialogue, MoralValue) are derived.
+    """
+    records = []
+    if is_jsonl(path):
+        for number, row in read_jsonl(path):
+            where = f"{path}:{number}"
+            instruction = row.get("instruction") if isinstance(row.get("instruction"), dict) else {}
+            features = instruction.get("features", row.get("features"))
+            words = instruction.get("words", row.get("words")) or []
+            records.append({"story": field(row, ("story", "text"), where), "features": features, "words": words,
+                            "summary": row.get("summary") or "", "where": where})
+    else:
+        documents = read_documents(path)
+        if any(line.startswith("Story:") for d in documents[:20] for line in d.split("\n")):
+            records = [{**parse_instruct_story(d), "where": f"{path} story {i + 1}"} for i, d in enumerate(documents)]
+        else:
+            records = [{"story": d, "features": None, "words": [], "summary": "", "where": f"{path} story {i + 1}"}
+                       for i, d in enumerate(documents)]
+    labelled = sum(r["features"] is not None for r in records)
+    for r in records:
+        if r["features"] is None:
+            r["features"] = rule_features(r["story"])
+        check_features(r["features"], r["where"])
+        if not r["words"] and derive_words:
+            r["words"] = pick_words(r["story"], derive_words)
+    if labelled == len(records):
+        note = f"features: as labelled in {path.name}"
+    else:
+        note = (f"features: {len(records) - labelled} of {len(records)} stories carry no labels; their features "
+                f"were derived by rules ({', '.join(RULE_FEATURES)} only: the other four need a classifier)")
+    if derive_words:
+        note += f"; required words: up to {derive_words} per unlabelled story, drawn from the story itself"
+    return records, note
+
+
+def story_example(record: dict, bos: str) -> dict:
+    prompt = story_prompt(record["features"], record["words"], record["summary"], bos)
+    return {"prompt": prompt, "completion": " " + record["story"]}
+
+
+# ---------------------------------------------------------------- lm
+
+
+def clean_sonnets(text: str) -> list[str]:
+    """The sonnets of a Project Gutenberg-style file, without `SONNET <roman>` headings, line numbers or indents."""
+    poems = []
+    for block in _SONNET_HEADING.split(text):
+        lines = [line.strip() for line in _LINE_NUMBER.sub("", block).split("\n")]
+        poem = "\n".join(line for line in lines if line)
+        if poem:
+            poems.append(poem)
+    return poems
+
+
+def lm_documents(path: Path) -> list[str]:
+    """Plain documents of a text or JSONL file ('text' field); sonnet files are cleaned first."""
+    if not is_jsonl(path):
+        text = read_text(path)
+        if len(_SONNET_HEADING.findall(text)) >= 2:
+            return clean_sonnets(text)
+    if is_jsonl(path):
+        return [field(row, ("text",), f"{path}:{n}") for n, row in read_jsonl(path)]
+    return read_documents(path)
+
+
+# ---------------------------------------------------------------- instruct
+
+
+def alpaca_prompt(instruction: str, context: str = "") -> str:
+    if context:
+        return (f"{ALPACA_HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n"
+                f"### Response:")
+    return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:"
+
+
+def strip_eos_placeholder(answer: str, eos_token: str) -> str:
+    """The answer without its trailing placeholder (trl appends the real EOS); any other occurrence becomes EOS."""
+    answer = answer.rstrip()
+    if answer.endswith(EOS_PLACEHOLDER):
+        answer = answer[: -len(EOS_PLACEHOLDER)].rstrip()
+    return answer.replace(EOS_PLACEHOLDER, eos_token)
+
+
+def conversation_of(row: dict, where: str) -> list[dict]:
+    """A row as chat messages: `messages`, or the instruction/answer fields of the Alpaca-style datasets."""
+    if isinstance(row.get("messages"), list):
+        messages = row["messages"]
+        if not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+            raise InputError(f"{where}: 'messages' must be a list of {{'role', 'content'}} objects")
+        if messages[-1]["role"] != "assistant":
+            raise InputError(f"{where}: the last message must be the assistant's answer (found {messages[-1]['role']})")
+        return messages
+    if "prompt" in row and isinstance(row.get("answer", row.get("completion")), str):
+        return [{"role": "user", "content": field(row, ("prompt",), where)},
+                {"role": "assistant", "content": field(row, ("answer", "completion"), where)}]
+    instruction = field(row, ("instruction", "question", "prompt"), where)
+    context = row.get("input") or row.get("context") or ""
+    user = f"{instruction}\n\n{context}" if context else instruction
+    return [{"role": "user", "content": user, "instruction": instruction, "input": context},
+            {"role": "assistant", "content": field(row, ("output", "response", "answer"), where)}]
+
+
+def instruct_example(row: dict, where: str, template: str, tokenizer, bos: str) -> dict:
+    """One prompt + completion pair in the chosen template; the completion is the answer alone."""
+    messages = conversation_of(row, where)
+    eos = tokenizer.eos_token or ""
+    answer = strip_eos_placeholder(messages[-1]["content"], eos)
+    if template == "chat":
+        history = [{"role": m["role"], "content": strip_eos_placeholder(m["content"], eos)} for m in messages[:-1]]
+        return {"prompt": history, "completion": [{"role": "assistant", "content": answer}]}
+    if template == "alpaca":
+        first = messages[0]
+        if "### Response:" in first["content"]:  # already rendered (the shared Dolly subset)
+            prompt = first["content"].rstrip()
+        else:
+            prompt = alpaca_prompt(first.get("instruction", first["content"]), first.get("input", ""))
+        return {"prompt": bos + prompt, "completion": "\n" + answer}
+    turns = "".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content'].strip()}\n"
+                    for m in messages[:-1] if m["role"] != "system")
+    return {"prompt": bos + turns + "Assistant:", "completion": " " + answer}
+
+
+def choose_template(template: str, rows: list[tuple[int, dict]], tokenizer) -> str:
+    """'auto' becomes chat for `messages` rows when the tokenizer has a chat template, else alpaca or user-assistant."""
+    if template not in INSTRUCT_TEMPLATES:
+        raise ConfigError(f"template={template!r} is not one of {', '.join(INSTRUCT_TEMPLATES)}")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if template == "chat" and not has_chat:
+        raise ConfigError(f"template=chat: the tokenizer of {tokenizer.name_or_path} has no chat template (choose "
+                          f"--template alpaca or user-assistant)")
+    if template != "auto":
+        return template
+    if "messages" in rows[0][1]:
+        return "chat" if has_chat else "user-assistant"
+    return "alpaca"
+
+
+# ---------------------------------------------------------------- all tasks
+
+
+def bos_text(tokenizer) -> str:
+    """The BOS token's text when the tokenizer does not add it by itself (talelab's and GPT-2's do not)."""
+    bos = tokenizer.bos_token
+    if not bos or tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return ""
+    return bos
+
+
+def build_examples(task: str, data: str, tokenizer, template: str = "auto", derive_words: int = 0,
+                   data_root=None) -> tuple[list[dict], str]:
+    """The examples of `data` for `task` (trl's prompt/completion or text rows) and a line for the run log.
+
+    stories-tags rows also keep `features` and `words`, which the tag-adherence measure reads.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r} is not one of {', '.join(TASKS)}")
+    path = resolve_source(data, data_root)
+    if path is None:
+        raise InputError(f"--data {data}: no such file (give a text or JSONL file)")
+    bos = bos_text(tokenizer)
+    if task == "stories-tags":
+        records, note = story_records(path, derive_words)
+        return [{**story_example(r, bos), "features": r["features"], "words": r["words"]} for r in records], note
+    if task == "lm":
+        documents = lm_documents(path)
+        return [{"text": bos + d} for d in documents], f"lm: {len(documents)} documents from {path.name}"
+    rows = read_jsonl(path) if is_jsonl(path) else None
+    if rows is None:
+        raise InputError(f"{path}: instruct data must be JSONL (prompt/answer, instruction/output or messages rows)")
+    template = choose_template(template, rows, tokenizer)
+    examples = [instruct_example(row, f"{path}:{n}", template, tokenizer, "" if template == "chat" else bos)
+                for n, row in rows]
+    return examples, f"instruct: {len(examples)} rows from {path.name}, template {template}, loss on answers only"

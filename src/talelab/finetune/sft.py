@@ -1,0 +1,340 @@
+"""`talelab finetune`: supervised fine-tuning with trl's SFTTrainer, LoRA (peft) or full, resumable.
+
+The output directory holds what `load_finetuned` (and talelab's loaders) read: the adapter or the full model with
+its tokenizer; beside it checkpoints/, metrics.jsonl, loss.png, summary.json and the run log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from talelab.atomic import write_text_atomic
+from talelab.config import FINETUNE_PRESETS, FinetuneConfig, check_choices, dataclass_from_dict
+from talelab.data.tags import has_dialogue
+from talelab.errors import ConfigError, InputError
+from talelab.finetune.base import context_length, format_trainable, load_base, lora_config, trainable_summary
+from talelab.finetune.formats import build_examples, words_used
+
+CHECKPOINTS = "checkpoints"
+
+
+def build_finetune_config(preset_name: str | None = None, overrides: dict | None = None) -> FinetuneConfig:
+    """A FinetuneConfig from a named preset, then the given overrides (flags), checked."""
+    values = {}
+    if preset_name:
+        if preset_name not in FINETUNE_PRESETS:
+            raise ConfigError(f"unknown fine-tuning preset '{preset_name}' (choose from {', '.join(FINETUNE_PRESETS)})")
+        values.update(FINETUNE_PRESETS[preset_name])
+    values.update(overrides or {})
+    config = dataclass_from_dict(FinetuneConfig, values, where="finetune config")
+    check_choices(config)
+    if not config.base:
+        raise ConfigError("finetune: --base is required (a Hugging Face directory or hub id, or a talelab model)")
+    if config.batch_size < 1 or config.max_length < 8 or not 0 <= config.eval_fraction < 1:
+        raise ConfigError("finetune: needs batch_size >= 1, max_length >= 8 and 0 <= eval_fraction < 1")
+    return config
+
+
+def quiet_libraries(progress: bool) -> None:
+    """datasets' per-stage bars only with --progress; transformers' advice on every step never."""
+    import datasets
+    import transformers
+
+    if progress:
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+    else:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+
+
+def precision_flags(precision: str) -> dict:
+    """Trainer's bf16/fp16 flags: mixed precision where the hardware supports it."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("precision=fp16 needs a GPU (use bf16 or fp32 on CPU)")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def split_examples(examples: list[dict], config: FinetuneConfig, tokenizer,
+                   data_root=None) -> tuple[list[dict], list[dict]]:
+    """(train, held out): --eval-data when given, else a seeded --eval-fraction of the examples."""
+    if config.eval_data:
+        held_out, _ = build_examples(config.task, config.eval_data, tokenizer, config.template, config.derive_words,
+                                     data_root)
+        train = examples
+    else:
+        order = list(range(len(examples)))
+        random.Random(config.seed).shuffle(order)
+        cut = max(1, round(len(examples) * config.eval_fraction)) if config.eval_fraction > 0 else 0
+        held_out = [examples[i] for i in sorted(order[:cut])]
+        train = [examples[i] for i in sorted(order[cut:])]
+    if config.max_examples:
+        train = train[: config.max_examples]
+    if not train:
+        raise InputError(f"--data {config.data}: no training examples left after holding {len(held_out)} out")
+    return train, held_out
+
+
+def trainer_rows(examples: list[dict]):
+    """A datasets.Dataset of the fields trl reads (prompt/completion or text); measurement-only fields dropped."""
+    from datasets import Dataset
+
+    keep = ("prompt", "completion", "text")
+    return Dataset.from_list([{k: e[k] for k in keep if k in e} for e in examples])
+
+
+def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(checkpoints), learning_rate=config.lr, warmup_steps=config.warmup_ratio,  # < 1: a ratio
+        lr_scheduler_type="linear", weight_decay=config.weight_decay, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs, max_steps=config.max_steps or -1, max_length=config.max_length,
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if has_eval and config.eval_steps else "no", eval_steps=config.eval_steps or None,
+        gradient_checkpointing=config.gradient_checkpointing, seed=config.seed, data_seed=config.seed,
+        report_to=[], disable_tqdm=not config.progress, dataloader_num_workers=0, dataset_num_proc=None,
+        **precision_flags(config.precision))
+
+
+def make_callbacks(config: FinetuneConfig, metrics_path: Path):
+    """Log every metrics row to metrics.jsonl as it comes, and stop at --stop-at-step after a checkpoint."""
+    from transformers import TrainerCallback
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            with metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if config.stop_at_step and state.global_step >= config.stop_at_step:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return [Record()]
+
+
+def plot_losses(history: list[dict], path: Path, title: str) -> None:
+    """Training and held-out loss against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    held = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for points, label, style in ((train, "training loss", "-"), (held, "held-out loss", "o--")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of a text prompt, or of chat messages with the assistant's turn opened."""
+    if isinstance(prompt, list):
+        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+             batch_size: int = 8) -> list[str]:
+    """The generated continuation of each prompt (decoded without special tokens), stopping at EOS."""
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues from the last position of every row
+    context = context_length(model)
+    if context:  # keep the prompt's end when prompt + answer would outgrow the model's positions
+        max_new_tokens = min(max_new_tokens, context // 2)
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        ids = [i[-(context - max_new_tokens):] for i in ids] if context else ids
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids])
+        attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        torch.manual_seed(seed + start)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
+        generated = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, **sampling)
+        outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+    tokenizer.padding_side = "right"
+    return [o.strip() for o in outputs]
+
+
+def tag_adherence(model, tokenizer, held_out: list[dict], samples: int, max_new_tokens: int, temperature: float,
+                  seed: int = 0) -> dict:
+    """Dialogue rate with and without Dialogue requested, and the share of required words each story uses."""
+    from talelab.finetune.formats import bos_text, story_prompt
+
+    bos = bos_text(tokenizer)
+    result = {}
+    for label, features in (("with_dialogue", ["Dialogue"]), ("without_features", [])):
+        stories = complete(model, tokenizer, [story_prompt(features, bos=bos)] * samples, max_new_tokens,
+                           temperature, seed)
+        result[f"dialogue_rate_{label}"] = sum(map(has_dialogue, stories)) / samples
+        result[f"example_{label}"] = stories[0]
+    worded = [e for e in held_out if e.get("words")][:samples]
+    if worded:
+        prompts = [story_prompt(e["features"], e["words"], bos=bos) for e in worded]
+        stories = complete(model, tokenizer, prompts, max_new_tokens, temperature, seed)
+        per_story = [{"words": e["words"], "used": words_used(s, e["words"])} for e, s in zip(worded, stories)]
+        result["required_words"] = per_story
+        result["required_words_used"] = sum(p["used"] for p in per_story) / sum(len(p["words"]) for p in per_story)
+    result["samples"] = samples
+    return result
+
+
+def answer_bleu(model, tokenizer, held_out: list[dict], samples: int, max_new_tokens: int) -> dict:
+    """Corpus BLEU (sacrebleu) of greedy answers to held-out prompts against their reference answers."""
+    import sacrebleu
+
+    rows = held_out[:samples]
+    answers = complete(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    references = [r["completion"][0]["content"] if isinstance(r["completion"], list) else r["completion"].strip()
+                  for r in rows]
+    bleu = sacrebleu.corpus_bleu(answers, [references])
+    return {"bleu": bleu.score, "answers": len(rows), "example_answer": answers[0] if answers else ""}
+
+
+@dataclass
+class PreparedRun:
+    """A fine-tuning run ready to train: the trainer, its tokenizer, the held-out examples and the log so far."""
+
+    trainer: object
+    tokenizer: object
+    held_out: list[dict]
+    summary: dict
+    note: Callable[[str], None]
+    resume_from: str | None
+
+
+def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRun:
+    """Load the base, build the examples, wrap LoRA and set up trl's SFTTrainer (resuming if asked)."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    out = Path(config.out)
+    checkpoints = out / CHECKPOINTS
+    resume_from = None
+    if config.resume:
+        found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        if not found:
+            raise InputError(f"--resume: no checkpoint in {checkpoints} (run without --resume first)")
+        resume_from = str(found[-1])
+    elif checkpoints.exists() and any(checkpoints.iterdir()):
+        raise InputError(f"{checkpoints}: checkpoints of an earlier run are there (pass --resume to continue it, or "
+                         f"choose another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        for stale in ("metrics.jsonl", "log.txt", "summary.json"):
+            (out / stale).unlink(missing_ok=True)
+    quiet_libraries(config.progress)
+
+    def note(line: str) -> None:
+        log(line)
+        with (out / "log.txt").open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    torch.manual_seed(config.seed)  # the LoRA initialisation
+    model, tokenizer = load_base(config.base, data_root, log=note)
+    context = context_length(model)
+    if context and config.max_length > context:  # GPT-2 has learned positions: no sequence may outgrow them
+        note(f"max_length {config.max_length} -> {context}, the model's context")
+        config = dataclasses.replace(config, max_length=context)
+    examples, data_note = build_examples(config.task, config.data, tokenizer, config.template, config.derive_words,
+                                         data_root)
+    note(data_note)
+    train, held_out = split_examples(examples, config, tokenizer, data_root)
+    note(f"examples: {len(train)} for training, {len(held_out)} held out")
+    peft_config = None
+    if not config.full:
+        peft_config = lora_config(model, config.lora_rank, config.lora_alpha or 2.0 * config.lora_rank,
+                                  config.lora_dropout, config.target_modules)
+    trainer = SFTTrainer(model=model, args=sft_arguments(config, checkpoints, bool(held_out)),
+                         train_dataset=trainer_rows(train), eval_dataset=trainer_rows(held_out) if held_out else None,
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=make_callbacks(config, out / "metrics.jsonl"))
+    trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl; the log gets the lines that matter
+    trainable, total, percent = trainable_summary(trainer.model)
+    note(("full fine-tuning: " if config.full else f"LoRA r={peft_config.r} alpha={peft_config.lora_alpha} on "
+          f"{', '.join(sorted(peft_config.target_modules))}: ") + format_trainable(trainer.model))
+    summary = {"config": dataclasses.asdict(config), "trainable_params": trainable, "total_params": total,
+               "trainable_percent": percent, "train_examples": len(train), "held_out_examples": len(held_out),
+               "data_note": data_note}
+    return PreparedRun(trainer, tokenizer, held_out, summary, note, resume_from)
+
+
+def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
+    """Run `talelab finetune`; returns the summary also written to summary.json."""
+    run = prepare_run(config, data_root, log)
+    trainer, summary, note, out = run.trainer, run.summary, run.note, Path(config.out)
+    if run.held_out and run.resume_from is None:
+        summary["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        note(f"held-out loss before fine-tuning: {summary['eval_loss_before']:.4f}")
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=run.resume_from)
+    summary.update(train_seconds=time.time() - started, steps=trainer.state.global_step,
+                   train_loss=result.training_loss, final_loss=last_loss(trainer.state.log_history))
+    if run.held_out:
+        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+        summary["perplexity"] = math.exp(min(summary["eval_loss"], 50.0))
+        note(f"held-out loss after: {summary['eval_loss']:.4f} (perplexity {summary['perplexity']:.2f})")
+    history = trainer.state.log_history
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    plot_losses(history, out / "loss.png", f"{config.task} fine-tuning of {Path(config.base).name}")
+    stopped_early = bool(config.stop_at_step) and trainer.state.global_step < trainer.state.max_steps
+    if not stopped_early:
+        trainer.save_model(str(out))  # adapter (or full model) + tokenizer
+        summary.update(measure(trainer.model, run.tokenizer, config, run.held_out, note))
+    summary["stopped_at_step"] = trainer.state.global_step if stopped_early else None
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def last_loss(history: list[dict]) -> float | None:
+    losses = [h["loss"] for h in history if "loss" in h]
+    return losses[-1] if losses else None
+
+
+def measure(model, tokenizer, config: FinetuneConfig, held_out: list[dict], note) -> dict:
+    """What the fine-tune was for: tag and word adherence of generated stories, or BLEU of held-out answers."""
+    if not config.samples or not held_out and config.task != "stories-tags":
+        return {}
+    if config.task == "stories-tags":
+        adherence = tag_adherence(model, tokenizer, held_out, config.samples, config.max_new_tokens,
+                                  config.temperature, config.seed)
+        line = (f"dialogue in generated stories: {adherence['dialogue_rate_with_dialogue']:.0%} with Dialogue "
+                f"requested, {adherence['dialogue_rate_without_features']:.0%} without ({config.samples} each)")
+        if "required_words_used" in adherence:
+            line += f"; required words used: {adherence['required_words_used']:.0%}"
+        note(line)
+        return {"adherence": adherence}
+    if config.task == "instruct":
+        bleu = answer_bleu(model, tokenizer, held_out, config.samples, config.max_new_tokens)
+        note(f"BLEU of {bleu['answers']} held-out answers (greedy): {bleu['bleu']:.2f}")
+        return bleu
+    return {}

@@ -1,0 +1,138 @@
+"""`talelab trials`: a grid of LoRA configurations, each one `talelab finetune` run, compared in one table.
+
+A finished trial (its summary.json) is never redone and an interrupted one resumes from its checkpoint, so running
+the same command again continues the grid where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+
+from talelab.atomic import write_text_atomic
+from talelab.config import FinetuneConfig
+from talelab.errors import ConfigError
+from talelab.finetune.sft import build_finetune_config, finetune
+
+# Short grid keys for the LoRA knobs; any other FinetuneConfig field may be named in full.
+ALIASES = {"rank": "lora_rank", "r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout",
+           "batch": "batch_size", "modules": "target_modules"}
+COLUMNS = ["trial", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "lr", "batch_size", "epochs",
+           "steps", "trainable_percent", "train_loss", "val_loss", "perplexity", "bleu", "wall_time_s"]
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+
+
+def parse_grid(grid: str) -> list[dict]:
+    """'rank=4,8 alpha=8,16' -> every combination as FinetuneConfig overrides, values typed like the fields.
+
+    target_modules choices are separated by ';' (their module names by '+' or ','), e.g. 'modules=llama;q_proj+v_proj'.
+    """
+    axes = []
+    for part in grid.split():
+        key, _, values = part.partition("=")
+        name = ALIASES.get(key, key)
+        if name not in FIELD_TYPES or not values:
+            raise ConfigError(f"--grid: '{part}' is not key=v1,v2 with a fine-tuning key (rank, alpha, dropout, "
+                              f"modules, lr, batch, epochs, max_steps, or a finetune flag name)")
+        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
+            FIELD_TYPES[name], str)
+        choices = values.split(";") if name == "target_modules" else values.split(",")
+        try:
+            axes.append([(name, cast(v.replace("+", ",")) if name == "target_modules" else cast(v))
+                         for v in choices if v])
+        except ValueError:
+            raise ConfigError(f"--grid: values of '{key}' must be {FIELD_TYPES[name]}s, got '{values}'") from None
+    combinations = [dict(c) for c in itertools.product(*axes)] if axes else []
+    if not combinations:
+        raise ConfigError(f"--grid {grid!r}: no combinations")
+    return combinations
+
+
+def trial_name(overrides: dict) -> str:
+    """A folder name that says what the trial changes: 'rank=4_alpha=8_lr=0.0002'."""
+    short = {v: k for k, v in ALIASES.items() if k not in ("r", "batch", "modules")}
+    return "_".join(f"{short.get(k, k)}={str(v).replace(',', '+')}" for k, v in overrides.items())
+
+
+def trial_row(name: str, summary: dict, wall_time: float) -> dict:
+    config = summary["config"]
+    return {"trial": name, **{k: config[k] for k in COLUMNS if k in config},
+            "lora_alpha": config["lora_alpha"] or 2 * config["lora_rank"], "steps": summary["steps"],
+            "trainable_percent": round(summary["trainable_percent"], 4), "train_loss": round(summary["train_loss"], 4),
+            "val_loss": round(summary["eval_loss"], 4) if "eval_loss" in summary else None,
+            "perplexity": round(summary["perplexity"], 3) if "perplexity" in summary else None,
+            "bleu": round(summary["bleu"], 2) if "bleu" in summary else None, "wall_time_s": round(wall_time, 1)}
+
+
+def trials(grid: str, out: str | Path, common: dict, data_root=None, log=print) -> list[dict]:
+    """Run every combination of `grid` over the fine-tuning settings `common`; write results.md/.csv/.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    combinations = parse_grid(grid)
+    for number, overrides in enumerate(combinations, start=1):
+        name = trial_name(overrides)
+        folder = out / name
+        summary_path = folder / "summary.json"
+        if summary_path.is_file():
+            done = json.loads(summary_path.read_text(encoding="utf-8"))
+            if done.get("stopped_at_step") is None and "wall_time_s" in done:
+                log(f"trial {number}/{len(combinations)} {name}: finished earlier, not redone")
+                rows.append(trial_row(name, done, done["wall_time_s"]))
+                continue
+        log(f"trial {number}/{len(combinations)} {name}")
+        resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").glob("checkpoint-*"))
+        config = build_finetune_config(None, {**common, **overrides, "out": str(folder), "resume": resume})
+        started = time.time()
+        summary = finetune(config, data_root, log=lambda line: log(f"  {line}"))
+        summary["wall_time_s"] = time.time() - started
+        write_text_atomic(summary_path, json.dumps(summary, indent=2, default=str) + "\n")  # marks it finished
+        rows.append(trial_row(name, summary, summary["wall_time_s"]))
+    write_results(rows, out, common)
+    return rows
+
+
+def write_results(rows: list[dict], out: Path, common: dict) -> None:
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(value) -> str:
+        return "–" if value is None else str(value)
+
+    lines = [f"# LoRA trials: {common.get('task', '')} on {Path(str(common.get('data', ''))).name} "
+             f"(base {common.get('base', '')})", "",
+             "| trial | rank | alpha | dropout | target modules | lr | batch | epochs | steps | trainable % | "
+             "train loss | val loss | perplexity | BLEU | wall time (s) |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ranked = sorted(rows, key=lambda r: (r["val_loss"] is None, r["val_loss"] or 0.0))
+    for r in ranked:
+        lines.append("| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |")
+    lines += ["", "Sorted by held-out loss. Perplexity = exp(held-out loss per answer token); BLEU (sacrebleu, corpus) "
+              "of greedy answers to held-out prompts against their references; wall time includes evaluation."]
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+    plot_results(ranked, out / "results.png")
+
+
+def plot_results(rows: list[dict], path: Path) -> None:
+    """Held-out loss and BLEU per trial, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["trial"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(rows) + 2))
+    for ax, key, label in ((axes[0], "val_loss", "held-out loss"), (axes[1], "bleu", "BLEU")):
+        ax.barh(names, [r[key] or 0.0 for r in rows])
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+    axes[1].set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""Bad input ends as one line naming the thing at fault, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from talelab.cli import main
+from talelab.errors import ConfigError, InputError
+from talelab.finetune.base import load_base, lora_config
+from talelab.finetune.formats import build_examples
+from talelab.finetune.sft import finetune
+
+
+@pytest.fixture(scope="module")
+def llama(stories260k_hf):
+    return load_base(str(stories260k_hf))
+
+
+def test_base_without_tokenizer_is_one_line_naming_the_directory(stories260k_hf, tmp_path, capsys):
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(stories260k_hf / name, bare / name)
+    code = main(["finetune", "--base", str(bare), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert str(bare) in err and "no tokenizer" in err
+
+
+def test_unknown_target_module_lists_the_valid_ones(llama):
+    model, _ = llama
+    with pytest.raises(ConfigError) as e:
+        lora_config(model, 4, 8.0, 0.0, "c_attn,q_proj")
+    message = str(e.value)
+    assert "c_attn not in this llama" in message
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert name in message
+
+
+def test_unknown_tag_names_file_line_and_tag(llama, tmp_path):
+    _, tokenizer = llama
+    data = tmp_path / "tagged.jsonl"
+    rows = [{"story": "Tom said \"hi\".", "instruction": {"features": ["Dialogue"], "words": ["hi"]}},
+            {"story": "It rained.", "instruction": {"features": ["Happy"]}}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{data}:2: unknown feature 'Happy' \(choose from Dialogue, BadEnding"):
+        build_examples("stories-tags", str(data), tokenizer)
+
+
+def test_chat_template_missing_is_one_line(llama):
+    _, tokenizer = llama
+    with pytest.raises(ConfigError, match="has no chat template"):
+        build_examples("instruct", "data/instruct/dolly-subset.jsonl", tokenizer, template="chat")
+
+
+def test_row_without_the_needed_field_names_file_and_line(llama, tmp_path):
+    _, tokenizer = llama
+    data = tmp_path / "instruct.jsonl"
+    data.write_text(json.dumps({"instruction": "Name a colour.", "output": "Red."}) + "\n"
+                    + json.dumps({"instruction": "Name a fruit."}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{data}:2: no string field 'output' or 'response' or 'answer'"):
+        build_examples("instruct", str(data), tokenizer)
+    stories = tmp_path / "stories.jsonl"
+    stories.write_text(json.dumps({"title": "no story here"}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{stories}:1: no string field 'story' or 'text'"):
+        build_examples("stories-tags", str(stories), tokenizer)
+
+
+def test_resume_without_a_checkpoint_and_unknown_preset(stories260k_hf, quick, tmp_path, capsys):
+    with pytest.raises(InputError, match="no checkpoint in"):
+        finetune(quick(base=str(stories260k_hf), out=str(tmp_path / "fresh"), resume=True))
+    assert main(["finetune", "--preset", "gpt5-tags", "--base", "x"]) == 2
+    assert "unknown fine-tuning preset 'gpt5-tags' (choose from distilgpt2-tags, tinyllama-dolly)" in \
+        capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""Prompt templates: TinyStories Instruct prompts, the Alpaca template with its EOS placeholder, User/Assistant
+turns and the tokenizer's own chat template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from talelab.finetune.base import load_tokenizer_of
+from talelab.finetune.formats import build_examples, parse_instruct_story, story_prompt, words_used
+
+
+@pytest.fixture(scope="module")
+def tokenizer(stories260k_hf):
+    return load_tokenizer_of(str(stories260k_hf))
+
+
+def test_story_prompt_in_the_instruct_form():
+    assert story_prompt(["Dialogue", "Twist"], ["hang", "foot", "cute"], "A cat hangs a sock.", "<s>") == (
+        "<s>Features: Dialogue, Twist\nWords: hang, foot, cute\nSummary: A cat hangs a sock.\nStory:")
+    assert story_prompt([]) == "Story:"
+
+
+def test_words_used_counts_required_words_and_their_inflections():
+    story = "Tom jumped over the log. He was happy and hung his hat."
+    assert words_used(story, ["jump", "log", "cute", "hat"]) == 3
+    assert words_used(story, []) == 0
+
+
+def test_instruct_text_blocks_are_parsed():
+    block = "Features: Dialogue\nWords: ball, red\nSummary: Sam finds a ball.\nStory: Sam saw a red ball.\n\"Mine!\""
+    assert parse_instruct_story(block) == {"features": ["Dialogue"], "words": ["ball", "red"],
+                                           "summary": "Sam finds a ball.", "story": "Sam saw a red ball.\n\"Mine!\""}
+
+
+def test_rule_features_on_unlabelled_stories_and_prompt_is_a_prefix(tokenizer):
+    examples, note = build_examples("stories-tags", "data/tinystories/train-head.txt", tokenizer)
+    assert len(examples) == 2317 and "derived by rules" in note
+    with_dialogue = [e for e in examples if "Dialogue" in e["features"]]
+    assert with_dialogue and all('"' in e["completion"] or "“" in e["completion"] for e in with_dialogue)
+    first = examples[0]
+    assert first["prompt"].startswith("<s>") and first["prompt"].endswith("Story:")
+    ids = tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
+    both = tokenizer(first["prompt"] + first["completion"], add_special_tokens=False)["input_ids"]
+    assert both[: len(ids)] == ids  # the story's tokens start right where the prompt's end
+
+
+def test_alpaca_rows_lose_the_eos_placeholder(tokenizer):
+    examples, note = build_examples("instruct", "data/instruct/dolly-subset.jsonl", tokenizer)
+    assert len(examples) == 151 and "template alpaca" in note
+    assert all("###eos_token###" not in e["completion"] for e in examples)
+    assert examples[0]["prompt"].endswith("### Response:") and examples[0]["completion"].startswith("\nThe American")
+
+
+def test_user_assistant_and_chat_templates(tokenizer, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    messages = [{"role": "user", "content": "Tell me about cats."}, {"role": "assistant", "content": "Cats purr."},
+                {"role": "user", "content": "And dogs?"}, {"role": "assistant", "content": "Dogs bark."}]
+    data.write_text(json.dumps({"messages": messages}) + "\n", encoding="utf-8")
+    (example,), note = build_examples("instruct", str(data), tokenizer)
+    assert "template user-assistant" in note  # no chat template in this tokenizer
+    assert example == {"prompt": "<s>User: Tell me about cats.\nAssistant: Cats purr.\nUser: And dogs?\nAssistant:",
+                       "completion": " Dogs bark."}
+    tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    try:
+        (example,), note = build_examples("instruct", str(data), tokenizer)
+    finally:
+        tokenizer.chat_template = None
+    assert "template chat" in note
+    assert example["prompt"] == messages[:3] and example["completion"] == [messages[3]]

@@ -1,0 +1,41 @@
+"""LoRA stories-tags SFT of stories260K on the shared TinyStories text, features derived by rules."""
+
+from __future__ import annotations
+
+import json
+
+from talelab.finetune.base import load_finetuned
+from talelab.finetune.sft import finetune
+from talelab.models.storage import load_model
+
+
+def test_stories_tags_lora_lowers_held_out_loss_and_dialogue_follows_the_tag(stories260k_hf, quick, tmp_path):
+    out = tmp_path / "tags"
+    lines = []
+    summary = finetune(quick(base=str(stories260k_hf), task="stories-tags", data="data/tinystories/train-head.txt",
+                             out=str(out), max_examples=240, eval_fraction=0.02, max_steps=30, lr=1e-2,
+                             max_length=160, derive_words=3, samples=16, max_new_tokens=100, temperature=0.7),
+                       log=lines.append)
+    adherence = summary["adherence"]
+    print(f"\nstories-tags on stories260K, 30 steps: held-out loss {summary['eval_loss_before']:.4f} -> "
+          f"{summary['eval_loss']:.4f}; dialogue with Dialogue requested {adherence['dialogue_rate_with_dialogue']:.2f}"
+          f", without {adherence['dialogue_rate_without_features']:.2f} ({adherence['samples']} stories each); "
+          f"required words used {adherence['required_words_used']:.2f}")
+    assert summary["eval_loss"] < summary["eval_loss_before"]
+    assert adherence["dialogue_rate_with_dialogue"] > adherence["dialogue_rate_without_features"]
+    assert 0 <= adherence["required_words_used"] <= 1 and adherence["required_words"]
+    # the run log says where the features came from, and how many parameters LoRA trains
+    log = (out / "log.txt").read_text(encoding="utf-8")
+    assert "derived by rules (Dialogue, MoralValue only" in log
+    assert "trainable params: 46,240 || all params: 306,272 || trainable%: 15.0977" in log
+    assert lines == log.splitlines()
+    # the adapter, tokenizer, metrics and chart are where a user (and talelab's loaders) look for them
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 31))
+    model, tokenizer = load_finetuned(out)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 46_240
+    talelab_model, talelab_tokenizer, _ = load_model(out)  # what generate, eval and serve load
+    assert talelab_tokenizer.encode("Once upon a time") == tokenizer("Once upon a time")["input_ids"]
