@@ -9,8 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from talelab.config import (PRESETS, ModelConfig, PrepareConfig, SamplingConfig, ServeConfig, TokenizerConfig,
-                            TrainConfig, build_train_configs, check_choices)
+from talelab.config import (FINETUNE_PRESETS, PRESETS, EvalConfig, FinetuneConfig, JudgeConfig, ModelConfig,
+                            PreferenceConfig, PrefsConfig, PrepareConfig, SamplingConfig, ServeConfig,
+                            TagClassifierConfig, TokenizerConfig, TrainConfig, TrialsConfig, build_train_configs,
+                            check_choices)
 from talelab.errors import ConfigError, TalelabError
 
 
@@ -25,28 +27,30 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, skip: tuple = ()) -> None:
-    """One flag per field, documented by the field's help; unset flags stay absent so presets and YAML win."""
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, skip: tuple = (), prefix: str = "") -> None:
+    """One flag per field, documented by the field's help; unset flags stay absent so presets and YAML win.
+    `prefix` (e.g. 'judge_') keeps two configs with a field of the same name apart on one command line."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        name = prefix + f.name
         if f.type in ("bool", bool):
-            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            group.add_argument(flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+            group.add_argument(flag(name), dest=name, type=kind, default=argparse.SUPPRESS,
                                choices=f.metadata.get("choices"), help=help_text, metavar=kind.__name__.upper())
 
 
-def given(args: argparse.Namespace, cls) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+def given(args: argparse.Namespace, cls, prefix: str = "") -> dict:
+    return {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls) if hasattr(args, prefix + f.name)}
 
 
-def build(cls, args: argparse.Namespace, **fixed):
-    config = cls(**{**given(args, cls), **fixed})
+def build(cls, args: argparse.Namespace, prefix: str = "", **fixed):
+    config = cls(**{**given(args, cls, prefix), **fixed})
     check_choices(config)
     return config
 
@@ -96,10 +100,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from talelab.generate import generate_text
+    from talelab.generate import fast_decoder, generate_text
     from talelab.models.storage import load_model
 
     model, tokenizer, _ = load_model(args.model, device=args.device)
+    if args.dtype != "float32" or args.compile:
+        model = fast_decoder(model, dtype=args.dtype, compile=args.compile)
     config = build(SamplingConfig, args)
     for i, story in enumerate(generate_text(model, tokenizer, config, stream=config.num_samples == 1)):
         if config.num_samples > 1:
@@ -107,20 +113,37 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_eval_loss(args) -> int:
-    from talelab.evaluate.likelihood import evaluate_file
+def cmd_eval(args) -> int:
+    from talelab.evaluate.report import failures, headline_markdown, parse_suites, run_eval
 
-    report = evaluate_file(args.model, args.text, data_root=args.data_root, protocol=args.protocol,
-                           batch_size=args.batch_size)
-    print(json.dumps(report, indent=2))
+    config = build(EvalConfig, args)
+    if args.model == "loss" and args.model_flag:  # `eval loss --model M`: the likelihood figures alone, as JSON
+        from talelab.evaluate.likelihood import evaluate_file
+
+        print(json.dumps(evaluate_file(args.model_flag, config.text, data_root=args.data_root,
+                                       protocol=config.protocol, batch_size=config.batch_size), indent=2))
+        return 0
+    model = args.model_flag or args.model
+    if not model or (model == "loss" and not Path(model).exists()):
+        raise ConfigError("eval: name the model to evaluate (talelab eval MODEL, or talelab eval loss --model MODEL)")
+    judge = build(JudgeConfig, args, prefix="judge_") if "judge" in parse_suites(config.suite) else None
+    report = run_eval(model, config, judge=judge, data_root=args.data_root)
+    print(headline_markdown(report))
+    print(f"written {report['out']}: report.md, report.json and the charts")
+    if failures(report):
+        raise TalelabError(f"eval: failed sections: {'; '.join(failures(report))} (the rest of the report is in "
+                           f"{report['out']})")
     return 0
 
 
 def cmd_convert(args) -> int:
-    from talelab.models.convert import convert_hf, convert_llama2c
+    from talelab.models.convert import convert_hf, convert_llama2c, export_llama2c
+    from talelab.models.storage import load_model
 
     if args.source == "llama2c":
         out = convert_llama2c(args.model, args.tokenizer, args.out, data_root=args.data_root)
+    elif args.source == "to-llama2c":
+        out = export_llama2c(load_model(args.model)[0], args.out)
     else:
         out = convert_hf(args.model, args.out)
     print(f"written {out}")
@@ -187,6 +210,67 @@ def cmd_interpret_neurons(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from talelab.evaluate.compare import compare_reports
+
+    print(compare_reports(args.reports, args.out), end="")
+    print(f"written {args.out}/compare.md and compare.csv")
+    return 0
+
+
+def cmd_tags_train(args) -> int:
+    from talelab.evaluate.tags import classifier_markdown, train_tag_classifier
+
+    config = build(TagClassifierConfig, args)
+    print(classifier_markdown(train_tag_classifier(config, data_root=args.data_root)))
+    print(f"written {config.out}: classifier.json, report.md, report.json, f1.png")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from talelab.finetune.sft import build_finetune_config, finetune
+
+    summary = finetune(build_finetune_config(args.preset, given(args, FinetuneConfig)), data_root=args.data_root)
+    shown = {k: v for k, v in summary.items() if k not in ("config", "adherence")}
+    print(json.dumps({**shown, **({"adherence": summary["adherence"]} if "adherence" in summary else {})}, indent=2,
+                     default=str))
+    return 0
+
+
+def cmd_trials(args) -> int:
+    from talelab.finetune.sft import build_finetune_config
+    from talelab.finetune.trials import trials
+
+    grid = build(TrialsConfig, args)
+    common = dataclasses.asdict(build_finetune_config(args.preset, given(args, FinetuneConfig)))
+    trials(grid.grid, grid.out, common, data_root=args.data_root)
+    print(f"results in {grid.out}/results.md")
+    return 0
+
+
+def cmd_dpo(args) -> int:
+    from talelab.finetune.dpo import run_dpo
+
+    summary = run_dpo(build(PreferenceConfig, args), data_root=args.data_root, resume=args.resume)
+    print(json.dumps({k: summary[k] for k in ("out", "train_pairs", "heldout_pairs", "steps", "heldout_before",
+                                              "heldout_after", "wall_seconds")}, indent=2))
+    return 0
+
+
+def cmd_prefs_build(args) -> int:
+    from talelab.finetune.prefs import build_pairs
+
+    print(json.dumps(build_pairs(build(PrefsConfig, args), data_root=args.data_root), indent=2))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from talelab.finetune.merge import merge_adapter
+
+    print(json.dumps(merge_adapter(args.adapter, args.out, dtype=args.dtype), indent=2))
+    return 0
+
+
 def add_interpret_inputs(parser: argparse.ArgumentParser, samples: int) -> None:
     """The options both `interpret` commands share: which model, which texts, which layers, where to write."""
     parser.add_argument("--model", required=True, help="talelab model or run directory, or a Hugging Face model "
@@ -238,7 +322,8 @@ def parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="train several presets or a grid under one budget; table and plots")
     sw.add_argument("presets", nargs="*", help=f"presets to compare ({', '.join(PRESETS)})")
-    sw.add_argument("--grid", default=None, help="config grid, e.g. 'd_model=128,256 n_layers=8,12 n_heads=2,4,8'")
+    sw.add_argument("--grid", default=None, help="config grid: every combination, e.g. 'd_model=128,256 n_layers=8,12 "
+                    "n_heads=2,4,8'; grids joined by ';' add up ('d_model=128 n_layers=8; d_model=512 n_layers=12')")
     sw.add_argument("--base-preset", default=None, help="preset the grid's values override")
     sw.add_argument("--budget", required=True, help="per run: time ('5m', '90s') or tokens ('200k', '2M')")
     sw.add_argument("--data", required=True, help="prepared data directory")
@@ -260,26 +345,33 @@ def parser() -> argparse.ArgumentParser:
     mem.set_defaults(run=cmd_memory)
 
     gen = sub.add_parser("generate", help="write stories with a trained model")
-    gen.add_argument("--model", required=True, help="model or run directory")
+    gen.add_argument("--model", required=True, help="talelab model or run directory, Hugging Face model directory or "
+                     "hub id, or PEFT adapter directory")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                     help="weights while decoding: bfloat16 halves the memory read per token (logits within ~1e-2)")
+    gen.add_argument("--compile", action="store_true", help="compile the decoding step (TorchInductor, frozen "
+                     "weights): faster per token after a 20-60 s first call")
     add_dataclass_flags(gen, SamplingConfig, "sampling")
     gen.set_defaults(run=cmd_generate)
 
-    ev = sub.add_parser("eval", help="evaluation commands").add_subparsers(dest="eval_command", required=True)
-    loss = ev.add_parser("loss", help="loss, perplexity and bits per byte of a model on a text file")
-    loss.add_argument("--model", required=True, help="model or run directory")
-    loss.add_argument("--text", default="data/tinystories/valid-head.txt",
-                      help="text file (path or relative to the data root); documents split as `talelab prepare` does")
-    loss.add_argument("--protocol", choices=["reference", "documents"], default="reference",
-                      help="reference: blank-line pieces 2..301 (shared/README.md); documents: every document")
-    loss.add_argument("--batch-size", type=int, default=16)
-    loss.set_defaults(run=cmd_eval_loss)
+    ev = sub.add_parser("eval", help="evaluate a model (likelihood, completion, diversity, memorization, quality, "
+                        "tags, probes, judge, decoding sweeps): report.md, report.json and PNG charts",
+                        description="talelab eval MODEL [--suite ...] writes a report; talelab eval loss --model "
+                        "MODEL [--text T] prints only the likelihood figures as JSON.")
+    ev.add_argument("model", nargs="?", default=None, help="talelab model or run directory, Hugging Face model "
+                    "directory or PEFT adapter directory (or 'loss' with --model: likelihood figures only)")
+    ev.add_argument("--model", dest="model_flag", default=None, help="the model, for `talelab eval loss --model M`")
+    add_dataclass_flags(ev, EvalConfig, "evaluation")
+    add_dataclass_flags(ev, JudgeConfig, "judge (suite 'judge')", prefix="judge_")
+    ev.set_defaults(run=cmd_eval)
 
-    conv = sub.add_parser("convert", help="import llama2.c checkpoints, export Hugging Face Llama directories")
-    conv.add_argument("source", choices=["llama2c", "hf"], help="llama2c: import a .bin; hf: export a talelab model")
+    conv = sub.add_parser("convert", help="import / export llama2.c checkpoints, export Hugging Face Llama directories")
+    conv.add_argument("source", choices=["llama2c", "hf", "to-llama2c"], help="llama2c: import a .bin; hf: export a "
+                      "Hugging Face Llama directory; to-llama2c: export a .bin that llama2.c's run.c decodes")
     conv.add_argument("--model", required=True, help="llama2.c .bin (import) or talelab model/run directory (export)")
     conv.add_argument("--tokenizer", default=None, help="llama2.c tokenizer .bin (import)")
-    conv.add_argument("--out", required=True, help="output directory")
+    conv.add_argument("--out", required=True, help="output directory (or .bin file for to-llama2c)")
     conv.set_defaults(run=cmd_convert)
 
     interp = sub.add_parser("interpret", help="what attention heads and MLP neurons do (talelab, HF llama/gpt2)")
@@ -317,6 +409,45 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--device", default="cpu", help="cpu or cuda")
     add_dataclass_flags(srv, ServeConfig, "serving")
     srv.set_defaults(run=cmd_serve)
+    cmp = sub.add_parser("compare", help="the headline figures of several `talelab eval` reports side by side")
+    cmp.add_argument("reports", nargs="+", help="report.json files (or report directories) from `talelab eval`")
+    cmp.add_argument("--out", default="runs/compare", help="folder for compare.md and compare.csv")
+    cmp.set_defaults(run=cmd_compare)
+    tags = sub.add_parser("tags", help="TinyStories features (Dialogue, BadEnding, ...)")
+    tags = tags.add_subparsers(dest="tags_command", required=True)
+    tags_train = tags.add_parser("train", help="train a tag classifier (TF-IDF + logistic regression) on labelled "
+                                 "TinyStories all_data records; precision / recall / F1 on held-out labels")
+    add_dataclass_flags(tags_train, TagClassifierConfig, "tag classifier")
+    tags_train.set_defaults(run=cmd_tags_train)
+    ft = sub.add_parser("finetune", help="LoRA or full fine-tuning (trl SFT) of a Hugging Face or talelab model on "
+                        "tagged stories, plain text or instructions; resumable")
+    ft.add_argument("--preset", default=None, help=f"named recipe: {', '.join(FINETUNE_PRESETS)}")
+    add_dataclass_flags(ft, FinetuneConfig, "fine-tuning")
+    ft.set_defaults(run=cmd_finetune)
+    trl = sub.add_parser("trials", help="a grid of LoRA configurations: results.md/.csv (trainable %, losses, "
+                         "perplexity, BLEU, wall time); finished trials are not redone")
+    trl.add_argument("--preset", default=None, help=f"named recipe the grid varies: {', '.join(FINETUNE_PRESETS)}")
+    add_dataclass_flags(trl, TrialsConfig, "trials")
+    add_dataclass_flags(trl, FinetuneConfig, "fine-tuning (every trial)", skip=("out", "resume", "stop_at_step"))
+    trl.set_defaults(run=cmd_trials)
+    dpo = sub.add_parser("dpo", help="align a model with preference pairs: trl DPO with LoRA, the reference being the "
+                         "base with the adapter disabled; held-out reward accuracy and margins; resumable")
+    dpo.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_dataclass_flags(dpo, PreferenceConfig, "DPO")
+    dpo.set_defaults(run=cmd_dpo)
+    prefs = sub.add_parser("prefs", help="preference pairs for DPO")
+    prefs = prefs.add_subparsers(dest="prefs_command", required=True)
+    prefs_build = prefs.add_parser("build", help="story pairs: prompt = a story's beginning, chosen = its real "
+                                   "continuation, rejected = that continuation shuffled or the model's own sample")
+    add_dataclass_flags(prefs_build, PrefsConfig, "pairs")
+    prefs_build.set_defaults(run=cmd_prefs_build)
+    merge = sub.add_parser("merge", help="fold a LoRA adapter into its base: a standalone Hugging Face directory")
+    merge.add_argument("--adapter", required=True, help="LoRA adapter directory with adapter_config.json (e.g. the "
+                       "adapter/ folder `talelab dpo` writes)")
+    merge.add_argument("--out", required=True, help="directory for the merged model and its tokenizer")
+    merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="precision of the merged weights (default: float32)")
+    merge.set_defaults(run=cmd_merge)
     return p
 
 

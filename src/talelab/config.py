@@ -33,6 +33,8 @@ class PrepareConfig:
     min_chars: int = option(50, "drop documents shorter than this after cleaning")
     max_chars: int = option(20000, "drop documents longer than this after cleaning")
     max_non_ascii: float = option(0.02, "drop documents whose share of non-ASCII characters exceeds this")
+    min_quality: float = option(0.0, "drop documents whose quality score (talelab.data.quality, 0-1) is below this; "
+                                "0 keeps all; 99 in 100 of train-head.txt's stories score above 0.81")
     near_duplicate_threshold: float = option(0.85, "Jaccard similarity (MinHash LSH, word 5-grams) above which a "
                                              "document is a near duplicate of an earlier one; 0 disables")
     val_fraction: float = option(0.02, "share of documents for validation (deterministic by content hash)")
@@ -195,6 +197,8 @@ class TrainConfig:
     dtype: str = option("float32", "compute precision: autocast to bfloat16 (CPU/CUDA) or float16 with a grad "
                         "scaler (CUDA)", ("float32", "bfloat16", "float16"))
     compile: bool = option(False, "torch.compile the model")
+    fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimizer state across processes "
+                        "with FSDP2 (fully_shard per block) instead of replicating them (DDP)")
     device: str = option("auto", "cuda when present, else cpu", ("auto", "cpu", "cuda"))
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed for initialisation, data order and dropout")
@@ -246,6 +250,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ts-10m": {"model": dict(d_model=384, n_heads=8, n_layers=5, d_ff=1422, dropout=0.1, positions="sinusoidal",
                              norm_position="pre", **SEED_TRANSFORMER),
                "train": dict(lr=0.0009, schedule="step", step_size=12000, gamma=0.5, **SEED_TRAINING)},
+    # The seed's two largest rows, with its shapes as published. They count 23.1M and 88.2M parameters, not 15M and
+    # 35M: the three rows above match their names only with the standard count (untied, biased, 2-matrix MLP), and
+    # no reading fits these two, since 8 layers of width-1024 attention alone (4 x 1024^2 each) make 33.6M before
+    # any embedding or feed-forward weight. (Both names would fit 3 layers: 14.7M and 35.7M.)
+    "ts-15m": {"model": dict(d_model=512, n_heads=8, n_layers=5, d_ff=3072, dropout=0.1007, positions="sinusoidal",
+                             norm_position="pre", **SEED_TRANSFORMER),
+               "train": dict(lr=0.0012, schedule="step", step_size=12000, gamma=0.5, **SEED_TRAINING)},
+    "ts-35m": {"model": dict(d_model=1024, n_heads=16, n_layers=8, d_ff=3072, dropout=0.1007, positions="sinusoidal",
+                             norm_position="post", **SEED_TRANSFORMER),
+               "train": dict(lr=0.00065, schedule="step", step_size=11500, gamma=0.555, **SEED_TRAINING)},
     # seed 002's recurrent table: word-level vocabulary of 2,048, untied output layer with bias, StepLR every 2,500
     "rnn-5m": {"model": dict(family="rnn", d_model=512, n_layers=4, hidden_size=590, dropout=0.1005,
                              tie_embeddings=False, bias=True),
@@ -295,3 +309,218 @@ def build_train_configs(preset_name: str | None = None, yaml_path: str | None = 
             merged[section].update(values)
     return (dataclass_from_dict(ModelConfig, merged["model"], "model config"),
             dataclass_from_dict(TrainConfig, merged["train"], "train config"))
+
+
+@dataclass
+class PreferenceConfig:
+    """`talelab dpo`: LoRA DPO (trl) on preference pairs; the reference is the base with the adapter disabled."""
+
+    base: str = option("", "model to align (usually an SFT model): Hugging Face directory or hub id, talelab model "
+                       "or run directory, or a merged model")
+    data: str = option("", "preference pairs: JSONL (.gz too) with prompt/chosen/rejected, or Anthropic HH rows "
+                       "whose chosen/rejected dialogues share a prompt up to the last '\\n\\nAssistant:'")
+    out: str = option("runs/dpo", "output: adapter/, checkpoints/, metrics.jsonl, dpo.png, report.md, summary.json")
+    beta: float = option(0.1, "DPO temperature: how far the policy may move from the reference")
+    lr: float = option(5e-5, "peak learning rate (linear decay after warmup)")
+    warmup_ratio: float = option(0.1, "share of the steps spent warming the learning rate up")
+    epochs: float = option(1.0, "passes over the training pairs")
+    batch_size: int = option(8, "pairs per optimizer step (before gradient accumulation)")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    max_length: int = option(512, "longest prompt + completion in tokens (the prompt's start is kept)")
+    max_pairs: int = option(0, "use at most this many pairs of the file, in file order (0: all)")
+    heldout_fraction: float = option(0.1, "share of the pairs held out to measure reward accuracy and margins")
+    rank: int = option(8, "LoRA rank")
+    alpha: float = option(16.0, "LoRA alpha (scaling alpha / rank)")
+    lora_dropout: float = option(0.0, "dropout on the LoRA path")
+    target_modules: str = option("auto", "modules LoRA adapts: 'auto' (the architecture's preset), a preset name "
+                                 "(llama, gpt2) or names separated by commas")
+    eval_steps: int = option(0, "evaluate on the held-out pairs every this many steps (0: about 10 times a run)")
+    save_steps: int = option(50, "write a resumable checkpoint every this many steps")
+    logging_steps: int = option(1, "log training metrics every this many steps")
+    dtype: str = option("float32", "weights and compute precision", ("float32", "bfloat16"))
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, slower)")
+    seed: int = option(42, "seed for the held-out split, LoRA initialisation and data order")
+    progress: bool = option(True, "show a progress bar")
+
+
+@dataclass
+class PrefsConfig:
+    """`talelab prefs build`: story preference pairs from a corpus (prompt = a story's beginning)."""
+
+    data: str = option("runs/prepared", "stories: a prepared directory, a text file or a JSONL file (path or under "
+                       "the data root)")
+    out: str = option("runs/prefs/pairs.jsonl", "JSONL of {prompt, chosen, rejected}")
+    rejected: str = option("shuffle", "the rejected side: the real continuation with its sentences shuffled, or the "
+                           "model's own sample", ("shuffle", "sample"))
+    model: str = option("", "with rejected=sample: a talelab model or run directory, a Hugging Face directory or "
+                        "hub id, or a LoRA adapter directory")
+    prompt_fraction: float = option(0.4, "share of a story's sentences that form the prompt")
+    min_continuation_sentences: int = option(2, "skip stories with fewer sentences than this after the prompt")
+    max_pairs: int = option(0, "make at most this many pairs (0: one per usable story)")
+    split: str = option("train", "which file of a prepared directory to read", ("train", "val", "test"))
+    text_field: str = option("text", "field holding the story in JSONL rows")
+    temperature: float = option(1.0, "with rejected=sample: sampling temperature (0: greedy)")
+    top_p: float = option(0.95, "with rejected=sample: nucleus sampling threshold")
+    max_new_tokens: int = option(0, "with rejected=sample: tokens to sample (0: the real continuation's length + 8)")
+    batch_size: int = option(16, "with rejected=sample: stories sampled together")
+    seed: int = option(1337, "seed of the shuffles and samples (story i uses seed + i)")
+    progress: bool = option(True, "show a progress bar while sampling")
+
+
+EVAL_SUITES = ("likelihood", "completion", "diversity", "memorization", "quality", "tags", "probes", "judge")
+
+
+@dataclass
+class EvalConfig:
+    """`talelab eval MODEL`: which suites run on what, how stories are generated, and where the report goes."""
+
+    suite: str = option("default", "comma-separated suites: " + ", ".join(EVAL_SUITES) + "; 'default' is all but "
+                        "judge (it needs --judge-base-url), 'all' is every one")
+    out: str = option("", "report directory for report.md, report.json and the charts, replaced on each run "
+                      "(empty: runs/eval/<model directory name>)")
+    text: str = option("data/tinystories/valid-head.txt", "likelihood: validation text (path or under the data root)")
+    protocol: str = option("reference", "likelihood: reference (blank-line pieces 2..301, shared/README.md) or "
+                           "documents (every document of --text)", ("reference", "documents"))
+    data: str = option("data/tinystories/valid-head.txt", "completion: held-out stories: a prepared directory (its "
+                       "val.jsonl), a text or JSONL file")
+    stories: int = option(32, "completion: held-out texts to complete")
+    min_words: int = option(40, "completion: use only held-out texts of at least this many words")
+    fraction: float = option(0.4, "completion: share of each held-out text given to the model")
+    cut: str = option("words", "completion: measure that share in words or in sentences", ("words", "sentences"))
+    samples: int = option(32, "stories generated from --prompt for diversity, memorization, quality, judge and "
+                          "each sweep setting")
+    prompt: str = option("Once upon a time", "beginning of the --samples stories")
+    train_data: str = option("data/tinystories/train-head.txt", "memorization: training stories (a prepared "
+                             "directory's train.jsonl, a text or JSONL file); quality: its first 200 are the reference")
+    max_new_tokens: int = option(200, "most tokens generated per story or ending")
+    temperature: float = option(0.8, "sampling temperature (0: greedy)")
+    top_k: int = option(0, "top-k sampling (0: off)")
+    top_p: float = option(1.0, "nucleus sampling threshold (1: off)")
+    repetition_penalty: float = option(1.0, "CTRL repetition penalty (1: off)")
+    num_beams: int = option(1, "beam search with this many beams (1: sampling; beams decode one prompt at a time)")
+    seed: int = option(1234, "story i is drawn with seed + i, so a report is reproducible")
+    batch_size: int = option(16, "stories generated together, and documents scored together")
+    sweep: str = option("", "decoding settings to compare (empty: no sweep), e.g. 'temperature=0.6,0.8,1.2' or "
+                        "'temperature=0.7,1 top_p=0.9,1' (a grid); keys: temperature, top_k, top_p, num_beams, "
+                        "repetition_penalty")
+    stories_per_feature: int = option(10, "tags: stories generated per requested feature")
+    classifier: str = option("", "tags: a classifier from `talelab tags train` for the non-rule features (empty: "
+                             "rules only)")
+    probe_sets: str = option("", "probes: comma-separated bundled prompt sets (empty: all)")
+    progress: bool = option(True, "show progress bars")
+
+
+@dataclass
+class FinetuneConfig:
+    """`talelab finetune`: LoRA (or full) SFT with trl on stories with tags, plain text, or instructions."""
+
+    base: str = option("", "model to fine-tune: Hugging Face directory or hub id, or a talelab model or run directory "
+                       "(exported to a Hugging Face directory beside it first)")
+    task: str = option("stories-tags", "stories with requested features (loss on the story), plain text (domain-"
+                       "adaptive pretraining), or instructions (loss on the answers)",
+                       ("stories-tags", "lm", "instruct"))
+    data: str = option("data/tinystories/train-head.txt", "training file (path or under the data root): text or JSONL")
+    out: str = option("runs/finetune", "output: adapter (or model) + tokenizer, checkpoints/, metrics.jsonl, loss.png, "
+                      "summary.json, log.txt")
+    eval_data: str = option("", "held-out file; empty: hold --eval-fraction of --data out")
+    eval_fraction: float = option(0.05, "share of --data held out when there is no --eval-data")
+    max_examples: int = option(0, "use at most this many training examples after the split (0: all)")
+    template: str = option("auto", "instruct: prompt template ('auto': chat for 'messages' rows when the tokenizer has "
+                           "a chat template, else alpaca)", ("auto", "alpaca", "user-assistant", "chat"))
+    derive_words: int = option(0, "stories-tags: required words drawn from each unlabelled story for its prompt")
+    full: bool = option(False, "full fine-tuning instead of LoRA")
+    lora_rank: int = option(8, "LoRA rank")
+    lora_alpha: float = option(0.0, "LoRA alpha (scaling alpha / rank); 0 means 2 x rank")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path")
+    target_modules: str = option("auto", "modules LoRA adapts: 'auto' (the architecture's preset), a preset name "
+                                 "(llama, gpt2) or names separated by commas")
+    lr: float = option(2e-4, "peak learning rate (linear decay after warmup)")
+    warmup_ratio: float = option(0.1, "share of the steps spent warming the learning rate up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    batch_size: int = option(16, "examples per step (before gradient accumulation)")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    epochs: float = option(1.0, "passes over the training examples (ignored when --max-steps is set)")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: --epochs decides)")
+    max_length: int = option(512, "longest example in tokens (longer ones keep their start)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    precision: str = option("auto", "auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU",
+                            ("auto", "fp32", "bf16", "fp16"))
+    logging_steps: int = option(5, "log the training loss every this many steps")
+    eval_steps: int = option(0, "evaluate held-out loss every this many steps (0: only before and after training)")
+    save_steps: int = option(50, "write a resumable checkpoint every this many steps")
+    save_total_limit: int = option(2, "keep at most this many checkpoints")
+    resume: bool = option(False, "continue from the newest checkpoint in --out (optimizer, scheduler and RNG state)")
+    stop_at_step: int = option(0, "stop after checkpointing at this step, as if interrupted (resume later; 0: off)")
+    samples: int = option(8, "stories-tags: stories generated per condition to measure tag and word adherence; "
+                          "instruct: held-out answers generated for BLEU (0: skip)")
+    max_new_tokens: int = option(200, "most tokens per generated story or answer")
+    temperature: float = option(0.8, "sampling temperature for the adherence stories (answers are greedy)")
+    seed: int = option(0, "seed of the split, LoRA initialisation, data order and samples")
+    progress: bool = option(True, "show progress bars")
+
+
+# Named fine-tuning recipes: overrides of FinetuneConfig, before any flag.
+FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
+    # seed 000: DistilGPT2 + LoRA on tagged TinyStories; ranks 8/16/32 by --lora-rank, alpha = 2r
+    "distilgpt2-tags": dict(base="distilgpt2", task="stories-tags", lora_rank=8, lora_alpha=0.0,
+                            target_modules="gpt2", lr=2e-4, warmup_ratio=0.1, batch_size=16, epochs=5.0),
+    # seed 003's setting: TinyLlama-1.1B-Chat + LoRA on Dolly instructions in the Alpaca template; the knob values
+    # are a common starting point (seed 003 compared five trials; `talelab trials` reruns such a grid)
+    "tinyllama-dolly": dict(base="TinyLlama/TinyLlama-1.1B-Chat-v1.0", task="instruct",
+                            data="data/instruct/dolly-subset.jsonl", template="alpaca", lora_rank=16, lora_alpha=32.0,
+                            lora_dropout=0.05, target_modules="llama", lr=2e-4, warmup_ratio=0.1, batch_size=4,
+                            grad_accum=4, epochs=1.0, max_length=512),
+}
+
+
+@dataclass
+class TrialsConfig:
+    """`talelab trials`: a grid of LoRA configurations, each a `talelab finetune` run, compared in one table."""
+
+    grid: str = option("rank=4,8 alpha=8,16", "space-separated key=v1,v2 lists; keys: rank, alpha, dropout, "
+                       "target_modules (';' between choices), lr, batch_size, epochs, max_steps")
+    out: str = option("runs/trials", "output: one folder per trial, results.md, results.csv, results.png")
+
+
+@dataclass
+class TagClassifierConfig:
+    """`talelab tags train`: TF-IDF + one-vs-rest logistic regression over the six TinyStories features."""
+
+    data: str = option("", "labelled stories: TinyStories all_data JSON (an array) or JSONL, records "
+                       "{\"story\", \"instruction\": {\"features\": [...]}}, or a folder of such files")
+    out: str = option("runs/tags", "output: classifier.json, report.md, report.json, f1.png")
+    max_stories: int = option(0, "read at most this many labelled stories, in file order (0: all)")
+    test_fraction: float = option(0.2, "share of the stories held out to score precision / recall / F1")
+    seed: int = option(0, "seed of the held-out split")
+    ngram_max: int = option(2, "longest word n-gram of the TF-IDF features")
+    min_df: int = option(2, "ignore n-grams found in fewer stories than this")
+    max_features: int = option(50000, "keep the most frequent n-grams up to this many (0: all)")
+    c: float = option(1.0, "inverse regularisation strength of each logistic regression")
+    threshold: float = option(0.5, "probability at or above which a story is said to show a feature")
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge over an OpenAI-compatible chat endpoint: 1-10 per rubric category, strict JSON, mean +- CI."""
+
+    base_url: str = option("https://api.openai.com/v1", "OpenAI-compatible endpoint (…/v1), e.g. "
+                           "http://127.0.0.1:8000/v1 for `talelab serve` or a vLLM / Ollama server")
+    model: str = option("gpt-4o-mini", "judge model name as the endpoint knows it")
+    api_key_env: str = option("OPENAI_API_KEY", "NAME of the environment variable holding the API key (the key "
+                              "itself never goes on the command line); unset: a placeholder key is sent, which "
+                              "local servers ignore")
+    samples: int = option(3, "judgements per story (averaged; the judge samples at `temperature`)")
+    temperature: float = option(0.7, "sampling temperature of the judge")
+    max_tokens: int = option(200, "longest judge reply, in tokens")
+    rubric: str = option("", "YAML/JSON file with 'categories': {name: description} (default: the bundled "
+                         "grammar, spelling, consistency, plot, creativity, style)")
+    anchors: str = option("", "YAML/JSON file of few-shot examples [{story, scores}] (default: the bundled three; "
+                          "'none': no examples)")
+    retries: int = option(3, "further attempts after an invalid reply or a failed request")
+    timeout: float = option(60.0, "seconds to wait for one reply")
+    workers: int = option(4, "requests in flight at once")
+    json_mode: bool = option(True, "ask the endpoint for a JSON object (response_format); turn off for endpoints "
+                             "that reject it")
+    human_ratings: str = option("", "JSONL {\"story\", \"scores\": {category: score}} or CSV (story column + one "
+                                "column per category): the judge also grades these, and the report gives its "
+                                "Spearman correlation with them per category")
