@@ -81,8 +81,8 @@ def reference_contender(shape: dict):
 GPT2_ARCHITECTURE = dict(positions="learned", norm="layernorm", activation="gelu", bias=True)
 
 
-def talelab_contender(shape: dict, dtype: str, **architecture):
-    config = TrainConfig(dtype=dtype, batch_size=shape["batch"], grad_clip=1.0)
+def talelab_contender(shape: dict, dtype: str, compile: bool = False, **architecture):
+    config = TrainConfig(dtype=dtype, batch_size=shape["batch"], grad_clip=1.0, compile=compile)
     model = Transformer(ModelConfig(vocab_size=shape["vocab"], d_model=shape["d_model"], n_layers=shape["layers"],
                                     n_heads=shape["heads"], context_length=shape["context"], **architecture)).train()
     device = torch.device("cpu")
@@ -90,8 +90,10 @@ def talelab_contender(shape: dict, dtype: str, **architecture):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     autocast = autocast_context(device, dtype)
 
+    forward = torch.compile(model) if compile else model  # as `talelab train --compile` wraps it
+
     def step(x, y):
-        train_step(model, model, optimizer, scaler, autocast, config, lambda: (x, y))
+        train_step(forward, model, optimizer, scaler, autocast, config, lambda: (x, y))
 
     return step
 
@@ -120,7 +122,9 @@ def main() -> None:
                   "talelab fp32, gpt2 arch": talelab_contender(shape, "float32", **GPT2_ARCHITECTURE),
                   "talelab bf16, gpt2 arch": talelab_contender(shape, "bfloat16", **GPT2_ARCHITECTURE),
                   "talelab fp32, llama arch": talelab_contender(shape, "float32"),
-                  "talelab bf16, llama arch": talelab_contender(shape, "bfloat16")}
+                  "talelab bf16, llama arch": talelab_contender(shape, "bfloat16"),
+                  "talelab bf16 compiled, gpt2 arch": talelab_contender(shape, "bfloat16", True, **GPT2_ARCHITECTURE),
+                  "talelab bf16 compiled, llama arch": talelab_contender(shape, "bfloat16", True)}
     results = {name: [] for name in contenders}
     for r in range(args.rounds):
         for name, step in contenders.items():
@@ -131,7 +135,7 @@ def main() -> None:
           + f"; {args.threads} threads; median of {args.rounds} rounds x {args.steps} steps")
     for name, values in results.items():
         median = statistics.median(values)
-        print(f"{name:<26}{median:>10,.0f} tokens/s   ratio {median / base:.2f}x")
+        print(f"{name:<34}{median:>10,.0f} tokens/s   ratio {median / base:.2f}x")
 
 
 if __name__ == "__main__":
