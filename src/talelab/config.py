@@ -68,6 +68,22 @@ def check_choices(config) -> None:
                               f"{', '.join(map(str, choices))}")
 
 
+# How a command-line grid value becomes a field's type (field types are strings here: postponed annotations)
+VALUE_CASTS = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def grid_axis(flag: str, key: str, values: list[str], kind) -> list[tuple[str, Any]]:
+    """One axis of a command-line grid, (key, value) per non-empty value typed as `kind` (a field type name or a
+    callable); a value that does not convert is a ConfigError naming the flag and the key. Sweeps, trials and
+    decoding sweeps share it."""
+    cast = VALUE_CASTS.get(kind, str) if isinstance(kind, str) else kind
+    try:
+        return [(key, cast(v)) for v in values if v]
+    except ValueError:
+        name = kind if isinstance(kind, str) else kind.__name__
+        raise ConfigError(f"{flag}: values of '{key}' must be {name}s, got '{','.join(values)}'") from None
+
+
 def dataclass_from_dict(cls, values: dict[str, Any], where: str):
     """Build `cls` from a mapping, rejecting unknown keys with a message that names `where` and the key."""
     check_keys(cls, values, where)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from talelab.config import SamplingConfig
+from talelab.config import SamplingConfig, grid_axis
 from talelab.errors import ConfigError
 from talelab.evaluate.overlap import diversity
 
@@ -33,11 +33,7 @@ def parse_sweep(text: str) -> list[dict]:
         if key in seen:
             raise ConfigError(f"--sweep: '{key}' is given twice")
         seen.add(key)
-        try:
-            axes.append([(key, SWEEP_KEYS[key](v)) for v in values.split(",") if v])
-        except ValueError:
-            kind = SWEEP_KEYS[key].__name__
-            raise ConfigError(f"--sweep: values of '{key}' must be {kind}s, got '{values}'") from None
+        axes.append(grid_axis("--sweep", key, values.split(","), SWEEP_KEYS[key]))
     if not axes:
         raise ConfigError(f"--sweep {text!r}: no settings (expected e.g. 'temperature=0.6,0.8,1.2')")
     return [dict(combination) for combination in itertools.product(*axes)]

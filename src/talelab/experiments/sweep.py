@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from talelab.config import ModelConfig, TrainConfig, build_train_configs
+from talelab.config import ModelConfig, TrainConfig, build_train_configs, grid_axis
 from talelab.errors import ConfigError, TalelabError
 from talelab.models.storage import read_config, resolve_model_dir
 
@@ -64,11 +64,7 @@ def grid_product(grid: str) -> list[dict]:
             raise ConfigError(f"--grid: '{part}' is not key=v1,v2 with a model or train config key")
         field_type = next(f.type for f in dataclasses.fields(ModelConfig if key in MODEL_KEYS else TrainConfig)
                           if f.name == key)
-        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(field_type, str)
-        try:
-            axes.append([(key, cast(v)) for v in values.split(",") if v])
-        except ValueError:
-            raise ConfigError(f"--grid: values of '{key}' must be {field_type}s, got '{values}'") from None
+        axes.append(grid_axis("--grid", key, values.split(","), field_type))
     return [dict(c) for c in itertools.product(*axes)] if axes else []
 
 

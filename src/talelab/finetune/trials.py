@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from talelab.atomic import write_text_atomic
-from talelab.config import FinetuneConfig
+from talelab.config import FinetuneConfig, grid_axis
 from talelab.errors import ConfigError
 from talelab.finetune.sft import build_finetune_config, finetune
 
@@ -38,14 +38,10 @@ def parse_grid(grid: str) -> list[dict]:
         if name not in FIELD_TYPES or not values:
             raise ConfigError(f"--grid: '{part}' is not key=v1,v2 with a fine-tuning key (rank, alpha, dropout, "
                               f"modules, lr, batch, epochs, max_steps, or a finetune flag name)")
-        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
-            FIELD_TYPES[name], str)
-        choices = values.split(";") if name == "target_modules" else values.split(",")
-        try:
-            axes.append([(name, cast(v.replace("+", ",")) if name == "target_modules" else cast(v))
-                         for v in choices if v])
-        except ValueError:
-            raise ConfigError(f"--grid: values of '{key}' must be {FIELD_TYPES[name]}s, got '{values}'") from None
+        if name == "target_modules":  # each choice is a list of module names itself
+            axes.append(grid_axis("--grid", name, [v.replace("+", ",") for v in values.split(";")], "str"))
+        else:
+            axes.append(grid_axis("--grid", name, values.split(","), FIELD_TYPES[name]))
     combinations = [dict(c) for c in itertools.product(*axes)] if axes else []
     if not combinations:
         raise ConfigError(f"--grid {grid!r}: no combinations")
