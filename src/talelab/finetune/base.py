@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from talelab.errors import ConfigError, InputError
+from talelab.models.hf import TOKENIZER_FILES, has_tokenizer_files, is_adapter_dir, read_adapter_config
 from talelab.paths import data_root as find_data_root
 
 # LoRA target modules per architecture (model.config.model_type), as the seeds used them.
@@ -21,12 +22,10 @@ TARGET_PRESETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 TARGET_PRESETS.update({kind: TARGET_PRESETS["llama"] for kind in ("mistral", "qwen2", "qwen3", "gemma", "phi3")})
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAD_TOKEN = "<|pad|>"
 EXPORT_SUFFIX = ".hf-export"  # a talelab model's Hugging Face form is cached beside it under this name
 EXPORT_STAMP = "talelab-source.json"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_talelab_model(directory: Path) -> bool:
@@ -79,7 +78,7 @@ def resolve_base(base: str | os.PathLike, data_root=None) -> str:
                          f"run directory, or a hub id)")
     if is_talelab_model(path):
         return str(export_talelab(path).resolve())
-    if (path / ADAPTER_CONFIG).is_file():
+    if is_adapter_dir(path):
         return str(path.resolve())  # a LoRA adapter: load_base merges it into its base
     if not (path / "config.json").is_file():
         raise InputError(f"--base {path}: no config.json (not a Hugging Face or talelab model directory)")
@@ -90,7 +89,7 @@ def load_tokenizer_of(source: str):
     """The tokenizer saved with a model, or a one-line InputError naming the directory that lacks one."""
     from transformers import AutoTokenizer
 
-    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+    if Path(source).is_dir() and not has_tokenizer_files(Path(source)):
         raise InputError(f"{source}: no tokenizer in the model directory (expected one of {', '.join(TOKENIZER_FILES)};"
                          f" save the tokenizer beside the model)")
     try:
@@ -137,7 +136,7 @@ def load_base(base: str, data_root=None, dtype: str = "float32", log=None):
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
     source = resolve_base(base, data_root)
-    if (Path(source) / ADAPTER_CONFIG).is_file():  # continue from a fine-tune (e.g. instruction SFT after DAPT)
+    if is_adapter_dir(Path(source)):  # continue from a fine-tune (e.g. instruction SFT after DAPT)
         model, tokenizer = load_finetuned(source, dtype)
         model = model.merge_and_unload()
     else:
@@ -227,10 +226,9 @@ def load_finetuned(directory: str | os.PathLike, dtype: str = "float32"):
 
     directory = Path(directory)
     tokenizer = load_tokenizer_of(str(directory))
-    adapter_config = directory / ADAPTER_CONFIG
-    if not adapter_config.is_file():
+    if not is_adapter_dir(directory):
         return AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]), tokenizer
-    base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base = read_adapter_config(directory)["base_model_name_or_path"]
     model = AutoModelForCausalLM.from_pretrained(resolve_base(base), dtype=DTYPES[dtype])
     if model.get_input_embeddings().num_embeddings != len(tokenizer):  # a pad token was added while fine-tuning
         model.resize_token_embeddings(len(tokenizer))

@@ -13,26 +13,16 @@ from pathlib import Path
 
 from talelab.atomic import atomic_directory
 from talelab.errors import InputError
+from talelab.models.hf import read_adapter_config as read_hf_adapter_config
 
-ADAPTER_CONFIG = "adapter_config.json"
 PROVENANCE_FILE = "talelab-merge.json"
 
 
 def read_adapter_config(adapter: Path) -> dict:
-    """The adapter's peft config, or a one-line InputError naming what is missing."""
+    """The adapter's peft config; `--adapter` must name an existing directory."""
     if not adapter.is_dir():
         raise InputError(f"--adapter {adapter}: no such directory")
-    path = adapter / ADAPTER_CONFIG
-    if not path.is_file():
-        raise InputError(f"{adapter}: no {ADAPTER_CONFIG} (not a LoRA adapter directory; `talelab finetune` and "
-                         f"`talelab dpo` write theirs to <out>/adapter)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or not config.get("base_model_name_or_path"):
-        raise InputError(f"{path}: no 'base_model_name_or_path' (the base model this adapter belongs to)")
-    return config
+    return read_hf_adapter_config(adapter)
 
 
 def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> dict:

@@ -180,13 +180,17 @@ def context_length_of(config) -> int:
 
 
 def read_adapter_config(directory: Path) -> dict:
+    """A LoRA adapter's peft config, or a one-line InputError naming what is missing."""
     path = directory / ADAPTER_CONFIG
+    if not path.is_file():
+        raise InputError(f"{directory}: no {ADAPTER_CONFIG} (not a LoRA adapter directory; `talelab finetune` and "
+                         f"`talelab dpo` write theirs to <out>/adapter)")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
-    if not config.get("base_model_name_or_path"):
-        raise InputError(f"{path}: no base_model_name_or_path naming the base model of this adapter")
+    if not isinstance(config, dict) or not config.get("base_model_name_or_path"):
+        raise InputError(f"{path}: no 'base_model_name_or_path' (the base model this adapter belongs to)")
     return config
 
 
