@@ -82,6 +82,7 @@ def download_head(url: str, size: int, target: Path) -> Path:
 # Files of the shared layout that the pipeline uses by name.
 TINYSTORIES_TRAIN = "data/tinystories/train-head.txt"
 TINYSTORIES_VALID = "data/tinystories/valid-head.txt"
+TINYSTORIES_TRAIN_LOWERCASE = "data/tinystories/train-head-lowercase.txt"  # no public original: data root only
 STORIES260K_MODEL = "models/stories260K/stories260K.bin"
 STORIES260K_TOKENIZER = "models/stories260K/tok512.bin"
 STORIES260K_GREEDY = "models/stories260K/greedy-200.txt"

@@ -87,3 +87,17 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient_and_leaves_log
     assert torch.equal(logits.detach(), before)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
     assert torch.allclose(ours_grad.float(), theirs_grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
+
+
+def test_attention_dropout_defaults_to_dropout_and_zero_leaves_only_residual_dropout():
+    both = Transformer(ModelConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=1, dropout=0.1))
+    residual = Transformer(ModelConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=1, dropout=0.1,
+                                       attention_dropout=0.0))
+    assert both.blocks[0].attn.dropout == 0.1 and residual.blocks[0].attn.dropout == 0.0
+    assert both.blocks[0].drop.p == residual.blocks[0].drop.p == 0.1
+    x = torch.randint(0, 64, (2, 16))
+    residual.train()
+    torch.manual_seed(0)
+    first = residual(x)[0]
+    torch.manual_seed(1)
+    assert not torch.equal(first, residual(x)[0])  # residual dropout still draws

@@ -12,10 +12,14 @@ from pathlib import Path
 from talelab import paths
 from talelab.errors import InputError
 
-FORMATS = ("auto", "eot", "blank-line", "jsonl")
+FORMATS = ("auto", "eot", "blank-line", "lines", "jsonl")
 # A separator line may carry stray spaces; the token inside a sentence is not a separator.
 _EOT_LINE = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*$", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
+# `lines`: a single line break ends a document and a blank line is a paragraph break inside one (the layout of
+# TinyStories' lowercased train file). Paragraphs become single line breaks, as in the cased TinyStories files.
+_LONE_LINE_BREAK = re.compile(r"(?<![\n \t])[ \t]*\n[ \t]*(?![\n \t])")
+_PARAGRAPH_BREAK = re.compile(r"[ \t]*\n(?:[ \t]*\n)+[ \t]*")
 # owner/name with no file suffix, as Hugging Face spells dataset ids (roneneldan/TinyStories).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -29,10 +33,24 @@ def read_documents(
     max_documents: int = 0,
     data_root: str | os.PathLike | None = None,
 ) -> list[str]:
-    """The stripped, non-empty documents of `source` (a file path, a path under the data root, or a hub id)."""
+    """The stripped, non-empty documents of `source` (a file path, a path under the data root, or a hub id).
+
+    Several sources separated by commas are read in turn; `format` is then one format for all or one per source."""
     source = os.fspath(source)
-    if format not in FORMATS:
-        raise InputError(f"{source}: unknown format '{format}' (choose from {', '.join(FORMATS)})")
+    sources = [s.strip() for s in source.split(",") if s.strip()]
+    formats = [f.strip() for f in format.split(",")]
+    if len(formats) not in (1, len(sources)):
+        raise InputError(f"--format lists {len(formats)} formats for {len(sources)} sources: give one for all or "
+                         "one per source")
+    for name in formats:
+        if name not in FORMATS:
+            raise InputError(f"{source}: unknown format '{name}' (choose from {', '.join(FORMATS)})")
+    if len(sources) > 1:
+        docs = []
+        for one, one_format in zip(sources, formats * len(sources) if len(formats) == 1 else formats):
+            docs += read_documents(one, format=one_format, text_field=text_field, hub_split=hub_split,
+                                   max_documents=max_documents, data_root=data_root)
+        return docs[:max_documents] if max_documents > 0 else docs
     path = resolve_source(source, data_root)
     if path is None:
         docs = _read_hub(source, text_field, hub_split, max_documents)
@@ -45,6 +63,8 @@ def read_documents(
             docs = _split_jsonl(path, text, text_field)
         elif format == "eot":
             docs = _EOT_LINE.split(text)
+        elif format == "lines":
+            docs = [_PARAGRAPH_BREAK.sub("\n", d) for d in _LONE_LINE_BREAK.split(text)]
         else:
             docs = _BLANK_LINES.split(text)
         where = str(path)

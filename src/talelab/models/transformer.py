@@ -108,7 +108,7 @@ class Attention(nn.Module):
         qkv_width = (config.n_heads + 2 * config.n_kv_heads) * config.head_size
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.bias)
         self.out = nn.Linear(config.n_heads * config.head_size, config.d_model, bias=config.bias)
-        self.dropout = config.dropout
+        self.dropout = config.dropout if config.attention_dropout < 0 else config.attention_dropout
         self.use_rope = config.positions == "rope"
 
     def project(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
