@@ -7,8 +7,9 @@ Contenders, each decoding 255 new tokens after BOS (no early stop), 2 threads:
   measured figure for llama2.c (550-610 tokens/s on these machines) as the bar, marked "not run".
 - Hugging Face: `LlamaForCausalLM.generate` (greedy, dynamic KV cache) on the same weights: what a user gets from the
   usual library.
-- talelab, three ways: plain (`talelab generate`'s default: fp32 weights, eager PyTorch, static KV cache),
-  compiled fp32 (`--compile`: TorchInductor with frozen weights) and compiled bf16 (`--compile --dtype bfloat16`),
+- talelab, four ways: plain (`talelab generate`'s default: fp32 weights, eager PyTorch, static KV cache),
+  compiled fp32 (`--compile`: TorchInductor with frozen weights), compiled bf16 (`--compile --dtype bfloat16`) and
+  compiled weight-only int8 (`--compile --dtype int8`: int8 linear layers, bf16 activations),
   each for greedy, sampling (temperature 0.8, top-p 0.9), beam search (4 beams), and 32 streams decoded as one batch.
 Weights are random (seed 0): the forward pass's speed does not depend on their values, but sampling's does: at init
 the next-token distribution is nearly uniform over 32k tokens (entropy 10.3 nats), the worst case for top-p, whose
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama2c", default=None, help='command template, e.g. "/tmp/llama2c/bench {model} {steps}"')
+    parser.add_argument("--only", default="", help="comma-separated words; run only the contenders whose name has "
+                        "one of them (greedy always runs: the other settings are reported against it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -94,9 +97,9 @@ def main() -> None:
     def compiled(dtype: str):
         copy = Transformer(model.config)
         copy.load_state_dict(model.state_dict())
-        return fast_decoder(copy, dtype=dtype, compile=True)  # the same weights (bf16: rounded)
+        return fast_decoder(copy, dtype=dtype, compile=True)  # the same weights (bf16, int8: rounded)
 
-    fast = {"fp32": compiled("float32"), "bf16": compiled("bfloat16")}
+    fast = {"fp32": compiled("float32"), "bf16": compiled("bfloat16"), "int8": compiled("int8")}
     steps = dict(max_new_tokens=NEW_TOKENS, stop_at_eos=False)
     greedy = SamplingConfig(temperature=0.0, **steps)
     settings = {
@@ -111,12 +114,16 @@ def main() -> None:
         for dtype, decoder in fast.items():
             contenders[f"talelab compiled {dtype} {name}"] = lambda c=config, d=decoder: talelab_rate(d, c)
     contenders["Hugging Face generate, greedy"] = lambda: hf_rate(hf_model)
+    if args.only:
+        wanted = ["greedy", *args.only.split(",")]
+        contenders = {name: run for name, run in contenders.items() if any(w in name for w in wanted)}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = export_llama2c(model, Path(tmp) / "15m.bin")
         if args.llama2c:
             contenders["llama2.c run.c (C, OpenMP)"] = lambda: llama2c_rate(args.llama2c, checkpoint, args.threads)
         with torch.inference_mode():
-            for config in (greedy, *settings.values()):  # warm-up: compilation, allocations, kernel selection
+            used = [c for name, c in settings.items() if any(name in contender for contender in contenders)]
+            for config in used:  # warm-up: compilation, allocations, kernel selection
                 for decoder in (model, *fast.values()):
                     talelab_rate(decoder, config)
             rates: dict[str, list[float]] = {name: [] for name in contenders}
@@ -133,7 +140,8 @@ def main() -> None:
         low, high = LLAMA2C_MEASURED
         print(f"llama2.c: not run; the bar is the issue's measured {low}-{high} tokens/s (midpoint {bar:.0f})")
     for name, rate in median.items():
-        variant = next((v for v in ("plain fp32", "compiled fp32", "compiled bf16") if f"talelab {v} " in name), None)
+        variant = next((v for v in ("plain fp32", "compiled fp32", "compiled bf16", "compiled int8")
+                        if f"talelab {v} " in name), None)
         cost = (median[f"talelab {variant} greedy"] / rate if variant and "streams" not in name else None)
         extra = f"   time per token vs its greedy {cost:.2f}x" if cost is not None else ""
         print(f"{name:48s} {rate:9.0f} tokens/s   {rate / bar:6.2f}x llama2.c{extra}")

@@ -348,8 +348,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="talelab model or run directory, Hugging Face model directory or "
                      "hub id, or PEFT adapter directory")
     gen.add_argument("--device", default="cpu", help="cpu or cuda")
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                     help="weights while decoding: bfloat16 halves the memory read per token (logits within ~1e-2)")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                     help="weights while decoding: bfloat16 halves the memory read per token (logits within ~1e-2); "
+                     "int8 (CPU, weight-only) quarters it for the linear layers (logits within ~1 %% of their range)")
     gen.add_argument("--compile", action="store_true", help="compile the decoding step (TorchInductor, frozen "
                      "weights): faster per token after a 20-60 s first call")
     add_dataclass_flags(gen, SamplingConfig, "sampling")

@@ -122,13 +122,23 @@ def fast_decoder(model, dtype: str = "float32", compile: bool = False):
     """The model ready for fast decoding: weights cast to `dtype`, and optionally its forward compiled.
 
     Decoding one token reads every weight once, so at small batch sizes speed is memory traffic: bfloat16 weights
-    halve it (logits then differ from fp32 by bf16 rounding, ~1e-2). `compile` uses TorchInductor with frozen
-    weights, which fuses the elementwise work between matmuls and pre-packs weights for oneDNN (the bf16 matmuls
-    need the packing to beat fp32 on CPU); the first call compiles for 20-60 s, so it pays off for long generations
-    or many stories. Returns a model to pass to `generate` / `generate_batch`; do not train it.
+    halve it (logits then differ from fp32 by bf16 rounding, ~1e-2), and `int8` (weight-only, a scale per output row,
+    see talelab.models.quantize) quarters it for the linear layers, whose one-row bf16 kernel on CPU is no faster
+    than fp32's. `compile` uses TorchInductor with frozen weights, which fuses the elementwise work between matmuls
+    and pre-packs weights for oneDNN (the bf16 matmuls need the packing to beat fp32 on CPU); the first call
+    compiles for 20-60 s, so it pays off for long generations or many stories. Returns a model to pass to
+    `generate` / `generate_batch`; do not train it.
     """
-    model = model.to(getattr(torch, dtype)).eval()
+    if dtype == "int8":
+        from talelab.models.quantize import quantize_int8
+        model = quantize_int8(model)
+    else:
+        model = model.to(getattr(torch, dtype)).eval()
     if compile:  # dynamic: one graph serves every prompt length and cache position
+        # Dynamo keeps its compiled graphs per code object, so every compiled model in the process shares
+        # Transformer.forward's budget of 8; a few models x batch sizes (1, beams, streams) would overflow it and
+        # silently fall back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         model = torch.compile(model, dynamic=True, options={"freezing": True})
     return model
 
@@ -212,16 +222,21 @@ def beam_search(model, prompt_ids: list[int], config: SamplingConfig, eos_id: in
             logits = penalize_repeats(logits, present, config.repetition_penalty)
             if sampled:
                 logits = logits / config.temperature
-            candidates = (scores[:, None] + logits.log_softmax(dim=-1)).view(-1)  # (beams * vocab,)
+            log_probs = logits.log_softmax(dim=-1)
             # 2 * beams candidates: even if half of them end in eos, `beams` remain to continue
-            k = min(2 * beams, candidates.numel())
+            k = min(2 * beams, log_probs.numel())
             if sampled:
+                candidates = (scores[:, None] + log_probs).view(-1)  # (beams * vocab,)
                 probs = candidates.softmax(dim=-1)
                 index = torch.multinomial(probs, min(k, int((probs > 0).sum())), generator=generator)
                 top, order = candidates[index].sort(descending=True)
                 index = index[order]
             else:
-                top, index = candidates.topk(k)
+                # the best k of beams x vocab are among each beam's own best k: rank those few (a quarter of the
+                # time of one topk over all 128k candidates at 4 beams and a 32k vocabulary)
+                row_best, row_index = log_probs.topk(min(k, vocab), dim=-1)
+                top, order = (scores[:, None] + row_best).view(-1).topk(k)
+                index = order // row_best.size(1) * vocab + row_index.view(-1)[order]
             kept = []  # (beam, token, score) of the next running beams, best first
             for rank, (score, i) in enumerate(zip(top.tolist(), index.tolist())):
                 beam, token = divmod(i, vocab)
@@ -240,7 +255,7 @@ def beam_search(model, prompt_ids: list[int], config: SamplingConfig, eos_id: in
             if len(done) == beams and best_possible <= done[-1][0]:
                 break
             index = torch.tensor([beam for beam, _, _ in kept], device=device)
-            cache.reorder(index)
+            cache.reorder(index, filled=len(prompt_ids) + step)
             token = torch.tensor([token for _, token, _ in kept], device=device)
             if present is not None:
                 present = present[index].scatter_(1, token[:, None], True)

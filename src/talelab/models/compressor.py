@@ -31,7 +31,7 @@ class TokenHistory:
     def __init__(self):
         self.tokens: torch.Tensor | None = None
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, filled: int | None = None) -> None:
         if self.tokens is not None:
             self.tokens = self.tokens.index_select(0, index)
 

@@ -49,7 +49,7 @@ def new_cache_class():
     from transformers import DynamicCache
 
     class HFCache(DynamicCache):
-        def reorder(self, index: torch.Tensor) -> None:
+        def reorder(self, index: torch.Tensor, filled: int | None = None) -> None:
             self.reorder_cache(index)  # index_select on every layer: also grows one row into many
 
     return HFCache

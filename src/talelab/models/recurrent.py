@@ -23,8 +23,8 @@ class RecurrentState:
     def __init__(self, state=None):
         self.state = state
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows named by `index` (beam search, copies of one prompt)."""
+    def reorder(self, index: torch.Tensor, filled: int | None = None) -> None:
+        """Keep the batch rows named by `index` (beam search, copies of one prompt); `filled` does not apply."""
         if isinstance(self.state, tuple):
             self.state = tuple(s.index_select(1, index) for s in self.state)
         elif self.state is not None:

@@ -51,11 +51,13 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy over targets that are not -1; the gradient (softmax minus one-hot) is made in the forward.
 
     The vocabulary projection dominates small models. Autograd's log_softmax + nll_loss writes, zero-fills and
-    re-reads several (tokens, vocab) tensors; this works through a few hundred rows at a time while they sit in
-    cache and keeps only the finished gradient, in the logits' dtype. About 1.2x faster in fp32 and 2x in bf16 on CPU.
+    re-reads several (tokens, vocab) tensors; this works through blocks of about a megabyte of fp32 (64 rows at a
+    4k vocabulary), small enough to stay in a core's L2 cache between the fused log_softmax, the exp that turns it
+    into the softmax and the in-place edits that make it the gradient, and keeps only the finished gradient, in the
+    logits' dtype.
     """
 
-    CHUNK_ROWS = 256
+    CHUNK_ELEMENTS = 1 << 18  # fp32 values per block: 1 MiB
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,17 +66,17 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         count = valid.sum().clamp(min=1)
         want_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(logits) if want_grad else None
+        weight = (valid / count).to(torch.float32).unsqueeze(1)  # each row's share of the mean
+        minus_one = torch.full(safe.shape, -1.0, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for i in range(0, logits.shape[0], ChunkedCrossEntropy.CHUNK_ROWS):
-            rows = slice(i, i + ChunkedCrossEntropy.CHUNK_ROWS)
-            x = logits[rows].to(torch.float32, copy=True)  # (chunk, vocab): a private copy we may overwrite
-            x.sub_(x.amax(dim=1, keepdim=True)).exp_()
-            sums = x.sum(dim=1, keepdim=True)
-            target_prob = x.gather(1, safe[rows]) / sums
-            total += -(target_prob.squeeze(1).log() * valid[rows]).sum()
+        chunk = max(1, ChunkedCrossEntropy.CHUNK_ELEMENTS // logits.shape[1])
+        for i in range(0, logits.shape[0], chunk):
+            rows = slice(i, i + chunk)
+            log_probs = torch.log_softmax(logits[rows], dim=1, dtype=torch.float32)  # a private fp32 block
+            total -= (log_probs.gather(1, safe[rows]).squeeze(1) * valid[rows]).sum()
             if want_grad:
-                x.div_(sums).scatter_add_(1, safe[rows], -torch.ones_like(target_prob))
-                grad[rows] = x.mul_((valid[rows] / count).unsqueeze(1))
+                probs = log_probs.exp_().scatter_add_(1, safe[rows], minus_one[rows])
+                grad[rows] = probs.mul_(weight[rows])
         ctx.save_for_backward(grad)
         return total / count
 
@@ -94,8 +96,16 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows named by `index` (beam search picks which hypotheses survive)."""
+    def reorder(self, index: torch.Tensor, filled: int | None = None) -> None:
+        """Keep the batch rows named by `index` (beam search picks which hypotheses survive).
+
+        With `filled` (positions written so far) and as many rows as before, rows are permuted in place over the
+        filled positions only: a beam step then copies what it uses, not the whole preallocated context, and the
+        tensors a compiled decode step sees stay the same."""
+        if filled is not None and index.numel() == self.keys[0].size(0):
+            for t in (*self.keys, *self.values):
+                t[:, :, :filled] = t[:, :, :filled].index_select(0, index)
+            return
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
 
