@@ -1,5 +1,6 @@
 """The command line, in process: every stage runs, and bad input is one line on stderr with a non-zero exit."""
 
+import argparse
 import gzip
 import json
 
@@ -52,6 +53,17 @@ def test_help_documents_every_training_option(capsys):
     for option in ("--d-model", "--n-kv-heads", "--positions", "--schedule", "--grad-accum", "--dtype", "--compile",
                    "--resume", "--preset", "--config"):
         assert option in out
+
+
+def test_every_command_prints_its_help():
+    """argparse %-formats help text, so one stray percent sign in any help string breaks `--help` for that command."""
+    from talelab.cli import parser
+
+    root = parser()
+    commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction)).choices
+    root.format_help()
+    for name, command in commands.items():
+        assert command.format_help(), name
 
 
 def test_missing_corpus_names_the_file(capsys, tmp_path):

@@ -34,7 +34,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, skip: 
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        # argparse %-formats help strings, so a literal percent sign in a field's help must be doubled
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%")
         name = prefix + f.name
         if f.type in ("bool", bool):
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
@@ -425,7 +426,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--preset", default=None, help=f"named recipe: {', '.join(FINETUNE_PRESETS)}")
     add_dataclass_flags(ft, FinetuneConfig, "fine-tuning")
     ft.set_defaults(run=cmd_finetune)
-    trl = sub.add_parser("trials", help="a grid of LoRA configurations: results.md/.csv (trainable %, losses, "
+    trl = sub.add_parser("trials", help="a grid of LoRA configurations: results.md/.csv (trainable %%, losses, "
                          "perplexity, BLEU, wall time); finished trials are not redone")
     trl.add_argument("--preset", default=None, help=f"named recipe the grid varies: {', '.join(FINETUNE_PRESETS)}")
     add_dataclass_flags(trl, TrialsConfig, "trials")
