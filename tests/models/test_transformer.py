@@ -76,9 +76,10 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient_and_leaves_log
     from talelab.models.transformer import ChunkedCrossEntropy
 
     torch.manual_seed(0)
-    logits = (torch.randn(600, 37) * 3).to(dtype).requires_grad_()  # 600 rows: chunks of 256 and a remainder
+    # 150 rows of a 4,096 vocabulary: two 1 MiB blocks of 64 rows and a remainder of 22
+    logits = (torch.randn(150, 4096) * 3).to(dtype).requires_grad_()
     before = logits.detach().clone()
-    targets = torch.randint(0, 37, (600,))
+    targets = torch.randint(0, 4096, (150,))
     targets[::7] = -1
     ours = ChunkedCrossEntropy.apply(logits, targets)
     (ours_grad,) = torch.autograd.grad(ours * 2.5, logits)
@@ -87,6 +88,31 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient_and_leaves_log
     assert torch.equal(logits.detach(), before)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
     assert torch.allclose(ours_grad.float(), theirs_grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
+
+
+def test_compiled_training_step_gives_eager_loss_and_gradients(tmp_path, monkeypatch):
+    """`train --compile` traces the model and the chunked cross-entropy into one graph. A tracing bug there once
+    crashed the backward of a graph loaded from the compile cache, so this runs one real bf16 step, GPT-2 layout,
+    eagerly, then compiled twice over a fresh cache: the second compile is the cached one a user's next run gets."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    eager = Transformer(small(vocab_size=4096, d_model=128, n_layers=1, **VARIANTS[2]))
+    idx = torch.randint(0, 4096, (8, 48))
+
+    def step(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, idx)
+        loss.backward()
+        return loss.item()
+
+    expected = step(eager)
+    for _ in range(2):
+        torch._dynamo.reset()
+        compiled_model = Transformer(eager.config)
+        compiled_model.load_state_dict(eager.state_dict())
+        assert step(torch.compile(compiled_model)) == pytest.approx(expected, rel=1e-2)
+        for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=2e-3, rtol=5e-2), name
 
 
 def test_attention_dropout_defaults_to_dropout_and_zero_leaves_only_residual_dropout():

@@ -47,6 +47,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+# fp32 values per cross-entropy block: 1 MiB. A module constant, not a class attribute: torch.compile mis-traces an
+# autograd.Function whose forward reads its own class (the compiled backward then fails on a garbage view shape).
+CROSS_ENTROPY_BLOCK = 1 << 18
+
+
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy over targets that are not -1; the gradient (softmax minus one-hot) is made in the forward.
 
@@ -56,8 +61,6 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     into the softmax and the in-place edits that make it the gradient, and keeps only the finished gradient, in the
     logits' dtype.
     """
-
-    CHUNK_ELEMENTS = 1 << 18  # fp32 values per block: 1 MiB
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -69,7 +72,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         weight = (valid / count).to(torch.float32).unsqueeze(1)  # each row's share of the mean
         minus_one = torch.full(safe.shape, -1.0, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        chunk = max(1, ChunkedCrossEntropy.CHUNK_ELEMENTS // logits.shape[1])
+        chunk = max(1, CROSS_ENTROPY_BLOCK // logits.shape[1])
         for i in range(0, logits.shape[0], chunk):
             rows = slice(i, i + chunk)
             log_probs = torch.log_softmax(logits[rows], dim=1, dtype=torch.float32)  # a private fp32 block
