@@ -47,19 +47,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-# fp32 values per cross-entropy block: 1 MiB. A module constant, not a class attribute: torch.compile mis-traces an
-# autograd.Function whose forward reads its own class (the compiled backward then fails on a garbage view shape).
-CROSS_ENTROPY_BLOCK = 1 << 18
+# Rows per cross-entropy chunk. A module constant, not a class attribute: torch.compile mis-traces an
+# autograd.Function whose forward reads its own class (the backward of a cached graph failed on a garbage view shape).
+CROSS_ENTROPY_ROWS = 256
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy over targets that are not -1; the gradient (softmax minus one-hot) is made in the forward.
 
     The vocabulary projection dominates small models. Autograd's log_softmax + nll_loss writes, zero-fills and
-    re-reads several (tokens, vocab) tensors; this works through blocks of about a megabyte of fp32 (64 rows at a
-    4k vocabulary), small enough to stay in a core's L2 cache between the fused log_softmax, the exp that turns it
-    into the softmax and the in-place edits that make it the gradient, and keeps only the finished gradient, in the
-    logits' dtype.
+    re-reads several (tokens, vocab) tensors; this works through a few hundred rows at a time while they sit in
+    cache and keeps only the finished gradient, in the logits' dtype. About 1.2x faster in fp32 and 2x in bf16 on CPU.
+    (Smaller, 1 MiB chunks through one fused log_softmax measured the same eagerly and 6-12 % slower compiled.)
     """
 
     @staticmethod
@@ -69,17 +68,17 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         count = valid.sum().clamp(min=1)
         want_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(logits) if want_grad else None
-        weight = (valid / count).to(torch.float32).unsqueeze(1)  # each row's share of the mean
-        minus_one = torch.full(safe.shape, -1.0, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        chunk = max(1, CROSS_ENTROPY_BLOCK // logits.shape[1])
-        for i in range(0, logits.shape[0], chunk):
-            rows = slice(i, i + chunk)
-            log_probs = torch.log_softmax(logits[rows], dim=1, dtype=torch.float32)  # a private fp32 block
-            total -= (log_probs.gather(1, safe[rows]).squeeze(1) * valid[rows]).sum()
+        for i in range(0, logits.shape[0], CROSS_ENTROPY_ROWS):
+            rows = slice(i, i + CROSS_ENTROPY_ROWS)
+            x = logits[rows].to(torch.float32, copy=True)  # (chunk, vocab): a private copy we may overwrite
+            x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+            sums = x.sum(dim=1, keepdim=True)
+            target_prob = x.gather(1, safe[rows]) / sums
+            total += -(target_prob.squeeze(1).log() * valid[rows]).sum()
             if want_grad:
-                probs = log_probs.exp_().scatter_add_(1, safe[rows], minus_one[rows])
-                grad[rows] = probs.mul_(weight[rows])
+                x.div_(sums).scatter_add_(1, safe[rows], -torch.ones_like(target_prob))
+                grad[rows] = x.mul_((valid[rows] / count).unsqueeze(1))
         ctx.save_for_backward(grad)
         return total / count
 
