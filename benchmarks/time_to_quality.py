@@ -1,0 +1,115 @@
+"""Time to quality on CPU (issue 8, goal 2): bits per byte by the reference protocol against training minutes.
+
+Runs what `talelab demo` runs (the same corpus, tokenizer and `demo` preset), keeping a checkpoint every
+`--every` steps, then scores every checkpoint by the reference protocol of shared/README.md (valid-head.txt, 300
+pieces, BOS + piece) and prints the curve beside the bar: Karpathy's stories260K, scored the same way. Writes
+curve.md and curve.png into `--out`.
+
+    python benchmarks/time_to_quality.py [--out runs/time-to-quality] [--minutes 7.5] [--every 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from talelab import paths
+from talelab.config import TokenizerConfig, build_train_configs
+from talelab.data.prepare import prepare
+from talelab.data.shards import pretokenize
+from talelab.demo import DEMO_VOCAB, train_corpus
+from talelab.evaluate.likelihood import reference_pieces, score_documents
+from talelab.models.convert import convert_llama2c
+from talelab.models.storage import load_model
+from talelab.tokenizer import train_tokenizer_from
+from talelab.train.loop import train
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def plot(curve: list[dict], bar: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([c["minutes"] for c in curve], [c["bits_per_byte"] for c in curve], marker="o", label="talelab demo")
+    ax.axhline(bar, color="gray", linestyle="--", label=f"stories260K ({bar:.3f})")
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("bits per byte (reference protocol)")
+    ax.set_title("Time to quality: the demo preset on the shared TinyStories text")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/time-to-quality")
+    parser.add_argument("--minutes", type=float, default=None, help="training budget (default: the demo preset's)")
+    parser.add_argument("--every", type=int, default=100, help="steps between scored checkpoints")
+    args = parser.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    corpus = train_corpus(paths.shared_file(paths.TINYSTORIES_TRAIN), None, out / "prepared")
+    prepare(corpus, progress=False)
+    tokenizer = train_tokenizer_from(TokenizerConfig(data=str(out / "prepared"), out=str(out / "tokenizer"),
+                                                     kind="bpe", vocab_size=DEMO_VOCAB))
+    pretokenize(out / "prepared", tokenizer, progress=False)
+    data_seconds = time.perf_counter() - started
+    overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model"),
+                 "checkpoint_interval": args.every, "keep_checkpoints": 10_000}
+    if args.minutes is not None:
+        overrides["max_minutes"] = args.minutes
+    train(*build_train_configs("demo", overrides={"train": overrides}), log=lambda *a: None)
+
+    pieces = reference_pieces(paths.shared_file(paths.TINYSTORIES_VALID))
+    reference = convert_llama2c(paths.shared_file(paths.STORIES260K_MODEL),
+                                paths.shared_file(paths.STORIES260K_TOKENIZER), out / "stories260K")
+    bar = score_documents(*load_model(reference)[:2], pieces)["bits_per_byte"]
+    minutes_at = {}
+    for line in (out / "model" / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        minutes_at[entry["step"]] = entry["elapsed_s"] / 60
+    curve = []
+    for checkpoint in sorted((out / "model" / "checkpoints").glob("step-*")):
+        step = int(checkpoint.name.split("-")[1])
+        model, tok, _ = load_model(checkpoint)
+        curve.append({"step": step, "minutes": round(minutes_at[step], 2),
+                      "bits_per_byte": round(score_documents(model, tok, pieces)["bits_per_byte"], 4)})
+    reached = next((c for c in curve if c["bits_per_byte"] <= bar), None)
+    final = curve[-1]
+    lines = [f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+             f"python {platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+             f"data, tokenizer and pretokenizing: {data_seconds:.1f} s", "",
+             "| step | training minutes | bits per byte |", "|---:|---:|---:|"]
+    lines += [f"| {c['step']} | {c['minutes']:.2f} | {c['bits_per_byte']:.4f} |" for c in curve]
+    lines += ["", f"baseline (stories260K, reference protocol): {bar:.4f} bits per byte",
+              f"talelab demo after {final['minutes']:.2f} minutes: {final['bits_per_byte']:.4f} bits per byte "
+              f"({bar / final['bits_per_byte']:.3f}x the baseline's bits per byte / ours)",
+              "first checkpoint at or below the baseline: " + (f"step {reached['step']}, {reached['minutes']:.2f} "
+                                                                 "minutes" if reached else "none")]
+    (out / "curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "curve.json").write_text(json.dumps({"baseline": bar, "curve": curve}, indent=2) + "\n")
+    plot(curve, bar, out / "curve.png")
+    print("\n".join(lines))
+    print(f"curve in {out / 'curve.png'}")
+
+
+if __name__ == "__main__":
+    main()
