@@ -40,16 +40,11 @@ from talelab.generate import fast_decoder, generate
 from talelab.models.convert import export_llama2c, to_hf_llama
 from talelab.models.transformer import Transformer
 
+from machine import cpu_name  # benchmarks/machine.py: run as a script, this folder is on sys.path
+
 VOCAB, NEW_TOKENS, STREAMS, BOS = 32000, 255, 32, 1
 EMBEDDING_SCALE = 3.0
 LLAMA2C_MEASURED = (550, 610)  # tokens/s, issue 8: llama2.c run.c at this shape, 2 OpenMP threads, these machines
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn) -> float:

@@ -33,6 +33,8 @@ from talelab.data.sentences import split_sentences
 from talelab.data.sources import read_documents
 from talelab.evaluate.memorization import NearestStoryIndex
 
+from machine import cpu_name  # benchmarks/machine.py: run as a script, this folder is on sys.path
+
 KEEP_SENTENCE = 0.25
 
 
@@ -62,14 +64,6 @@ def build_queries(stories: list[str], n_queries: int, n_edited: int) -> tuple[li
     return valid[:n_queries - n_edited] + edited, sources
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -84,7 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs visible, {args.threads} torch threads; "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs visible, {args.threads} torch threads; "
           f"torch {torch.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}, "
           f"Python {platform.python_version()}")
 
