@@ -21,22 +21,13 @@ from pathlib import Path
 import torch
 
 from talelab import paths
-from talelab.config import TokenizerConfig, build_train_configs
-from talelab.data.prepare import prepare
-from talelab.data.shards import pretokenize
-from talelab.demo import DEMO_VOCAB, train_corpus
+from talelab.config import build_train_configs
+from talelab.demo import demo_train_overrides, prepare_demo_data, stories260k
 from talelab.evaluate.likelihood import reference_pieces, score_documents
-from talelab.models.convert import convert_llama2c
 from talelab.models.storage import load_model
-from talelab.tokenizer import train_tokenizer_from
 from talelab.train.loop import train
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from machine import cpu_name  # benchmarks/machine.py: run as a script, this folder is on sys.path
 
 
 def plot(curve: list[dict], bar: float, path: Path) -> None:
@@ -66,22 +57,15 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    corpus = train_corpus(paths.shared_file(paths.TINYSTORIES_TRAIN), None, out / "prepared")
-    prepare(corpus, progress=False)
-    tokenizer = train_tokenizer_from(TokenizerConfig(data=str(out / "prepared"), out=str(out / "tokenizer"),
-                                                     kind="bpe", vocab_size=DEMO_VOCAB))
-    pretokenize(out / "prepared", tokenizer, progress=False)
+    prepare_demo_data(out, paths.shared_file(paths.TINYSTORIES_TRAIN), progress=False)
     data_seconds = time.perf_counter() - started
-    overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model"),
-                 "checkpoint_interval": args.every, "keep_checkpoints": 10_000}
+    overrides = {**demo_train_overrides(out), "checkpoint_interval": args.every, "keep_checkpoints": 10_000}
     if args.minutes is not None:
         overrides["max_minutes"] = args.minutes
     train(*build_train_configs("demo", overrides={"train": overrides}), log=lambda *a: None)
 
     pieces = reference_pieces(paths.shared_file(paths.TINYSTORIES_VALID))
-    reference = convert_llama2c(paths.shared_file(paths.STORIES260K_MODEL),
-                                paths.shared_file(paths.STORIES260K_TOKENIZER), out / "stories260K")
-    bar = score_documents(*load_model(reference)[:2], pieces)["bits_per_byte"]
+    bar = score_documents(*stories260k(out)[:2], pieces)["bits_per_byte"]
     minutes_at = {}
     for line in (out / "model" / "metrics.jsonl").read_text().splitlines():
         entry = json.loads(line)

@@ -39,17 +39,13 @@ def train_corpus(train_file, data_root, out: Path) -> PrepareConfig:
     return PrepareConfig(source=f"{train_file},{lowercase}", format="eot,lines", recase=True, out=str(out))
 
 
-def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = None) -> dict:
-    started = time.perf_counter()
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)  # the demo's own scratch folder: each run starts clean
-    train_file = paths.shared_file(paths.TINYSTORIES_TRAIN, data_root)
-    valid_file = paths.shared_file(paths.TINYSTORIES_VALID, data_root)
-
+def prepare_demo_data(out: Path, train_file: Path, data_root=None, progress: bool = True) -> None:
+    """Stages 1-3: the corpus cleaned and split into `out`/prepared, a BPE tokenizer in `out`/tokenizer, and the
+    splits pretokenized. benchmarks/time_to_quality.py runs the same stages."""
     corpus = train_corpus(train_file, data_root, out / "prepared")
     stage(f"1/6 prepare: {'recase, ' if corpus.recase else ''}clean, deduplicate and split "
           f"{' + '.join(Path(s).name for s in corpus.source.split(','))}")
-    prepared = prepare(corpus, data_root=data_root)
+    prepared = prepare(corpus, data_root=data_root, progress=progress)
     print(f"kept {prepared['documents_out']:,} of {prepared['documents_in']:,} stories; report: "
           f"{out / 'prepared' / 'report.md'}")
 
@@ -57,10 +53,32 @@ def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = Non
     tokenizer = train_tokenizer_from(TokenizerConfig(data=str(out / "prepared"), out=str(out / "tokenizer"),
                                                      kind="bpe", vocab_size=DEMO_VOCAB))
     stage("3/6 pretokenize")
-    print(f"shards in {pretokenize(out / 'prepared', tokenizer)}")
+    print(f"shards in {pretokenize(out / 'prepared', tokenizer, progress=progress)}")
+
+
+def demo_train_overrides(out: Path) -> dict:
+    """The `demo` preset's training fields that point at what prepare_demo_data wrote."""
+    return {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
+
+
+def stories260k(out: Path, data_root=None):
+    """Karpathy's stories260K converted into `out`/stories260K and loaded: the bar a demo model is measured against.
+    Returns load_model's (model, tokenizer, metadata)."""
+    return load_model(convert_llama2c(paths.shared_file(paths.STORIES260K_MODEL, data_root),
+                                      paths.shared_file(paths.STORIES260K_TOKENIZER, data_root), out / "stories260K"))
+
+
+def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = None) -> dict:
+    started = time.perf_counter()
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own scratch folder: each run starts clean
+    train_file = paths.shared_file(paths.TINYSTORIES_TRAIN, data_root)
+    valid_file = paths.shared_file(paths.TINYSTORIES_VALID, data_root)
+
+    prepare_demo_data(out, train_file, data_root)
 
     stage("4/6 train the 'demo' preset on CPU")
-    overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
+    overrides = demo_train_overrides(out)
     if minutes is not None:
         overrides["max_minutes"] = minutes
     model_config, train_config = build_train_configs("demo", overrides={"train": overrides})
@@ -70,9 +88,7 @@ def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = Non
     pieces = reference_pieces(valid_file)
     model, tokenizer, _ = load_model(out / "model")
     ours = score_documents(model, tokenizer, pieces)
-    reference_dir = convert_llama2c(paths.shared_file(paths.STORIES260K_MODEL, data_root),
-                                    paths.shared_file(paths.STORIES260K_TOKENIZER, data_root), out / "stories260K")
-    ref_model, ref_tokenizer, _ = load_model(reference_dir)
+    ref_model, ref_tokenizer, _ = stories260k(out, data_root)
     reference = score_documents(ref_model, ref_tokenizer, pieces)
     print(f"{'model':<28}{'parameters':>12}{'loss':>9}{'bits/byte':>11}")
     for name, n, r in (("talelab demo", model.num_parameters(), ours),

@@ -41,18 +41,18 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
         max_documents=config.max_documents,
         data_root=data_root,
     )
-    recased = docs
-    if config.recase:
-        recased, recase_rule = recase_documents(docs)
-    kept, rules = clean_documents(
-        recased,
+    recase_rules = []
+    if config.recase:  # first, so that cleaning and deduplication see the restored text
+        docs, recase_rule = recase_documents(docs)
+        recase_rules.append(recase_rule)
+    kept, clean_rules = clean_documents(
+        docs,
         min_chars=config.min_chars,
         max_chars=config.max_chars,
         max_non_ascii=config.max_non_ascii,
         progress=progress,
     )
-    if config.recase:
-        rules.insert(0, recase_rule)
+    rules = recase_rules + clean_rules
     if config.min_quality > 0:
         kept, quality_rule = drop_low_quality(kept, config.min_quality)
         rules.append(quality_rule)
