@@ -154,6 +154,8 @@ def sweep(presets: list[str], grid: str | None, budget: str, out: str | Path, co
 
 
 def write_results(rows: list[dict], out: Path, budget: str) -> None:
+    """results.csv, results.md (best first) and the two plots; loss curves run against tokens seen when the budget
+    is tokens (every run ends at the same x) and against training time when it is time."""
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -167,10 +169,10 @@ def write_results(rows: list[dict], out: Path, budget: str) -> None:
     lines += ["", "Sorted by validation loss (windows of the prepared val split); bits per byte make runs with "
               "different tokenizers comparable. Plots: bpb_vs_parameters.png, loss_curves.png."]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    plot_results(rows, out)
+    plot_results(rows, out, by_tokens="max_tokens" in parse_budget(budget))
 
 
-def plot_results(rows: list[dict], out: Path) -> None:
+def plot_results(rows: list[dict], out: Path, by_tokens: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,10 +191,13 @@ def plot_results(rows: list[dict], out: Path) -> None:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for r in rows:
-        records = [json.loads(x) for x in (out / r["name"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-        val = [x for x in records if "val_loss" in x]
-        ax.plot([x["elapsed_s"] for x in val], [x["val_loss"] for x in val], "o-", ms=3, label=r["name"])
-    ax.set_xlabel("training time (s)")
+        lines = (out / r["name"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines]
+        val = [v for v in records if "val_loss" in v]
+        tokens_per_step = r["tokens_seen"] / max(t["step"] for t in records if "loss" in t)
+        x = [v["step"] * tokens_per_step for v in val] if by_tokens else [v["elapsed_s"] for v in val]
+        ax.plot(x, [v["val_loss"] for v in val], "o-", ms=3, label=r["name"])
+    ax.set_xlabel("tokens seen" if by_tokens else "training time (s)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
