@@ -1,18 +1,30 @@
-"""Read a corpus into a list of documents: a text or JSONL file (by path or under the data root) or a hub dataset."""
+"""Read a corpus as a stream of records: text files, JSONL, JSON arrays, parquet, gzip of any of them, hub datasets.
+
+A record is a dict with a stripped, non-empty "text" and every other field the source gave it (TinyStories'
+all_data files keep `instruction`, `summary`, `source`), so metadata survives into the prepared splits. Everything
+streams: files are read in blocks of BLOCK_BYTES and hub datasets through `datasets` streaming, so no stage holds a
+whole corpus in memory. `read_documents` collects the texts of a small file (prompts, fine-tuning data) in a list.
+"""
 
 from __future__ import annotations
 
 import codecs
+import gzip
 import itertools
 import json
 import os
 import re
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from talelab import paths
 from talelab.errors import InputError
 
-FORMATS = ("auto", "eot", "blank-line", "lines", "jsonl")
+FORMATS = ("auto", "eot", "blank-line", "lines", "jsonl", "json", "parquet")
+BLOCK_BYTES = 8 << 20  # read size: large enough that regex splitting runs at C speed, small against any memory
+PARQUET_BATCH = 1024
+MAX_JSON_ELEMENT = 64 << 20  # a JSON array element still incomplete after this many characters is broken, not long
 # A separator line may carry stray spaces; the token inside a sentence is not a separator.
 _EOT_LINE = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*$", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
@@ -20,24 +32,27 @@ _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 # TinyStories' lowercased train file). Paragraphs become single line breaks, as in the cased TinyStories files.
 _LONE_LINE_BREAK = re.compile(r"(?<![\n \t])[ \t]*\n[ \t]*(?![\n \t])")
 _PARAGRAPH_BREAK = re.compile(r"[ \t]*\n(?:[ \t]*\n)+[ \t]*")
+NEWLINE = b"\n"
+SEPARATORS = {"eot": _EOT_LINE, "blank-line": _BLANK_LINES, "lines": _LONE_LINE_BREAK}
 # owner/name with no file suffix, as Hugging Face spells dataset ids (roneneldan/TinyStories).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def read_documents(
+def iter_records(
     source: str | os.PathLike,
     *,
     format: str = "auto",
     text_field: str = "text",
     hub_split: str = "train",
-    max_documents: int = 0,
+    hub_config: str = "",
+    data_files: str = "",
     data_root: str | os.PathLike | None = None,
-) -> list[str]:
-    """The stripped, non-empty documents of `source` (a file path, a path under the data root, or a hub id).
+) -> Iterator[dict]:
+    """The records of `source` (a file path, a path under the data root, or a hub dataset id), in order.
 
-    Several sources separated by commas are read in turn; `format` is then one format for all or one per source."""
-    source = os.fspath(source)
-    sources = [s.strip() for s in source.split(",") if s.strip()]
+    Several sources separated by commas are read in turn; `format` is then one format for all or one per source.
+    A source without a single document is an InputError (raised when its end is reached)."""
+    sources = [s.strip() for s in os.fspath(source).split(",") if s.strip()]
     formats = [f.strip() for f in format.split(",")]
     if len(formats) not in (1, len(sources)):
         raise InputError(f"--format lists {len(formats)} formats for {len(sources)} sources: give one for all or "
@@ -45,34 +60,32 @@ def read_documents(
     for name in formats:
         if name not in FORMATS:
             raise InputError(f"{source}: unknown format '{name}' (choose from {', '.join(FORMATS)})")
-    if len(sources) > 1:
-        docs = []
-        for one, one_format in zip(sources, formats * len(sources) if len(formats) == 1 else formats):
-            docs += read_documents(one, format=one_format, text_field=text_field, hub_split=hub_split,
-                                   max_documents=max_documents, data_root=data_root)
-        return docs[:max_documents] if max_documents > 0 else docs
-    path = resolve_source(source, data_root)
-    if path is None:
-        docs = _read_hub(source, text_field, hub_split, max_documents)
-        where = source
-    else:
-        text = read_text(path)
-        if format == "auto":
-            format = detect_format(path, text)
-        if format == "jsonl":
-            docs = _split_jsonl(path, text, text_field)
-        elif format == "eot":
-            docs = _EOT_LINE.split(text)
-        elif format == "lines":
-            docs = [_PARAGRAPH_BREAK.sub("\n", d) for d in _LONE_LINE_BREAK.split(text)]
+    for one, one_format in zip(sources, formats * len(sources) if len(formats) == 1 else formats):
+        path = resolve_source(one, data_root)
+        if path is None:
+            where, records = one, _hub_records(one, text_field, hub_split, hub_config, data_files)
         else:
-            docs = _BLANK_LINES.split(text)
-        where = str(path)
-    docs = [d.strip() for d in docs]
-    docs = [d for d in docs if d]
-    if not docs:
-        raise InputError(f"{where}: no documents (empty, or only separators and whitespace)")
-    return docs[:max_documents] if max_documents > 0 else docs
+            where, records = str(path), _file_records(path, one_format, text_field)
+        count = 0
+        for record in records:
+            text = record["text"].strip()
+            if text:
+                count += 1
+                record["text"] = text
+                yield record
+        if not count:
+            raise InputError(f"{where}: no documents (empty, or only separators and whitespace)")
+
+
+def iter_texts(source: str | os.PathLike, **options) -> Iterator[str]:
+    """The texts of iter_records(source, **options)."""
+    return (record["text"] for record in iter_records(source, **options))
+
+
+def read_documents(source: str | os.PathLike, *, max_documents: int = 0, **options) -> list[str]:
+    """The stripped, non-empty texts of a small source as a list (at most max_documents of them when > 0)."""
+    texts = iter_texts(source, **options)
+    return list(itertools.islice(texts, max_documents) if max_documents > 0 else texts)
 
 
 def resolve_source(source: str, data_root: str | os.PathLike | None = None) -> Path | None:
@@ -85,50 +98,144 @@ def resolve_source(source: str, data_root: str | os.PathLike | None = None) -> P
             return None
         raise
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a text or JSONL file")
+        raise InputError(f"{path}: is a directory, expected a text, JSON, JSONL or parquet file")
     return path
 
 
-def read_text(path: Path) -> str:
-    """A file's text as UTF-8 with '\\n' line ends; InputError for binary or wrongly encoded files."""
+# --- files ---------------------------------------------------------------------------------------------------------
+
+
+def _file_records(path: Path, format: str, text_field: str) -> Iterator[dict]:
+    if format == "auto":
+        format = detect_format(path)
+    if format == "parquet":
+        return (_record(row, text_field, f"{path}: row {i}") for i, row in enumerate(_parquet_rows(path)))
+    if format == "json":
+        return (_record(row, text_field, f"{path}: element {i}") for i, row in enumerate(_json_array(path)))
+    if format == "jsonl":
+        return (_record(row, text_field, f"{path}:{n}") for n, row in json_lines(path, _text_lines(path)))
+    return ({"text": text} for text in _split_text(path, format))
+
+
+def _record(row, text_field: str, where: str) -> dict:
+    """A source row as a record: its `text_field` as "text", its other fields kept; InputError naming `where`."""
+    if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+        found = f"keys: {', '.join(sorted(row))}" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+        raise InputError(f"{where}: no string field '{text_field}' ({found}; set --text-field)")
+    record = {key: value for key, value in row.items() if key != text_field}
+    record["text"] = row[text_field]
+    return record
+
+
+def detect_format(path: Path) -> str:
+    """By name (.jsonl, .json: a JSON array when it starts with '[', else JSONL; .parquet; also under .gz), else
+    eot when a line of the first block is exactly <|endoftext|>, else blank-line."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".parquet"):
+        return "parquet"
+    first = next(_text_blocks(path), "")
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "json" if first.lstrip().startswith("[") else "jsonl"
+    return "eot" if _EOT_LINE.search(first) else "blank-line"
+
+
+def _open(path: Path):
+    """The file's bytes, decompressed when it is gzip."""
     try:
-        raw = path.read_bytes()
+        return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    # A BOM is legal UTF-8 but would break the first JSON line; count offsets in the file as it is.
-    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise InputError(
-            f"{path}: looks binary (NUL byte at offset {nul}, line {_line_at(raw, nul)}); "
-            "expected UTF-8 text"
-        )
-    try:
-        text = raw[skip:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = skip + e.start
-        raise InputError(
-            f"{path}: not valid UTF-8 (byte 0x{raw[at]:02x} at offset {at}, line {_line_at(raw, at)}); "
-            "re-encode the file as UTF-8"
-        ) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _line_at(raw: bytes, offset: int) -> int:
-    """The 1-based line number of byte `offset`."""
-    return raw.count(b"\n", 0, offset) + 1
+def _raw_blocks(path: Path) -> Iterator[bytes]:
+    """Blocks of the file's bytes; a truncated or corrupt gzip is an InputError naming the file."""
+    with _open(path) as f:
+        while True:
+            try:
+                block = f.read(BLOCK_BYTES)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                raise InputError(f"{path}: truncated or corrupt gzip ({e})") from None
+            except OSError as e:
+                raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+            if not block:
+                return
+            yield block
 
 
-def detect_format(path: Path, text: str) -> str:
-    """jsonl for .jsonl/.json files, eot when a line is exactly <|endoftext|>, else blank-line."""
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return "jsonl"
-    return "eot" if _EOT_LINE.search(text) else "blank-line"
+def _text_blocks(path: Path, whole_lines: bool = True) -> Iterator[str]:
+    """The file as UTF-8 text with '\\n' line ends, in blocks that end at a line end (whole_lines) or anywhere.
+
+    Binary or wrongly encoded input is an InputError naming byte offset and line, counted in the file as it is."""
+    carry, offset, line = b"", 0, 1  # offset and line of carry's first byte
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for i, block in enumerate(itertools.chain(_raw_blocks(path), [None])):
+        data = carry + block if block is not None else carry
+        if i == 0 and data.startswith(codecs.BOM_UTF8):
+            # A BOM is legal UTF-8 but would break the first JSON line; offsets still count it.
+            data, offset = data[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+        cut = len(data) if block is None or not whole_lines else data.rfind(NEWLINE) + 1
+        if cut == 0 and block is not None:  # no line end yet: keep reading
+            carry = data
+            continue
+        piece, carry = data[:cut], data[cut:]
+        nul = piece.find(b"\0")
+        if nul >= 0:
+            raise InputError(f"{path}: looks binary (NUL byte at offset {offset + nul}, line "
+                             f"{line + piece.count(NEWLINE, 0, nul)}); expected UTF-8 text")
+        held = len(decoder.getstate()[0])  # bytes of a character the last block cut, decoded with this one
+        try:
+            text = decoder.decode(piece, final=block is None)
+        except UnicodeDecodeError as e:
+            at = max(0, e.start - held)
+            raise InputError(
+                f"{path}: not valid UTF-8 (byte 0x{piece[at]:02x} at offset {offset + at}, line "
+                f"{line + piece.count(NEWLINE, 0, at)}); re-encode the file as UTF-8") from None
+        offset, line = offset + len(piece), line + piece.count(NEWLINE)
+        if text:
+            yield text.replace("\r\n", "\n").replace("\r", "\n")
+        if block is None:
+            return
 
 
-def json_lines(path, text: str):
-    """(line number, value) of every non-blank line of JSONL text; a line that is not JSON stops with file:line."""
-    for number, line in enumerate(text.split("\n"), start=1):
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines without their line ends."""
+    for block in _text_blocks(path):
+        lines = block.split("\n")
+        if block.endswith("\n"):
+            lines.pop()
+        yield from lines
+
+
+def _split_text(path: Path, format: str) -> Iterator[str]:
+    """The documents of a text file, split at the format's separators (not yet stripped).
+
+    A block ends at a line end; a separator touching a block's end could still grow with the next block (a longer
+    blank run, a lone line break that the next line turns into a paragraph), so the text from the last separator
+    that ends inside the block is carried over: the documents are those of splitting the whole file at once."""
+    separator, carry = SEPARATORS[format], ""
+    for block in _text_blocks(path):
+        text, start = carry + block, 0
+        for match in separator.finditer(text):
+            if match.end() >= len(text):
+                break
+            yield _document(text[start:match.start()], format)
+            start = match.end()
+        carry = text[start:]
+    for piece in separator.split(carry):
+        yield _document(piece, format)
+
+
+def _document(piece: str, format: str) -> str:
+    return _PARAGRAPH_BREAK.sub("\n", piece) if format == "lines" else piece
+
+
+def json_lines(path, lines: Iterable[str] | str):
+    """(line number, value) of every non-blank line of JSONL; a line that is not JSON stops with file:line."""
+    if isinstance(lines, str):
+        lines = lines.split("\n")
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 yield number, json.loads(line)
@@ -139,43 +246,108 @@ def json_lines(path, text: str):
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line, naming file and line for the first that is not an object."""
     rows = []
-    for number, row in json_lines(path, read_text(path)):
+    for number, row in json_lines(path, _text_lines(path)):
         if not isinstance(row, dict):
             raise InputError(f"{path}:{number}: expected a JSON object, found a JSON {type(row).__name__}")
         rows.append((number, row))
     return rows
 
 
-def _split_jsonl(path: Path, text: str, text_field: str) -> list[str]:
-    """The `text_field` of every JSON object line, naming file and line for the first bad one."""
-    docs = []
-    for number, row in json_lines(path, text):
-        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-            found = f"keys: {', '.join(sorted(row))}" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
-            raise InputError(f"{path}:{number}: no string field '{text_field}' ({found}; set --text-field)")
-        docs.append(row[text_field])
-    return docs
+def read_text(path: Path) -> str:
+    """A small file's whole text as UTF-8 with '\\n' line ends; InputError for binary or wrongly encoded files."""
+    return "".join(_text_blocks(path))
 
 
-def _read_hub(source: str, text_field: str, split: str, max_documents: int) -> list[str]:
-    """The `text_field` of a Hugging Face dataset's records; streams when only the first few are wanted."""
-    import datasets  # imported here: only hub sources need it, and it is slow to import
+def _json_array(path: Path) -> Iterator:
+    """The elements of a file holding one JSON array, decoded one at a time (TinyStories' all_data files)."""
+    decoder, blocks = json.JSONDecoder(), _text_blocks(path, whole_lines=False)
+    buffer, position, index, ended = "", 0, 0, False
+
+    def more() -> bool:
+        nonlocal buffer, position, ended
+        block = next(blocks, None)
+        if block is None:
+            ended = True
+            return False
+        buffer, position = buffer[position:] + block, 0
+        return True
+
+    def skip_space() -> str:
+        nonlocal position
+        while True:
+            while position < len(buffer) and buffer[position] in " \t\n":
+                position += 1
+            if position < len(buffer) or not more():
+                return buffer[position:position + 1]
+
+    if skip_space() != "[":
+        raise InputError(f"{path}: not a JSON array (starts with {buffer[position:position + 20]!r}); "
+                         "use --format jsonl for one object per line")
+    position += 1
+    if skip_space() == "]":
+        return
+    while True:
+        try:
+            value, end = decoder.raw_decode(buffer, position)
+            complete = end < len(buffer) or ended  # a number at the buffer's end may go on in the next block
+        except json.JSONDecodeError as e:
+            if ended or len(buffer) - position > MAX_JSON_ELEMENT:
+                raise InputError(f"{path}: element {index}: not valid JSON ({e.msg})") from None
+            complete = False
+        if not complete:
+            more()
+            continue
+        position = end
+        yield value
+        index += 1
+        after = skip_space()
+        position += 1
+        if after == "]":
+            return
+        if after != ",":
+            raise InputError(f"{path}: element {index}: expected ',' or ']' after element {index - 1}, "
+                             f"found {after or 'the end of the file'!r}")
+        skip_space()
+
+
+def _parquet_rows(path: Path) -> Iterator[dict]:
+    """The rows of a parquet file as dicts (nested columns as dicts), read one batch at a time."""
+    import pyarrow  # imported here: only parquet sources need it, and it is slow to import
+    import pyarrow.parquet
+
     try:
-        # Streaming the first rows avoids downloading a whole multi-gigabyte split for a small run.
-        dataset = datasets.load_dataset(source, split=split, streaming=max_documents > 0)
-        rows = itertools.islice(dataset, max_documents) if max_documents > 0 else dataset
-        docs = []
+        with _open(path) as f:
+            for batch in pyarrow.parquet.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH):
+                yield from batch.to_pylist()
+    except (pyarrow.ArrowException, OSError, EOFError, zlib.error) as e:
+        detail = " ".join(str(e).split())
+        raise InputError(f"{path}: not a readable parquet file ({type(e).__name__}: {detail})") from None
+
+
+# --- the hub ------------------------------------------------------------------------------------------------------
+
+
+def hub_offline() -> bool:
+    """True when the environment forbids reaching the Hugging Face hub."""
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_records(source: str, text_field: str, split: str, config: str, data_files: str) -> Iterator[dict]:
+    """The records of a Hugging Face dataset, streamed (nothing downloaded beyond what is read)."""
+    if hub_offline():
+        raise InputError(f"{source}: no such file, and the Hugging Face hub cannot be reached to load it as a "
+                         "dataset (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)")
+    import datasets  # imported here: only hub sources need it, and it is slow to import
+
+    files = [f.strip() for f in data_files.split(";") if f.strip()] or None
+    try:
+        rows = datasets.load_dataset(source, name=config or None, split=split, streaming=True, data_files=files)
         for number, row in enumerate(rows):
-            value = row.get(text_field)
-            if not isinstance(value, str):
-                raise InputError(
-                    f"{source} [{split}] record {number}: no string field '{text_field}' "
-                    f"(fields: {', '.join(sorted(row))}; set --text-field)"
-                )
-            docs.append(value)
+            yield _record(row, text_field, f"{source} [{split}] record {number}")
     except InputError:
         raise
     except Exception as e:  # the hub raises many types (network, missing split, auth); the user needs one line
         detail = " ".join(str(e).split())  # one line, whatever the library put in its message
-        raise InputError(f"{source}: could not load split '{split}' ({type(e).__name__}: {detail})") from None
-    return docs
+        reach = " (the Hugging Face hub could not be reached)" if isinstance(e, (ConnectionError, OSError)) else ""
+        raise InputError(f"{source}: could not load split '{split}'{reach} ({type(e).__name__}: {detail})") from None
