@@ -18,11 +18,13 @@ number of stories); its top-1 on that slice is compared with talelab's on the sa
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import re
 import resource
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import sklearn
@@ -38,22 +40,31 @@ from machine import cpu_name  # benchmarks/machine.py: run as a script, this fol
 KEEP_SENTENCE = 0.25
 
 
-def build_corpus(n_stories: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(synthetic stories, the real train-head stories they were built from); see the module docstring."""
+def sentence_pool() -> tuple[list[list[str]], list[str]]:
+    """(the sentences of each real train-head story: the templates, the pool of replacement sentences)."""
     root = paths.data_root()
     heads = read_documents(root / "data/tinystories/train-head.txt", format="eot")[:-1]  # the last is cut off
     lowercase = read_documents(root / "data/tinystories/train-head-lowercase.txt", format="blank-line")
     templates = [split_sentences(story) for story in heads]
     pool = [s for sentences in templates for s in sentences]
     pool += [s for piece in lowercase for s in re.split(r"(?<=[.!?])\s+", piece) if s]
+    return templates, pool
+
+
+def synthetic_stories(seed: int = 0) -> Iterator[str]:
+    """Synthetic stories without end, built as the module docstring says (prepare_scale.py streams them to disk)."""
+    templates, pool = sentence_pool()
     rng = np.random.default_rng(seed)
-    stories = []
-    for i in range(n_stories):
+    for i in itertools.count():
         sentences = templates[i % len(templates)]
         keep = rng.random(len(sentences)) < KEEP_SENTENCE
         picks = rng.integers(0, len(pool), len(sentences))
-        stories.append(" ".join(s if k else pool[p] for s, k, p in zip(sentences, keep, picks)))
-    return stories, heads
+        yield " ".join(s if k else pool[p] for s, k, p in zip(sentences, keep, picks))
+
+
+def build_corpus(n_stories: int, seed: int = 0) -> list[str]:
+    """The first `n_stories` synthetic stories."""
+    return list(itertools.islice(synthetic_stories(seed), n_stories))
 
 
 def build_queries(stories: list[str], n_queries: int, n_edited: int) -> tuple[list[str], list[int]]:
@@ -83,7 +94,7 @@ def main() -> None:
           f"Python {platform.python_version()}")
 
     started = time.perf_counter()
-    stories, _ = build_corpus(args.stories)
+    stories = build_corpus(args.stories)
     queries, sources = build_queries(stories, args.queries, args.edited)
     corpus_s = time.perf_counter() - started
     print(f"corpus: {len(stories):,} stories ({sum(map(len, stories)) / len(stories):.0f} characters on average), "
