@@ -79,12 +79,13 @@ class SplitView(Sequence):
             yield self._text(carry, index)
 
     def _text(self, line: bytes, index: int) -> str:
+        where = f"{self.path}: record {index + 1} (byte {self.offsets[index]})"
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{self.path}: record {index + 1} (byte {self.offsets[index]}): not valid JSON ({e})") from None
+            raise InputError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InputError(f"{self.path}: record {index + 1} (byte {self.offsets[index]}): no string field 'text'")
+            raise InputError(f"{where}: no string field 'text'")
         return record["text"].strip()
 
     def close(self) -> None:
