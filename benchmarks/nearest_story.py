@@ -33,6 +33,7 @@ import torch
 from talelab import paths
 from talelab.data.sentences import split_sentences
 from talelab.data.sources import read_documents
+from talelab.data.split_view import SplitView
 from talelab.evaluate.memorization import NearestStoryIndex
 
 from machine import cpu_name  # benchmarks/machine.py: run as a script, this folder is on sys.path
@@ -62,12 +63,13 @@ def synthetic_stories(seed: int = 0) -> Iterator[str]:
         yield " ".join(s if k else pool[p] for s, k, p in zip(sentences, keep, picks))
 
 
-def build_corpus(n_stories: int, seed: int = 0) -> list[str]:
-    """The first `n_stories` synthetic stories."""
-    return list(itertools.islice(synthetic_stories(seed), n_stories))
+def build_corpus(n_stories: int, seed: int = 0) -> SplitView:
+    """The first `n_stories` synthetic stories, spooled to a temporary file and read on demand, as `talelab eval`
+    reads a prepared split: the stories are never all in memory, so the peak RSS is the index's."""
+    return SplitView.of_texts(itertools.islice(synthetic_stories(seed), n_stories), name="synthetic stories")
 
 
-def build_queries(stories: list[str], n_queries: int, n_edited: int) -> tuple[list[str], list[int]]:
+def build_queries(stories: SplitView, n_queries: int, n_edited: int) -> tuple[list[str], list[int]]:
     """Held-out validation stories, then `n_edited` indexed stories minus their last sentence (and their indices)."""
     valid = read_documents(paths.data_root() / paths.TINYSTORIES_VALID, format="blank-line")
     sources = [int(i) for i in np.linspace(0, len(stories) - 1, n_edited)]
@@ -103,20 +105,23 @@ def main() -> None:
     started = time.perf_counter()
     index = NearestStoryIndex(stories, progress=False)
     build_s = time.perf_counter() - started
-    print(f"index build: {build_s:.1f} s ({index.sparse.shape[1] + len(index.dense_columns):,} terms, "
-          f"{index.dense.shape[1]} dense; sparse part {index.sparse.nnz / len(stories):.1f} non-zeros per story)")
+    sparse_share = 1 - sum(int(np.isin(c.terms, index.dense_columns).sum()) for c in index.chunks) / index.nnz
+    print(f"index build: {build_s:.1f} s ({index.n_terms:,} terms, {len(index.dense_columns)} dense; "
+          f"{index.nnz / len(stories):.1f} non-zeros per story, {sparse_share:.0%} of them sparse; "
+          f"{index.nbytes / len(stories):.0f} bytes per story, {index.nbytes / 2**20:.0f} MiB); "
+          f"peak RSS so far {peak_rss_gib():.2f} GiB")
 
     started = time.perf_counter()
     scores, found = index.search(queries, k=args.k)
     search_s = time.perf_counter() - started
     # Short templates make exact duplicates in the corpus, so a hit is the source or a story at least as near as it.
     edited = index.vectorizer.transform(queries[len(queries) - args.edited:])
-    source_cosines = np.asarray(edited.multiply(index.matrix[sources]).sum(axis=1)).ravel()
+    source_cosines = np.asarray(edited.multiply(index.vectors(sources)).sum(axis=1)).ravel()
     edited_found = int((scores[len(queries) - args.edited:, 0] <= source_cosines + 1e-6).sum())
     print(f"talelab search: {search_s:.1f} s for {len(queries):,} queries x {len(stories):,} stories, top-{args.k} "
           f"({len(queries) / search_s:.1f} queries/s); edited stories whose source is the nearest (ties included): "
           f"{edited_found}/{args.edited}; median nearest cosine of the held-out stories "
-          f"{np.median(scores[:len(queries) - args.edited, 0]):.3f}; peak RSS so far {peak_rss_gib():.1f} GiB")
+          f"{np.median(scores[:len(queries) - args.edited, 0]):.3f}; peak RSS so far {peak_rss_gib():.2f} GiB")
 
     baseline_search(index, queries, args, search_s)
 

@@ -11,9 +11,11 @@ import torch
 from talelab import paths
 from talelab.data.sentences import split_sentences
 from talelab.data.sources import read_documents
+from talelab.data.split_view import SplitView
 from talelab.errors import InputError
 from talelab.evaluate.memorization import (NearestStoryIndex, classify, find_names, memorization_section,
                                            novelty_bleu)
+from talelab.evaluate.report import read_stories
 
 SOURCE = ("Once upon a time, there was a girl named Lily. Lily liked to play with her red ball in the park. "
           "One day, Lily lost the ball.")
@@ -85,11 +87,69 @@ def test_search_returns_the_same_neighbours_and_cosines_as_brute_force(stories, 
     index = NearestStoryIndex(stories, chunk_rows=37, dense_terms=64, dtype=dtype, progress=False)
     queries = [unseen, stories[3][:300], "The dog and the cat played in the sun.", "zzz qqq"]
     cosines, found = index.search(queries, k=3, batch_size=3)
-    exact = cosine_similarity(index.vectorizer.transform(queries), index.matrix)
+    exact = cosine_similarity(index.vectorizer.transform(queries), index.vectors(range(len(stories))))
     expected = np.argsort(-exact, axis=1, kind="stable")[:, :3]
     assert found[:3].tolist() == expected[:3].tolist()
     assert np.allclose(cosines[:3], np.take_along_axis(exact, expected, 1)[:3], atol=1e-6)
     assert cosines[3].tolist() == [0.0, 0.0, 0.0]  # no known word: nothing is near
+
+
+def same_csr(a, b) -> bool:
+    """The same stored arrays: values, term numbers and their order within each row, row starts."""
+    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in ("data", "indices", "indptr"))
+
+
+def test_the_index_holds_scikit_learns_tfidf_vectors_bit_for_bit_as_one_byte_counts(stories):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    fitted = TfidfVectorizer(stop_words="english", dtype=np.float32)
+    expected = fitted.fit_transform(stories)
+    index = NearestStoryIndex(stories, chunk_rows=64, progress=False)  # streamed in 5 chunks of counts
+    assert same_csr(index.vectors(range(len(stories))), expected)
+    assert index.vectorizer.vocabulary_ == fitted.vocabulary_ and np.array_equal(index.idf, fitted.idf_)
+    assert same_csr(index.vectors([299, 3, 3]), expected[[299, 3, 3]])  # rows from any chunk, in any order
+    queries = [stories[0][:200], "The dog and the cat played in the sun."]
+    assert same_csr(index.vectorizer.transform(queries), fitted.transform(queries))
+    # Stored per story: its term numbers (4 bytes each) and counts (1 byte each), and where its row starts (4 bytes,
+    # one extra per chunk): never the float32 values or the 512 dense columns.
+    assert index.nnz == expected.nnz and index.nbytes == 5 * expected.nnz + 4 * (len(stories) + 5)
+
+
+def test_a_term_counted_more_than_255_times_keeps_its_exact_count():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    stories = ["ball " * 300 + "tree", "The red ball rolled.", "A tree grew tall."]
+    index = NearestStoryIndex(stories, progress=False)
+    assert index.chunks[0].counts.dtype == np.uint16
+    assert same_csr(index.vectors(range(3)), TfidfVectorizer(stop_words="english", dtype=np.float32)
+                    .fit_transform(stories))
+    # "ball" and "tree" occur in 2 of 3 stories: the same idf ln(4/3) + 1, so story 0 is (300, 1) / sqrt(300² + 1).
+    cosines, found = index.search(["ball"], k=1)
+    assert found[0][0] == 0 and cosines[0][0] == pytest.approx(300 / np.sqrt(300**2 + 1), abs=1e-6)
+
+
+def test_the_index_of_a_prepared_split_finds_what_the_index_of_its_story_list_finds(prepared, unseen, tmp_path):
+    listed = read_documents(prepared / "train.jsonl")
+    view = read_stories(str(prepared))  # what talelab eval --train-data runs/prepared reads
+    assert isinstance(view, SplitView) and len(view) == len(listed)
+    from_list = NearestStoryIndex(listed, chunk_rows=50, progress=False)
+    from_file = NearestStoryIndex(view, chunk_rows=50, progress=False)
+    assert same_csr(from_file.vectors(range(len(view))), from_list.vectors(range(len(listed))))
+    queries = [unseen, listed[7], listed[300][:400], "The dog and the cat played in the sun."]
+    (cosines, found), (file_cosines, file_found) = from_list.search(queries, k=5), from_file.search(queries, k=5)
+    assert np.array_equal(found, file_found) and np.array_equal(cosines, file_cosines)
+    assert found[1][0] == 7 and found[2][0] == 300
+    generations = [listed[4], unseen]
+    by_list = memorization_section(generations, listed, tmp_path / "list", progress=False)
+    by_file = memorization_section(generations, view, tmp_path / "file", progress=False)
+    assert by_file["records"] == by_list["records"] and by_file["top_pairs"] == by_list["top_pairs"]
+    assert by_file["records"][0]["label"] == "exact copy" and by_file["records"][0]["nearest"] == 4
+
+
+def test_training_stories_of_a_text_file_are_spooled_and_read_back_in_order(stories):
+    view = read_stories(paths.TINYSTORIES_TRAIN)  # the default --train-data, found under the data root
+    assert isinstance(view, SplitView) and len(view) == 2317
+    assert view[:300] == stories and view[2316] == read_documents(paths.TINYSTORIES_TRAIN)[-1]
 
 
 def test_novelty_bleu_by_hand():

@@ -11,11 +11,16 @@ Four measures, each with its own tokenizer (none of them is the model's, so they
   order) of a generation against NOVELTY_SAMPLE training stories drawn with a fixed seed, in [0, 1] like the
   report's other BLEU figures; lower is more novel.
 
-The search scales to all of TinyStories (2.1M stories): TF-IDF columns are split in two. The DENSE_TERMS most
-frequent terms, which hold most of the non-zeros and make sparse products slow, form a dense matrix (bfloat16 where
-the CPU multiplies it natively, else float32) multiplied by BLAS; the long tail stays sparse (scipy) and is added
-only where it is non-zero. Training rows are scored CHUNK_ROWS at a time and only scores above each query's current
-k-th best are merged, so memory stays at one chunk of scores; the k best are then rescored exactly in float32.
+The search scales to all of TinyStories (2.1M stories) in bounded memory. The stories are read in one streaming
+pass (a SplitView of the prepared split serves every later look-up by seek), counted as scikit-learn's
+TfidfVectorizer counts them, and kept as term counts only: an int32 term number and a one-byte count per (story,
+term) pair, about 5 bytes x 49 distinct terms + 4 = 250 bytes a real story, 0.5 GB for 2.1M. The float32 TF-IDF
+values (fit_transform's, bit for bit) are rebuilt from the counts one chunk at a time.
+TF-IDF columns are split in two. The DENSE_TERMS most frequent terms, which hold most of the non-zeros and make
+sparse products slow, form a dense block (bfloat16 where the CPU multiplies it natively, else float32) multiplied by
+BLAS; the long tail stays sparse (scipy) and is added only where it is non-zero. Training rows are scored CHUNK_ROWS
+at a time, each chunk's dense block built once for every batch of queries and dropped, and only scores above each
+query's current k-th best are merged, so memory stays at one chunk; the k best are then rescored exactly in float32.
 benchmarks/nearest_story.py measures it: 1,000 queries against 1M stories in about 23 s on two shared cores.
 """
 
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
@@ -44,81 +52,203 @@ LABELS = ("exact copy", "template match", "original")  # strongest first
 
 
 class NearestStoryIndex:
-    """TF-IDF vectors of the training stories, built once and searched in batches of generations."""
+    """TF-IDF vectors of the training stories, built in one streaming pass and searched in batches of generations.
 
-    def __init__(self, stories: list[str], dense_terms: int = DENSE_TERMS, chunk_rows: int = CHUNK_ROWS,
+    The stories are read once, in order (a list, or a SplitView that streams them from disk), and kept only as the
+    sequence given: the index holds term counts, not texts.
+    """
+
+    def __init__(self, stories: Sequence[str], dense_terms: int = DENSE_TERMS, chunk_rows: int = CHUNK_ROWS,
                  progress: bool = True, vectorizer=None, dtype: torch.dtype | None = None):
-        """Fit a TfidfVectorizer on the stories, or reuse a fitted `vectorizer` (the same vectors for another set).
+        """Fit TF-IDF on the stories (the vectors of scikit-learn's TfidfVectorizer.fit_transform, bit for bit), or
+        reuse a fitted `vectorizer` (its transform's vectors for another set).
 
         dtype: of the dense part that ranks candidates (default: bfloat16 where the CPU has native bf16 matrix
         products, else float32); the k best are always rescored exactly in float32.
         """
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        if not stories:
+        if not len(stories):
             raise InputError("memorization: no training stories to search")
         self.stories, self.chunk_rows, self.progress = stories, chunk_rows, progress
-        self.vectorizer = vectorizer or TfidfVectorizer(stop_words="english", dtype=np.float32)
-        try:
-            matrix = self.vectorizer.transform(stories) if vectorizer else self.vectorizer.fit_transform(stories)
-        except ValueError as e:  # scikit-learn's "empty vocabulary": nothing but stop words and one-letter words
-            raise InputError(f"memorization: the {len(stories)} training stories hold no indexable words ({e})")
-        self.matrix = matrix.tocsr()  # float32, L2-normalised rows: the exact vectors
-        frequency = np.bincount(matrix.indices, minlength=matrix.shape[1])
-        order = np.argsort(-frequency, kind="stable")
-        self.dense_columns, self.sparse_columns = order[:dense_terms], order[dense_terms:]
         self.dtype = dtype or fast_matmul_dtype()
-        dense = self.matrix[:, self.dense_columns].tocsr()
-        self.dense = torch.cat([torch.from_numpy(dense[i:i + chunk_rows].toarray()).to(self.dtype)  # chunked: peak
-                                for i in range(0, len(stories), chunk_rows)])  # memory stays one float32 chunk
-        self.sparse = self.matrix[:, self.sparse_columns].tocsr()
+        bar = tqdm(total=len(stories), desc="TF-IDF of the training stories", unit="story",
+                   disable=None if progress else True)
+        if vectorizer is None:
+            terms = {}  # term -> number in order of first sight, as CountVectorizer numbers them while it counts
+            analyze = TfidfVectorizer(stop_words="english").build_analyzer()
+            self.chunks = list(count_terms(stories, analyze, terms, chunk_rows, bar))
+            if not terms:  # nothing but stop words and one-letter words
+                raise InputError(f"memorization: the {len(stories)} training stories hold no indexable words")
+            # scikit-learn then numbers the terms alphabetically, keeping each row's entries in their order.
+            alphabetical = sorted(terms)
+            renumber = np.empty(len(terms), np.int32)
+            renumber[[terms[term] for term in alphabetical]] = np.arange(len(terms), dtype=np.int32)
+            self.n_terms = len(terms)
+            del terms
+            for chunk in self.chunks:
+                renumber.take(chunk.terms, out=chunk.terms)
+            self.vectorizer = TfidfVectorizer(stop_words="english", dtype=np.float32,
+                                              vocabulary={term: i for i, term in enumerate(alphabetical)})
+            del alphabetical
+            self.vectorizer.idf_ = smooth_idf(self.document_frequency(), len(stories))
+        else:
+            self.vectorizer, self.n_terms = vectorizer, len(vectorizer.vocabulary_)
+            self.chunks = list(count_terms(stories, vectorizer.build_analyzer(), vectorizer.vocabulary_, chunk_rows,
+                                           bar, fixed=True))
+        bar.close()
+        self.idf = self.vectorizer.idf_.astype(np.float32)
+        order = np.argsort(-self.document_frequency(), kind="stable")
+        self.dense_columns, self.sparse_columns = order[:dense_terms], order[dense_terms:]
 
     def __len__(self) -> int:
         return len(self.stories)
 
+    @property
+    def nnz(self) -> int:
+        """Stored (story, term) pairs: the non-zeros of the TF-IDF matrix."""
+        return sum(len(chunk.terms) for chunk in self.chunks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored counts (row starts, term numbers, counts): the index's memory apart from the idf."""
+        return sum(a.nbytes for chunk in self.chunks for a in chunk)
+
+    def document_frequency(self) -> np.ndarray:
+        """Number of stories holding each term."""
+        return sum(np.bincount(chunk.terms, minlength=self.n_terms) for chunk in self.chunks)
+
+    def vectors(self, rows: np.ndarray | list[int]) -> sp.csr_matrix:
+        """The exact float32 TF-IDF vectors of these stories (row numbers in any order, repeats allowed)."""
+        pieces = []
+        for row in np.asarray(rows, dtype=np.int64).ravel():
+            chunk = self.chunks[row // self.chunk_rows]
+            local = row % self.chunk_rows
+            pieces.append((chunk.terms[chunk.starts[local]:chunk.starts[local + 1]],
+                           chunk.counts[chunk.starts[local]:chunk.starts[local + 1]]))
+        lengths = np.fromiter((len(terms) for terms, _ in pieces), np.int64, len(pieces))
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        terms = np.concatenate([t for t, _ in pieces]) if pieces else np.zeros(0, np.int32)
+        counts = np.concatenate([c for _, c in pieces]) if pieces else np.zeros(0, np.uint8)
+        return self._tfidf(Counts(starts, terms, counts))
+
+    def _block(self, start: int, stop: int) -> sp.csr_matrix:
+        """The exact vectors of stories start..stop-1, which lie in one chunk."""
+        chunk = self.chunks[start // self.chunk_rows]
+        first, last = start % self.chunk_rows, (stop - 1) % self.chunk_rows + 1
+        starts = chunk.starts[first:last + 1]
+        piece = slice(starts[0], starts[-1])
+        return self._tfidf(Counts(starts - starts[0], chunk.terms[piece], chunk.counts[piece]))
+
+    def _tfidf(self, counts: Counts) -> sp.csr_matrix:
+        """Count x idf, rows L2-normalised by scikit-learn's own normalize in the stored order: TfidfTransformer's
+        float32 values exactly."""
+        from sklearn.preprocessing import normalize
+
+        data = counts.counts.astype(np.float32)
+        data *= self.idf[counts.terms]
+        matrix = sp.csr_matrix((data, counts.terms, counts.starts), shape=(len(counts.starts) - 1, self.n_terms))
+        return normalize(matrix, copy=False)
+
     def search(self, queries: list[str], k: int = 1, batch_size: int = QUERY_BATCH) -> tuple[np.ndarray, np.ndarray]:
         """(cosines, story indices), each of shape (len(queries), k), best first: each query's k nearest stories."""
-        k = min(k, len(self.stories))
+        n = len(self.stories)
+        k = min(k, n)
         # Chunks grow 4x from RESCORED rows up to chunk_rows: each query's k-th best rises quickly, so every chunk
         # passes few scores to the merge (a first chunk of chunk_rows would pass them all).
-        n = len(self.stories)
         warmup = [RESCORED * 4**i for i in range(12) if RESCORED * 4**i < min(n, self.chunk_rows)]
         bounds = sorted({0, *warmup, *range(self.chunk_rows, n, self.chunk_rows), n})
-        chunks = list(zip(bounds, bounds[1:]))
-        batches = range(0, len(queries), batch_size)
-        bar = tqdm(total=len(batches) * len(chunks), desc="nearest stories", unit="chunk",
-                   disable=None if self.progress else True)
-        found = [self._search_batch(queries[start:start + batch_size], k, chunks, bar) for start in batches]
-        bar.close()
-        if not found:
+        batches = [self._query_batch(queries[start:start + batch_size]) for start in range(0, len(queries), batch_size)]
+        if not batches:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        width = min(max(k, RESCORED), n)
+        # -1 stands for "none yet": TF-IDF vectors are non-negative, so every cosine beats it.
+        best = [(torch.full((vectors.shape[0], width), -1.0), torch.zeros((vectors.shape[0], width), dtype=torch.long))
+                for vectors, _, _ in batches]
+        for start, stop in tqdm(list(zip(bounds, bounds[1:])), desc="nearest stories", unit="chunk",
+                                disable=None if self.progress else True):
+            # Each chunk's dense block is built from its counts once and serves every batch of queries: the index
+            # never holds the dense part of all stories (2.1M x 512 bf16 would be 2.2 GB).
+            block = self._block(start, stop)
+            dense = torch.from_numpy(block[:, self.dense_columns].toarray()).to(self.dtype)  # (rows, D)
+            sparse = block[:, self.sparse_columns]  # (rows, V - D)
+            for b, (_, query_dense, query_sparse) in enumerate(batches):
+                scores = dense @ query_dense  # (rows, Q), in self.dtype
+                # The rare terms touch few (story, query) pairs: add them where they are, no dense pass.
+                tail = (sparse @ query_sparse).tocoo()
+                rows, columns = torch.from_numpy(tail.row.astype(np.int64)), torch.from_numpy(tail.col.astype(np.int64))
+                scores[rows, columns] += torch.from_numpy(tail.data).to(self.dtype)
+                best[b] = merge_top_k(scores, start, *best[b])
+        found = [self.rescore(vectors, rows.numpy(), k) for (vectors, _, _), (_, rows) in zip(batches, best)]
         return np.concatenate([s for s, _ in found]), np.concatenate([i for _, i in found])
 
-    def _search_batch(self, queries: list[str], k: int, chunks: list, bar) -> tuple[np.ndarray, np.ndarray]:
+    def _query_batch(self, queries: list[str]):
+        """(exact vectors, dense part transposed in self.dtype, sparse part transposed) of a batch of queries."""
         vectors = self.vectorizer.transform(queries).astype(np.float32)
         query_dense = torch.from_numpy(vectors[:, self.dense_columns].toarray()).to(self.dtype).T.contiguous()
-        query_sparse = vectors[:, self.sparse_columns].T.tocsc()  # (V - D, Q)
-        width = min(max(k, RESCORED), len(self.stories))
-        # -1 stands for "none yet": TF-IDF vectors are non-negative, so every cosine beats it.
-        best = torch.full((len(queries), width), -1.0), torch.zeros((len(queries), width), dtype=torch.long)
-        for start, stop in chunks:
-            scores = self.dense[start:stop] @ query_dense  # (rows, Q), in self.dtype
-            # The rare terms touch few (story, query) pairs: add them where they are, no dense pass.
-            tail = (self.sparse[start:stop] @ query_sparse).tocoo()
-            rows, columns = torch.from_numpy(tail.row.astype(np.int64)), torch.from_numpy(tail.col.astype(np.int64))
-            scores[rows, columns] += torch.from_numpy(tail.data).to(self.dtype)
-            best = merge_top_k(scores, start, *best)
-            bar.update()
-        return self.rescore(vectors, best[1].numpy(), k)
+        return vectors, query_dense, vectors[:, self.sparse_columns].T.tocsc()  # (D, Q), (V - D, Q)
 
     def rescore(self, vectors, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The exact float32 cosines of each query with its candidate rows, and the k best of them, best first."""
         n_queries, width = rows.shape
-        candidates = self.matrix[rows.ravel()]
+        candidates = self.vectors(rows.ravel())
         exact = np.asarray(candidates.multiply(vectors[np.repeat(np.arange(n_queries), width)]).sum(axis=1))
         exact = exact.reshape(n_queries, width).astype(np.float32)
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
+
+
+class Counts(NamedTuple):
+    """Term counts of consecutive stories in CSR layout: story i holds terms[starts[i]:starts[i + 1]]."""
+
+    starts: np.ndarray  # int32, one more than the stories
+    terms: np.ndarray  # int32 term numbers
+    counts: np.ndarray  # uint8 when every count fits (nearly always), else the smallest unsigned type that does
+
+
+def count_terms(texts: Iterable[str], analyze, terms: dict, chunk_rows: int, bar, fixed: bool = False
+                ) -> Iterator[Counts]:
+    """CountVectorizer's counting loop, chunk_rows stories at a time. Terms are numbered in `terms`: new ones in
+    order of first sight, or skipped when `fixed`."""
+    numbers, counts, starts = [], [], [0]
+    for text in texts:
+        counter = {}
+        for term in analyze(text):
+            number = terms.get(term)
+            if number is None:
+                if fixed:
+                    continue
+                number = terms[term] = len(terms)
+            counter[number] = counter.get(number, 0) + 1
+        numbers.extend(counter)
+        counts.extend(counter.values())
+        starts.append(len(numbers))
+        bar.update()
+        if len(starts) > chunk_rows:
+            yield counted(starts, numbers, counts)
+            numbers, counts, starts = [], [], [0]
+    if len(starts) > 1:
+        yield counted(starts, numbers, counts)
+
+
+def counted(starts: list[int], numbers: list[int], counts: list[int]) -> Counts:
+    """A chunk's lists as compact arrays, each story's terms sorted by number as CountVectorizer sorts them."""
+    matrix = sp.csr_matrix((np.array(counts, np.int32), np.array(numbers, np.int32), np.array(starts, np.int32)),
+                           shape=(len(starts) - 1, max(numbers, default=0) + 1))
+    matrix.sort_indices()
+    top = int(matrix.data.max()) if matrix.nnz else 0
+    return Counts(matrix.indptr, matrix.indices, matrix.data.astype(np.min_scalar_type(top)))
+
+
+def smooth_idf(document_frequency: np.ndarray, n_stories: int) -> np.ndarray:
+    """TfidfTransformer's smoothed idf, ln((1 + n) / (1 + df)) + 1, in its float32 operations and order."""
+    df = document_frequency.astype(np.float32)
+    df += 1.0
+    idf = np.full_like(df, fill_value=n_stories + 1, dtype=np.float32)
+    idf /= df
+    np.log(idf, out=idf)
+    idf += 1.0
+    return idf
 
 
 def fast_matmul_dtype() -> torch.dtype:
@@ -212,11 +342,13 @@ def classify(generation: str, source: str) -> dict:
 # --- novelty and ROUGE ---------------------------------------------------------------------------------------------
 
 
-def novelty_bleu(generations: list[str], train_stories: list[str], sample_size: int = NOVELTY_SAMPLE,
+def novelty_bleu(generations: list[str], train_stories: Sequence[str], sample_size: int = NOVELTY_SAMPLE,
                  seed: int = NOVELTY_SEED) -> list[float]:
     """Each generation's mean sentence BLEU, in [0, 1] like the report's other BLEU figures, against the same
     `sample_size` training stories."""
-    references = random.Random(seed).sample(train_stories, min(sample_size, len(train_stories)))
+    # Drawing indices picks the stories random.sample would pick from a list, and reads only those.
+    picks = random.Random(seed).sample(range(len(train_stories)), min(sample_size, len(train_stories)))
+    references = [train_stories[i] for i in picks]
     return [sum(bleu(g, [r]) for r in references) / len(references) for g in generations]
 
 
@@ -236,21 +368,20 @@ def rouge2_scorer():
 
 # --- the report section --------------------------------------------------------------------------------------------
 
-_cached_index: tuple[int, NearestStoryIndex] | None = None
+_cached_index: NearestStoryIndex | None = None
 
 
-def index_for(stories: list[str], progress: bool = True) -> NearestStoryIndex:
-    """The index of these stories, reused when the same stories come again (a sweep asks once per setting)."""
+def index_for(stories: Sequence[str], progress: bool = True) -> NearestStoryIndex:
+    """The index of these stories, reused when the same sequence comes again (a sweep asks once per setting)."""
     global _cached_index
-    key = hash((len(stories), tuple(stories)))
-    if _cached_index is None or _cached_index[0] != key:
+    if _cached_index is None or _cached_index.stories is not stories or len(_cached_index) != len(stories):
         _cached_index = None  # free the old one before building the next
-        _cached_index = key, NearestStoryIndex(stories, progress=progress)
-    _cached_index[1].progress = progress
-    return _cached_index[1]
+        _cached_index = NearestStoryIndex(stories, progress=progress)
+    _cached_index.progress = progress
+    return _cached_index
 
 
-def memorization_section(generations: list[str], train_stories: list[str], out_dir: Path, top: int = 5,
+def memorization_section(generations: list[str], train_stories: Sequence[str], out_dir: Path, top: int = 5,
                          progress: bool = True) -> dict:
     """Nearest training story, max ROUGE-2 precision, copy classification and novelty BLEU of the generations."""
     if not generations:

@@ -28,6 +28,8 @@ from functools import cached_property
 from pathlib import Path
 
 from talelab.config import EVAL_SUITES, EvalConfig, SamplingConfig, check_choices
+from talelab.data.sources import iter_texts, resolve_source
+from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
 from talelab.evaluate.completion import (Complete, completer, completion_section, draw_histogram, held_out_texts,
                                         quote)
@@ -61,16 +63,22 @@ def parse_suites(text: str) -> list[str]:
     return [s for s in EVAL_SUITES if s in chosen]
 
 
-def read_stories(source: str, data_root=None) -> list[str]:
-    """Training stories: a prepared directory's train.jsonl, or a text / JSONL file (path or under the data root)."""
-    from talelab.data.sources import read_documents
-
+def read_stories(source: str, data_root=None) -> SplitView:
+    """Training stories, read on demand: a prepared directory's train.jsonl or a JSONL file in place; a text file
+    (path or under the data root) or other source spooled once into a temporary JSONL file."""
     path = Path(source)
     if path.is_dir():
         path = path / "train.jsonl"
         if not path.is_file():
             raise InputError(f"{source}: a directory without train.jsonl (expected a prepared directory or a file)")
-    return read_documents(path, data_root=data_root)
+    resolved = resolve_source(str(path), data_root)
+    if resolved is not None and resolved.name.lower().endswith(".jsonl"):
+        stories = SplitView(resolved)
+    else:
+        stories = SplitView.of_texts(iter_texts(path, data_root=data_root), name=str(resolved or path))
+    if not len(stories):
+        raise InputError(f"{source}: no training stories")
+    return stories
 
 
 @dataclass
@@ -100,7 +108,8 @@ class Evaluation:
         return [prompt + c for c in self.complete([prompt] * self.config.samples)]
 
     @cached_property
-    def train_stories(self) -> list[str]:
+    def train_stories(self) -> SplitView:
+        """--train-data's stories, read from disk on demand: a 2.1M-story split is never held in memory."""
         return read_stories(self.config.train_data, self.data_root)
 
 
