@@ -463,12 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     except TalelabError as e:
         print(f"talelab: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # before OSError, its base class: output piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:  # disk full, permissions: the user's to fix, not a bug to trace
         print(f"talelab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("talelab: interrupted; the last checkpoint written is intact", file=sys.stderr)
+        print("talelab: interrupted; outputs are published only when complete, so the last one written (checkpoint, "
+              "prepared corpus, report) is intact", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1

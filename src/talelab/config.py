@@ -27,12 +27,24 @@ class PrepareConfig:
                          "data root), or a Hugging Face dataset id such as roneneldan/TinyStories; several "
                          "separated by commas are read in turn")
     out: str = option("runs/prepared", "output directory for train/val/test.jsonl and the cleaning report")
-    format: str = option("auto", "how documents are separated in a text file: auto, eot (<|endoftext|> lines), "
-                         "blank-line, lines (a line break ends a document, blank lines are paragraphs) or jsonl; "
-                         "one per source, comma-separated, when they differ")
-    text_field: str = option("text", "field holding the text in JSONL rows or dataset records")
+    format: str = option("auto", "how to read a file: auto (by suffix and content), eot (<|endoftext|> lines), "
+                         "blank-line, lines (a line break ends a document, blank lines are paragraphs), jsonl, "
+                         "json (one array of objects, e.g. TinyStories' all_data files) or parquet; gzip of any is "
+                         "read as it is; one per source, comma-separated, when they differ")
+    text_field: str = option("text", "field holding the text in JSONL, JSON, parquet or dataset records (e.g. story "
+                             "for TinyStories' all_data); the other fields are kept in the splits")
     hub_split: str = option("train", "split to read when the source is a Hugging Face dataset id")
+    hub_config: str = option("", "configuration (subset) name of a Hugging Face dataset")
+    data_files: str = option("", "data files of a Hugging Face dataset to read, ';'-separated (e.g. "
+                             "TinyStoriesV2-GPT4-train.txt)")
     max_documents: int = option(0, "read at most this many documents (0: all)")
+    require_field: str = option("", "keep only records where this field (dotted for nested ones, e.g. "
+                                "instruction.features) is present and not empty")
+    sample: int = option(0, "keep a random sample of this many of the documents read (0: all); reads the source "
+                         "twice, first to count")
+    seed: int = option(0, "seed of --sample")
+    workers: int = option(0, "worker processes that clean and hash documents (0: one per core)")
+    stats_tokenizer: str = option("", "a tokenizer whose tokens and distinct tokens the report's statistics count")
     recase: bool = option(False, "restore capitals in all-lowercase documents from the word casing of the cased "
                           "ones (e.g. --source data/tinystories/train-head.txt,data/tinystories/"
                           "train-head-lowercase.txt --format eot,lines: 2.3x the stories; the copies of cased "

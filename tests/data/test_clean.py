@@ -101,3 +101,36 @@ def test_non_ascii_ratio_is_measured_after_repair():
     story = "Once upon a time, a little bird named Tweety found a big red ball in the garden. Tweetyâ€™s pal came."
     kept, report = clean_documents([story], **LIMITS)
     assert len(kept) == 1 and report[-1]["removed"] == 0
+
+
+# --- fast paths: what skips work must give what the work gives ----------------------------------------------------
+
+
+def test_mojibake_repair_skips_ftfy_only_where_ftfy_would_change_nothing():
+    import ftfy
+
+    from talelab.data.clean import _FTFY, _LOST_CLOSING_QUOTE
+
+    stories = read_documents(paths.TINYSTORIES_TRAIN) + read_documents(paths.TINYSTORIES_VALID)
+    crafted = ["Tom &amp; Sue", "a\x1b[31mred\x1b[0m b", "one\rtwo", "plain ASCII story."]
+    for text in stories + crafted:
+        assert repair_mojibake(text) == ftfy.fix_text(_LOST_CLOSING_QUOTE.sub("\u201d", text), _FTFY), text[:60]
+
+
+def test_whitespace_and_markup_give_what_one_pass_of_each_pattern_gives():
+    import re
+
+    def reference_whitespace(text: str) -> str:  # the definition: every run of non-newline space becomes one
+        text = re.sub(r" ?\n ?", "\n", re.sub(r"[^\S\n]+", " ", text))
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+    def reference_markup(text: str) -> str:
+        from talelab.data.clean import _EMPHASIS, _HEADING, _HTML_TAG
+
+        return _EMPHASIS.sub("", _HEADING.sub("", _HTML_TAG.sub("", text)))
+
+    crafted = ["a \t b", "a\t b", "a \tb", "a\u00a0b", " \n x \n\n\n y ", "a  \n  b", "tab\tonly", "x \u2009 y\n ",
+               "# Title\n*bold* __x__ <b>tag</b> <!-- c -->", "5 * 3 < 4 # not a heading"]
+    for text in read_documents(paths.TINYSTORIES_VALID) + crafted:
+        assert normalize_whitespace(text) == reference_whitespace(text), repr(text[:60])
+        assert remove_markup(text) == reference_markup(text), repr(text[:60])

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import json
 import random
+import resource
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from talelab import paths
 from talelab.config import PrepareConfig
-from talelab.data.prepare import prepare, split_documents, write_jsonl, write_output
+from talelab.data.prepare import prepare, split_documents
 from talelab.data.sources import read_documents
 from talelab.errors import ConfigError, InputError
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
+OUTPUT_FILES = SPLIT_FILES + ("report.json", "report.md", "lengths.png", "coverage.png")
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
 
 
 def run(source, out, **overrides) -> dict:
@@ -133,24 +143,12 @@ def test_failed_run_leaves_the_previous_output_untouched(train_head, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_crash_while_writing_keeps_the_previous_output_and_no_partial_directory(tmp_path):
-    out = tmp_path / "out"
-    run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    report["unserialisable"] = object()  # json.dumps fails after the split files and report.md are written
-    with pytest.raises(TypeError):
-        write_output(out, {"train": ["new"], "val": [], "test": []}, report)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
 def test_rerun_replaces_an_earlier_output_and_leaves_no_siblings(tmp_path):
     out = tmp_path / "out"
     run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
     (out / "stale-shards").mkdir()  # what a later stage may have added: stale once the text changes
     run(paths.TINYSTORIES_TRAIN, out, max_documents=20)
-    assert sorted(p.name for p in out.iterdir()) == sorted(SPLIT_FILES + ("report.json", "report.md"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["documents_in"] == 20
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -176,3 +174,163 @@ def test_corpus_whose_only_document_hashes_into_val_is_refused_rather_than_left_
     with pytest.raises(InputError, match="one.txt: all 1 documents fell into val/test"):
         run(source, tmp_path / "out", val_fraction=0.99, test_fraction=0.0)
     assert not (tmp_path / "out").exists()
+
+
+# --- at scale: the streaming pipeline gives what the whole-corpus one gave ----------------------------------------
+
+# SHA-256 of the splits that the pre-streaming implementation (commit 93ab19c, datasketch over a list of every
+# document) wrote for the demo's sources and for valid-head.txt. Streaming, workers and the compact duplicate index
+# must not move a single document.
+BEFORE_STREAMING = {
+    "demo": {"train.jsonl": "590aee366e89a479984cb9740428e8de8e4d8a2f3690b236ebdadb2941914254",
+             "val.jsonl": "07f89f05ac1fb22bc8f97847be64017ec6379ed2a002beea98acd720270a840c",
+             "test.jsonl": "7222e909da69819b7203eb8ee31565f05b2d41e4108bef213bf085ed1fab013b"},
+    "valid": {"train.jsonl": "b22523d1e58151bde9e77ace9efa4f1646bb7fbae81983170d9220376432c9e1",
+              "val.jsonl": "f4abe326f2fefec3ff39f3148323569f35ba37c681676d0178b4eb34334a6197",
+              "test.jsonl": "48172008798cdd9ce7d23bf4bb377d40fabd04222d5c4b2405c195422530654f"},
+}
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_demo_sources_give_the_splits_the_whole_corpus_implementation_gave(tmp_path):
+    run("data/tinystories/train-head.txt,data/tinystories/train-head-lowercase.txt", tmp_path / "demo",
+        format="eot,lines", recase=True)
+    run(paths.TINYSTORIES_VALID, tmp_path / "valid")
+    for corpus, hashes in BEFORE_STREAMING.items():
+        assert {name: sha256(tmp_path / corpus / name) for name in SPLIT_FILES} == hashes, corpus
+    report = json.loads((tmp_path / "demo" / "report.json").read_text(encoding="utf-8"))
+    removed = {r["rule"]: r.get("removed", r.get("changed")) for r in report["rules"]}
+    assert removed["exact_duplicate"] == 2239 and removed["near_duplicate"] == 7 and removed["recase"] == 5478
+
+
+def test_one_worker_and_two_workers_write_identical_splits(tmp_path):
+    # 2,317 stories: five batches, so two workers really run (fewer batches are cleaned in-process)
+    run(paths.TINYSTORIES_TRAIN, tmp_path / "one", workers=1)
+    run(paths.TINYSTORIES_TRAIN, tmp_path / "two", workers=2)
+    for name in SPLIT_FILES:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    reports = [json.loads((tmp_path / d / "report.json").read_text(encoding="utf-8")) for d in ("one", "two")]
+    assert reports[0]["rules"] == reports[1]["rules"] and reports[0]["statistics"] == reports[1]["statistics"]
+
+
+ALL_DATA = [  # the shape of TinyStories' all_data records (one genuine example in ../shared/README.md)
+    {"story": "Tom had a red ball. He said, \"Let's play!\" They played all day in the sun and were happy.",
+     "instruction": {"prompt:": "Write a story.", "words": ["ball", "play"], "features": ["Dialogue"]},
+     "summary": "Tom plays with a ball.", "source": "GPT-4"},
+    {"story": "Sue found a small bird in the garden. She gave it water, and the bird sang a happy song for her.",
+     "instruction": {"prompt:": "Write a story.", "words": ["bird"], "features": []},
+     "summary": "Sue helps a bird.", "source": "GPT-3.5"},
+    {"story": "Ben wanted the last cookie. He took it, but then he felt bad and shared it with his little sister.",
+     "instruction": {"prompt:": "Write a story.", "words": ["cookie"], "features": ["MoralValue", "Conflict"]},
+     "summary": "Ben learns to share.", "source": "GPT-4"},
+]
+
+
+def test_metadata_of_all_data_records_survives_into_the_splits(tmp_path):
+    source = tmp_path / "data00.json"
+    source.write_text(json.dumps(ALL_DATA), encoding="utf-8")  # one JSON array, as the all_data files are
+    run(source, tmp_path / "out", text_field="story", val_fraction=0, test_fraction=0)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == [r["story"] for r in ALL_DATA]
+    assert rows[2]["instruction"]["features"] == ["MoralValue", "Conflict"] and rows[0]["summary"].startswith("Tom")
+    assert list(rows[0]) == ["text", "instruction", "summary", "source"]  # the text first, no "story" left
+
+
+def test_require_field_keeps_records_whose_field_is_present_and_not_empty(tmp_path):
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in ALL_DATA), encoding="utf-8")
+    summary = run(source, tmp_path / "out", text_field="story", require_field="instruction.features",
+                  val_fraction=0, test_fraction=0)
+    assert summary["documents_in"] == 3 and summary["removed"]["missing_field"] == 1
+    assert summary["documents_out"] == 2  # Sue's story has an empty feature list
+
+
+def test_sample_draws_the_same_n_documents_for_the_same_seed(tmp_path):
+    a = run(paths.TINYSTORIES_TRAIN, tmp_path / "a", sample=100, seed=3, max_documents=1000)
+    b = run(paths.TINYSTORIES_TRAIN, tmp_path / "b", sample=100, seed=3, max_documents=1000)
+    c = run(paths.TINYSTORIES_TRAIN, tmp_path / "c", sample=100, seed=4, max_documents=1000)
+    assert a["removed"]["sample"] == 900 and a["documents_in"] == 1000
+    assert a["documents_out"] + sum(a["removed"].values()) - 900 == 100  # the other rules saw just the sample
+    texts = {d: read_documents(str(tmp_path / d / "train.jsonl")) for d in "abc"}
+    assert texts["a"] == texts["b"] and texts["a"] != texts["c"]
+
+
+def test_statistics_count_words_lengths_and_coverage_by_hand(tmp_path):
+    # Three documents of 13, 14 and 17 words: 44 words, 8 + 8 + 12 = 28 of them new where they first occur.
+    docs = ["The cat sat on the mat and the dog sat on the rug.",
+            "A cat and a dog ran to the big red barn in the sun.",
+            "The small cat slept all day long while the rain fell softly on the old tin roof."]
+    source = tmp_path / "docs.jsonl"
+    write_jsonl(source, docs)
+    run(source, tmp_path / "out", min_chars=10, val_fraction=0, test_fraction=0)
+    stats = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["statistics"]
+    assert (stats["documents"], stats["words"], stats["unique_words"]) == (3, 44, 28)
+    assert stats["words_per_document_mean"] == 14.7  # 44 / 3
+    assert stats["words_per_document_sd"] == 1.7  # sqrt(((13 - 44/3)^2 + (14 - 44/3)^2 + (17 - 44/3)^2) / 3)
+    assert stats["coverage"]["500"] == 1.0
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| 3 | 44 | 28 | 14.7 ± 1.7 |" in markdown and "![coverage](coverage.png)" in markdown
+
+
+def test_statistics_count_tokens_of_a_given_tokenizer_without_the_duplicates(tmp_path, bpe_dir):
+    from talelab.tokenizer import load_tokenizer
+
+    docs = read_documents(paths.TINYSTORIES_TRAIN, max_documents=30)
+    source = tmp_path / "docs.jsonl"
+    write_jsonl(source, docs + docs[:5])  # five exact copies, dropped: their tokens must not count
+    run(source, tmp_path / "out", stats_tokenizer=str(bpe_dir), val_fraction=0, test_fraction=0)
+    stats = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["statistics"]
+    kept = read_documents(str(tmp_path / "out" / "train.jsonl"))
+    ids = [i for row in load_tokenizer(bpe_dir).encode_batch(kept) for i in row]
+    assert stats["tokens"] == len(ids) and stats["unique_tokens"] == len(set(ids))
+
+
+# --- interruptions: Ctrl-C and a full disk leave the previous output -----------------------------------------------
+
+
+def talelab_prepare(*args, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "talelab", "prepare", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def big_corpus(tmp_path: Path) -> Path:
+    """About 12 MB: train-head.txt six times over (repeats are exact duplicates, read and cleaned all the same)."""
+    corpus = tmp_path / "big.txt"
+    corpus.write_bytes(paths.shared_file(paths.TINYSTORIES_TRAIN).read_bytes() * 6)
+    return corpus
+
+
+def test_ctrl_c_mid_prepare_exits_130_with_one_line_and_leaves_the_previous_output(tmp_path):
+    out = tmp_path / "out"
+    run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    process = talelab_prepare("--source", str(big_corpus(tmp_path)), "--out", str(out), "--workers", "2")
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.tmp-*/.documents.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # interrupt once the scratch file is being written: mid-way, not before or after
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and len(stderr.strip().splitlines()) == 1 and "interrupted" in stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out"]
+
+
+def test_disk_filling_mid_write_exits_with_one_line_and_leaves_the_previous_output(tmp_path):
+    out = tmp_path / "out"
+    run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def limit_file_size():  # a 4 MB file-size limit: writing the 12 MB corpus' scratch file fails like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    process = talelab_prepare("--source", str(big_corpus(tmp_path)), "--out", str(out), preexec_fn=limit_file_size)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and len(stderr.strip().splitlines()) == 1
+    assert f"while writing {out}; the previous output is intact" in stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out"]

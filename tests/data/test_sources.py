@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
 
 from talelab import paths
-from talelab.data.sources import read_documents
+from talelab.data import sources
+from talelab.data.sources import iter_records, read_documents
 from talelab.errors import InputError
 
 
@@ -124,3 +126,71 @@ def test_file_without_documents_is_an_empty_corpus(tmp_path, content):
 
 def test_unknown_format_is_rejected():
     assert "unknown format 'csv'" in one_line_error(paths.TINYSTORIES_TRAIN, format="csv")
+
+
+# --- streaming formats: JSON arrays, gzip, parquet, hub datasets ---------------------------------------------------
+
+RECORDS = [{"story": "One.", "instruction": {"features": ["Dialogue"]}}, {"story": "Two.", "summary": "s"}]
+
+
+def test_blocks_split_documents_as_the_whole_file_would(monkeypatch):
+    whole = read_documents(paths.TINYSTORIES_VALID, format="blank-line")
+    lines = read_documents("data/tinystories/train-head-lowercase.txt", format="lines")
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 997)  # separators straddle block ends thousands of times
+    assert read_documents(paths.TINYSTORIES_VALID, format="blank-line") == whole
+    assert read_documents("data/tinystories/train-head-lowercase.txt", format="lines") == lines
+
+
+def test_json_array_records_keep_their_other_fields(tmp_path, monkeypatch):
+    path = tmp_path / "data00.json"
+    path.write_text(json.dumps(RECORDS, indent=1), encoding="utf-8")
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 7)  # elements straddle blocks
+    records = list(iter_records(str(path), text_field="story"))
+    assert records == [{"instruction": {"features": ["Dialogue"]}, "text": "One."}, {"summary": "s", "text": "Two."}]
+
+
+def test_gzip_of_jsonl_and_of_text_reads_like_the_plain_file(tmp_path):
+    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in RECORDS).encode()))
+    assert read_documents(str(tmp_path / "rows.jsonl.gz"), text_field="story") == ["One.", "Two."]
+    (tmp_path / "stories.txt.gz").write_bytes(gzip.compress(b"A.\n<|endoftext|>\nB.\n"))
+    assert read_documents(str(tmp_path / "stories.txt.gz")) == ["A.", "B."]
+
+
+def test_parquet_rows_with_nested_columns_are_records(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = [{"story": f"Story {i}.", "instruction": {"features": ["Dialogue"] * (i % 2)}} for i in range(3000)]
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "train.parquet")
+    records = list(iter_records(str(tmp_path / "train.parquet"), text_field="story"))  # three batches
+    assert records == [{"instruction": r["instruction"], "text": r["story"]} for r in rows]
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    path = tmp_path / "stories.txt.gz"
+    path.write_bytes(gzip.compress(b"A story.\n<|endoftext|>\n" * 1000)[:-40])
+    assert f"{path}: truncated or corrupt gzip" in one_line_error(path)
+
+
+def test_corrupt_parquet_names_the_file(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1" + b"\x00garbage" * 100 + b"PAR1")
+    assert f"{path}: not a readable parquet file" in one_line_error(path)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('[{"text": "a"}, {"text": "b"}, {"text": }]', "element 2: not valid JSON"),
+    ('[{"text": "a"}, 7]', "element 1: no string field 'text' (a JSON int"),
+    ('[{"text": "a"} {"text": "b"}]', "element 1: expected ',' or ']' after element 0"),
+    ('{"story": "a"}', "data.json:1: no string field 'text'"),  # not an array: read as JSONL
+])
+def test_json_array_with_a_bad_element_names_its_index(tmp_path, content, expected):
+    path = tmp_path / "data.json"
+    path.write_text(content, encoding="utf-8")
+    assert expected in one_line_error(path)
+
+
+def test_hub_id_offline_says_the_hub_cannot_be_reached(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    message = one_line_error("nobody-here/no-such-dataset")
+    assert "nobody-here/no-such-dataset: no such file, and the Hugging Face hub cannot be reached" in message

@@ -1,30 +1,52 @@
-"""The prepare stage: read a corpus, clean it, drop duplicates, split it by content hash, write it atomically.
+"""The prepare stage: stream a corpus through cleaning workers, drop duplicates, split by content hash, publish.
 
 Output directory (config.out):
-    train.jsonl, val.jsonl, test.jsonl   one {"text": ...} per line, in corpus order
-    report.json, report.md                counts in/out, per rule changed/removed with examples, split sizes
+    train.jsonl, val.jsonl, test.jsonl   one {"text": ..., the record's other fields} per line, in corpus order
+    report.json, report.md                counts in/out, per rule changed/removed with examples, split sizes, statistics
+    lengths.png, coverage.png             words per document, and vocabulary coverage
+
+How it scales to corpora larger than memory: the main process reads records and hands batches to one worker
+process per core (talelab.data.batches), which recase, clean and score them and send back the kept documents as
+JSON lines plus a few numbers each: a 64-byte MinHash signature, an 8-byte exact-duplicate key, the split position
+and word counts (about 100 bytes per document in all). The lines go to a scratch file in the output's temporary
+directory; once the corpus is read, duplicates and splits are decided on the numbers alone and the scratch file is
+copied line by line into the splits. The same input gives the same splits, whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import errno
+import itertools
 import json
+import multiprocessing
 import os
 import time
+from collections import Counter, deque
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from talelab.atomic import atomic_directory
 from talelab.config import PrepareConfig
-from talelab.data.clean import clean_documents, record_removal
-from talelab.data.dedupe import dedupe_documents
-from talelab.data.quality import quality_too_low
-from talelab.data.recase import recase_documents
-from talelab.data.sources import read_documents
+from talelab.data.batches import (BatchResult, WorkerSettings, configure_worker, process_batch, split_position,
+                                  start_worker)
+from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
+from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
+                                 near_duplicate_reason, pair_members, words_of)
+from talelab.data.recase import learn_recasing
+from talelab.data.sources import iter_records
+from talelab.data.statistics import corpus_statistics, draw_statistics, statistics_markdown
 from talelab.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
 MIN_DOCUMENTS_FOR_EVERY_SPLIT = 10
+BATCH_DOCUMENTS = 512  # per task: large enough that inter-process overhead is small, small enough to stream
+IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: keeps every core busy while bounding memory
+IN_PROCESS_BATCHES = 4  # a corpus of fewer batches is cleaned in the main process: workers take ~1 s to start
+SCRATCH = ".documents.jsonl"
 
 
 def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
@@ -33,50 +55,269 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
     check_config(config)
     out = Path(config.out)
     check_output_dir(out)  # before the slow part, so a wrong --out fails at once
-    docs = read_documents(
-        config.source,
-        format=config.format,
-        text_field=config.text_field,
-        hub_split=config.hub_split,
-        max_documents=config.max_documents,
-        data_root=data_root,
-    )
-    recase_rules = []
-    if config.recase:  # first, so that cleaning and deduplication see the restored text
-        docs, recase_rule = recase_documents(docs)
-        recase_rules.append(recase_rule)
-    kept, clean_rules = clean_documents(
-        docs,
-        min_chars=config.min_chars,
-        max_chars=config.max_chars,
-        max_non_ascii=config.max_non_ascii,
-        progress=progress,
-    )
-    rules = recase_rules + clean_rules
-    if config.min_quality > 0:
-        kept, quality_rule = drop_low_quality(kept, config.min_quality)
-        rules.append(quality_rule)
-    if not kept:
+    source = Source(config, data_root)
+    recaser, recase_rule = learn_recasing(r["text"] for r in source.records()) if config.recase else (None, None)
+    settings = WorkerSettings(config.min_chars, config.max_chars, config.max_non_ascii, config.min_quality,
+                              recaser, config.stats_tokenizer)
+    try:
+        with atomic_directory(out) as partial:
+            cleaned = clean_in_workers(source.records(), settings, partial / SCRATCH, config.workers, progress)
+            rules = source.rules + ([recase_rule] if recase_rule else []) + cleaned.reports
+            if config.recase:  # the workers' counts join the rule that holds the held-out accuracy
+                rules = merge_recase(rules)
+            report = publish(cleaned, rules, config, partial, source.documents_in)
+            report["seconds"] = round(time.perf_counter() - started, 2)
+            (partial / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                                 encoding="utf-8")
+            (partial / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG):  # say which output failed and that nothing was replaced
+            raise OSError(e.errno, f"no space left on the device while writing {out}; the previous output "
+                                   "is intact") from None
+        raise
+    return summarize(report, out)
+
+
+class Source:
+    """The records prepare reads: the source(s) with --max-documents, --require-field and --sample applied, and a
+    drop rule for each filter in use so that the report's counts add up."""
+
+    def __init__(self, config: PrepareConfig, data_root):
+        self.config, self.data_root, self.documents_in = config, data_root, 0
+        self.missing = {"rule": "missing_field", "action": "drop", "removed": 0, "examples": []}
+        self.unsampled = {"rule": "sample", "action": "drop", "removed": 0, "examples": []}
+        self.rules = [self.missing] * bool(config.require_field) + [self.unsampled] * bool(config.sample)
+        self.chosen = None
+
+    def _read(self) -> Iterator[dict]:
+        config = self.config
+        records = iter_records(config.source, format=config.format, text_field=config.text_field,
+                               hub_split=config.hub_split, hub_config=config.hub_config,
+                               data_files=config.data_files, data_root=self.data_root)
+        return itertools.islice(records, config.max_documents) if config.max_documents > 0 else records
+
+    def records(self) -> Iterator[dict]:
+        """One pass over the filtered records (counts reset, so each pass reports the same)."""
+        if self.config.sample and self.chosen is None:
+            total = sum(1 for _ in self._filtered())  # the first pass: how many there are to sample from
+            self.chosen = np.zeros(total, dtype=bool)
+            rng = np.random.default_rng(self.config.seed)
+            self.chosen[rng.choice(total, size=min(self.config.sample, total), replace=False)] = True
+        for rule in self.rules:
+            rule.update(removed=0, examples=[])
+        for i, record in enumerate(self._filtered()):
+            if self.chosen is None or self.chosen[i]:
+                yield record
+            else:
+                self.unsampled["removed"] += 1
+
+    def _filtered(self) -> Iterator[dict]:
+        self.documents_in = 0
+        field = self.config.require_field
+        for record in self._read():
+            self.documents_in += 1
+            if field and not has_field(record, field):
+                record_removal(self.missing, record["text"], f"no '{field}'")
+                continue
+            yield record
+
+
+def has_field(record: dict, dotted: str) -> bool:
+    """True when the (dotted, nested) field is present and not empty."""
+    value = record
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return value not in (None, "", [], {})
+
+
+class Cleaned:
+    """What the workers sent back: the scratch file of kept documents and their numbers, rule counts, word counts."""
+
+    NUMBERS = ("exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts")
+
+    def __init__(self, settings: WorkerSettings):
+        self.reports = settings.rule_reports()
+        self.parts = {name: [] for name in self.NUMBERS}
+        self.words, self.token_ids = Counter(), None
+        self.documents = 0
+
+    def add(self, result: BatchResult, scratch) -> None:
+        scratch.write("".join(result.lines))
+        self.documents += len(result.lines)
+        for name in self.NUMBERS:
+            self.parts[name].append(getattr(result, name))
+        self.words.update(result.words)
+        if len(result.token_ids):
+            self.token_ids = result.token_ids if self.token_ids is None else self.token_ids + result.token_ids
+        for total, batch in zip(self.reports, result.reports):
+            for count in ("changed", "removed"):
+                if count in total:
+                    total[count] += batch[count]
+            total["examples"] = (total["examples"] + batch["examples"])[:EXAMPLES_PER_RULE]
+
+    def numbers(self, name: str) -> np.ndarray:
+        return np.concatenate(self.parts[name])
+
+
+def clean_in_workers(records: Iterator[dict], settings: WorkerSettings, scratch: Path, workers: int,
+                     progress: bool) -> Cleaned:
+    """Every record through process_batch, on `workers` processes (0: one per core), results in corpus order."""
+    workers = workers or os.cpu_count() or 1
+    cleaned = Cleaned(settings)
+    batches = iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), [])
+    # disable=None: a bar on a terminal only, so logs and captured stderr keep one line per message.
+    with open(scratch, "w", encoding="utf-8") as out, \
+            tqdm(desc="prepare", unit="doc", disable=None if progress else True) as bar:
+        def take(result: BatchResult) -> None:
+            cleaned.add(result, out)
+            bar.update(len(result.lines))
+
+        head = list(itertools.islice(batches, IN_PROCESS_BATCHES))
+        if workers == 1 or len(head) < IN_PROCESS_BATCHES:  # a small corpus: starting workers costs more
+            configure_worker(settings)
+            for batch in itertools.chain(head, batches):
+                take(process_batch(batch))
+            return cleaned
+        # forkserver: workers start from a clean process, never a fork of one that runs threads (torch, tqdm).
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with context.Pool(workers, initializer=start_worker, initargs=(settings,)) as pool:
+            pending = deque()  # bounded: Pool.imap would read the whole corpus ahead into its queue
+            for batch in itertools.chain(head, batches):
+                pending.append(pool.apply_async(process_batch, (batch,)))
+                if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                    take(pending.popleft().get())
+            while pending:
+                take(pending.popleft().get())
+    return cleaned
+
+
+def merge_recase(rules: list[dict]) -> list[dict]:
+    """The learned recase rule (accuracy, skipped) with the workers' counts and examples folded into it."""
+    learned = next(r for r in rules if r["rule"] == "recase")
+    counted = [r for r in rules if r["rule"] == "recase" and r is not learned]
+    for r in counted:
+        learned["changed"] += r["changed"]
+        learned["examples"] = (learned["examples"] + r["examples"])[:EXAMPLES_PER_RULE]
+    return [r for r in rules if not any(r is c for c in counted)]
+
+
+def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial: Path, documents_in: int) -> dict:
+    """Decide duplicates and splits on the numbers, copy the scratch file into the splits, write the charts."""
+    if not cleaned.documents:
         counts = ", ".join(f"{r['rule']} removed {r['removed']}" for r in rules if r.get("removed"))
         raise InputError(f"{config.source}: no documents left after cleaning ({counts}); "
                          "loosen --min-chars/--max-chars/--max-non-ascii/--min-quality or check --format")
-    kept, duplicate_rules = dedupe_documents(kept, config.near_duplicate_threshold)
-    rules += duplicate_rules
-    splits = split_documents(kept, config.val_fraction, config.test_fraction)
-    if not splits["train"]:
-        raise InputError(f"{config.source}: all {len(kept)} documents fell into val/test, none is left for training; "
-                         "use a larger corpus or lower --val-fraction/--test-fraction")
-    report = {
+    exact = {"rule": "exact_duplicate", "action": "drop", "removed": 0, "examples": []}
+    near = {"rule": "near_duplicate", "action": "drop", "removed": 0, "examples": [],
+            "index_bytes_per_document": SLOTS}
+    keep = first_occurrences(cleaned.numbers("exact_keys"))
+    pairs = candidate_pairs(cleaned.numbers("signatures"), np.flatnonzero(keep), config.near_duplicate_threshold)
+    texts = scratch_texts(partial / SCRATCH, pair_members(pairs))
+    matches = confirm_near_duplicates(pairs, texts, config.near_duplicate_threshold)
+    keep[list(matches)] = False
+    split = np.full(len(keep), -1, dtype=np.int8)
+    split[keep] = assign_splits(cleaned.numbers("positions")[keep], config.val_fraction, config.test_fraction)
+    if not (split == 0).any():
+        raise InputError(f"{config.source}: all {int(keep.sum())} documents fell into val/test, none is left for "
+                         "training; use a larger corpus or lower --val-fraction/--test-fraction")
+    dropped = Dropped(config.stats_tokenizer)
+    write_splits(partial, split, matches, exact, near, dropped)
+    (partial / SCRATCH).unlink()
+    # The workers counted every cleaned document; the duplicates' words and tokens come off again here.
+    words = cleaned.words - dropped.words  # Counter subtraction also forgets words left with no occurrence
+    word_counts = cleaned.numbers("word_counts")[keep]
+    token_ids = None if cleaned.token_ids is None else cleaned.token_ids - dropped.token_ids
+    statistics = corpus_statistics(word_counts, words, cleaned.numbers("token_counts")[keep], token_ids,
+                                   config.stats_tokenizer)
+    draw_statistics(word_counts, words, partial, dropped.word_level_vocabulary)
+    chars = cleaned.numbers("char_counts")
+    return {
         "source": config.source,
-        "documents_in": len(docs),
-        "documents_out": len(kept),
-        "splits": {name: {"documents": len(t), "characters": sum(map(len, t))} for name, t in splits.items()},
-        "rules": rules,
+        "documents_in": documents_in,
+        "documents_out": int(keep.sum()),
+        "splits": {name: {"documents": int((split == i).sum()), "characters": int(chars[split == i].sum())}
+                   for i, name in enumerate(SPLITS)},
+        "rules": rules + [exact, near],
+        "statistics": statistics,
         "config": dataclasses.asdict(config),
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    write_output(out, splits, report)
-    return summarize(report, out)
+
+
+def assign_splits(positions: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split index (0 train, 1 val, 2 test) per document, from its content-hash position in [0, 1).
+
+    A document's split depends on its own text only, so reordering, adding or removing other documents never moves
+    it. One exception keeps small corpora usable: with at least MIN_DOCUMENTS_FOR_EVERY_SPLIT documents, an empty
+    val (or test) split with a non-zero fraction takes the training document with the lowest position."""
+    chosen = np.where(positions < val_fraction, 1, np.where(positions < val_fraction + test_fraction, 2, 0))
+    for index, fraction in ((1, val_fraction), (2, test_fraction)):
+        train = np.flatnonzero(chosen == 0)
+        if fraction > 0 and len(positions) >= MIN_DOCUMENTS_FOR_EVERY_SPLIT and not (chosen == index).any() \
+                and len(train):
+            chosen[train[np.argmin(positions[train])]] = index
+    return chosen.astype(np.int8)
+
+
+class Dropped:
+    """Words (and token ids, with a statistics tokenizer) of the documents dropped as duplicates."""
+
+    def __init__(self, tokenizer_path: str):
+        self.words, self.tokenizer, self.token_ids = Counter(), None, None
+        if tokenizer_path:
+            from talelab.tokenizer import load_tokenizer  # only statistics with a tokenizer need it
+
+            self.tokenizer = load_tokenizer(tokenizer_path)
+            self.token_ids = np.zeros(self.tokenizer.vocab_size, np.int64)
+
+    def add(self, text: str) -> None:
+        self.words.update(words_of(text))
+        if self.tokenizer is not None:
+            self.token_ids += np.bincount(self.tokenizer.encode(text), minlength=len(self.token_ids))
+
+    @property
+    def word_level_vocabulary(self) -> int | None:
+        """The statistics tokenizer's vocabulary size when it is word-level (marked on the coverage chart)."""
+        return self.tokenizer.vocab_size if self.tokenizer is not None and self.tokenizer.kind == "words" else None
+
+
+def scratch_texts(scratch: Path, wanted: set[int]) -> dict[int, str]:
+    """The texts of the scratch file's documents numbered in `wanted` (the candidate pairs': few)."""
+    texts = {}
+    if wanted:
+        with open(scratch, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if i in wanted:
+                    texts[i] = json.loads(line)["text"]
+    return texts
+
+
+def write_splits(partial: Path, split: np.ndarray, matches: dict, exact: dict, near: dict, dropped: Dropped) -> None:
+    """Copy each kept scratch line into its split file; count the duplicates, with examples, into `dropped`."""
+    examples = sorted(matches)[:EXAMPLES_PER_RULE]
+    earlier = {matches[i][0]: "" for i in examples}  # texts of the documents the examples duplicate
+    files = [open(partial / f"{name}.jsonl", "w", encoding="utf-8") for name in SPLITS]
+    try:
+        with open(partial / SCRATCH, encoding="utf-8") as scratch:
+            for i, line in enumerate(scratch):
+                if split[i] >= 0:
+                    files[split[i]].write(line)
+                    if i in earlier:
+                        earlier[i] = json.loads(line)["text"]
+                    continue
+                text = json.loads(line)["text"]
+                dropped.add(text)
+                if i not in matches:
+                    record_removal(exact, text, "same text as an earlier document")
+                elif i in examples:
+                    record_removal(near, text, near_duplicate_reason(matches[i][1], earlier[matches[i][0]]))
+                else:
+                    near["removed"] += 1
+    finally:
+        for f in files:
+            f.close()
 
 
 def summarize(report: dict, out: Path) -> dict:
@@ -108,21 +349,9 @@ def check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"max_non_ascii {config.max_non_ascii}: must be a share in [0, 1]")
     if not 0 <= config.min_quality <= 1:
         raise ConfigError(f"min_quality {config.min_quality}: must be a quality score in [0, 1] (0 disables)")
-    if config.max_documents < 0:
-        raise ConfigError(f"max_documents {config.max_documents}: must be >= 0 (0 reads all)")
-
-
-def drop_low_quality(docs: list[str], min_quality: float) -> tuple[list[str], dict]:
-    """The cleaned documents whose quality score reaches min_quality, and the rule's report entry."""
-    report = {"rule": "low_quality", "action": "drop", "removed": 0, "examples": []}
-    kept = []
-    for text in docs:
-        why = quality_too_low(text, min_quality)
-        if why is None:
-            kept.append(text)
-        else:
-            record_removal(report, text, why)
-    return kept, report
+    for name in ("max_documents", "sample", "workers"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} {getattr(config, name)}: must be >= 0 (0 reads all)")
 
 
 def check_output_dir(out: Path) -> None:
@@ -134,51 +363,14 @@ def check_output_dir(out: Path) -> None:
         raise InputError(f"{out}: exists and is not a prepared corpus (no report.json); choose another --out")
 
 
-def split_fraction(text: str) -> float:
-    """A document's position in [0, 1), from the SHA-1 of its text: the same text always lands in the same split."""
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
 def split_documents(docs: list[str], val_fraction: float, test_fraction: float) -> dict[str, list[str]]:
-    """Train/val/test by content hash, each in corpus order.
-
-    A document's split depends on its own text only, so reordering, adding or removing other documents never moves
-    it. One exception keeps small corpora usable: with at least MIN_DOCUMENTS_FOR_EVERY_SPLIT documents, an empty
-    val (or test) split with a non-zero fraction takes the training document with the lowest hash.
-    """
-    position = {text: split_fraction(text) for text in docs}
-    chosen = {}
-    for text, u in position.items():
-        chosen[text] = "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
-    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
-        train = [t for t in position if chosen[t] == "train"]
-        if fraction > 0 and len(docs) >= MIN_DOCUMENTS_FOR_EVERY_SPLIT and name not in chosen.values() and train:
-            chosen[min(train, key=position.get)] = name
-    return {name: [t for t in docs if chosen[t] == name] for name in SPLITS}
-
-
-def write_jsonl(path: str | os.PathLike, texts: list[str]) -> None:
-    """One {"text": ...} object per line, UTF-8 (read back with read_documents(path, format="jsonl"))."""
-    with open(path, "w", encoding="utf-8") as f:
-        for text in texts:
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-
-
-def write_output(out: Path, splits: dict[str, list[str]], report: dict) -> None:
-    """Write the splits and the reports into a hidden sibling directory, then publish it as `out`.
-
-    A crash leaves the previous output or none, never a half-written directory that looks complete; the previous
-    output is deleted only after the new one is in place (talelab.atomic does the renaming and syncing).
-    """
-    with atomic_directory(out) as partial:
-        for name, texts in splits.items():
-            write_jsonl(partial / f"{name}.jsonl", texts)
-        (partial / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (partial / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Train/val/test of a list of distinct documents, each in corpus order, as prepare splits them."""
+    chosen = assign_splits(np.array([split_position(d) for d in docs]), val_fraction, test_fraction)
+    return {name: [d for d, c in zip(docs, chosen) if c == i] for i, name in enumerate(SPLITS)}
 
 
 def render_markdown(report: dict) -> str:
-    """The report as a page a person reads: totals, a table of rules, examples, split sizes."""
+    """The report as a page a person reads: totals, a table of rules, split sizes, statistics, examples."""
     splits = report["splits"]
     sizes = ", ".join(f"{name} {s['documents']:,}" for name, s in splits.items())
     lines = [
@@ -199,6 +391,7 @@ def render_markdown(report: dict) -> str:
                       "of the cased documents is applied to the other half, lowercased."]
     lines += ["", "| split | documents | characters |", "|---|---:|---:|"]
     lines += [f"| {name} | {s['documents']:,} | {s['characters']:,} |" for name, s in splits.items()]
+    lines += statistics_markdown(report["statistics"])
     lines += ["", "## Examples"]
     for rule in report["rules"]:
         if not rule["examples"]:

@@ -1,0 +1,147 @@
+"""What prepare does to each batch of documents, in worker processes: recase, clean, score, and reduce each kept
+document to the numbers that deduplication, splitting and the corpus statistics need.
+
+A worker gets its settings once (`start_worker`) and then batches of records; it returns the kept documents as the
+JSON lines the splits will hold, per-rule counts with the batch's first examples, and per-document numbers. Nothing
+here depends on other batches, so batches run on every core and the result does not depend on how many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from talelab.data.clean import EDITS, clean_document, drop_rules, record_change, record_removal, rule_reports
+from talelab.data.dedupe import exact_key, signatures, words_of
+from talelab.data.quality import quality_too_low
+from talelab.data.recase import Recaser, is_lowercased
+
+
+@dataclass
+class WorkerSettings:
+    """Everything a worker needs, sent to it once."""
+
+    min_chars: int
+    max_chars: int
+    max_non_ascii: float
+    min_quality: float = 0.0
+    recaser: Recaser | None = None  # learned from the cased documents when --recase
+    tokenizer: str = ""  # a tokenizer path whose token counts go into the corpus statistics
+
+    def rule_reports(self) -> list[dict]:
+        """Empty report entries for the rules workers apply, in order: recase, edits, drops, quality."""
+        reports = rule_reports(drop_rules(self.min_chars, self.max_chars, self.max_non_ascii))
+        if self.recaser is not None:
+            reports.insert(0, {"rule": "recase", "action": "edit", "changed": 0, "examples": []})
+        if self.min_quality > 0:
+            reports.append({"rule": "low_quality", "action": "drop", "removed": 0, "examples": []})
+        return reports
+
+
+@dataclass
+class BatchResult:
+    lines: list[str]  # kept documents as JSON lines ("text" first, then the record's other fields)
+    exact_keys: np.ndarray  # uint64 per kept document
+    signatures: np.ndarray  # (kept, 64) uint8 MinHash signatures
+    positions: np.ndarray  # float64 split position in [0, 1) per kept document
+    word_counts: np.ndarray  # int32 words per kept document
+    char_counts: np.ndarray  # int64 characters per kept document
+    token_counts: np.ndarray  # int32 tokens per kept document (zeros without a statistics tokenizer)
+    token_ids: np.ndarray  # occurrences of each token id in the batch (empty without a statistics tokenizer)
+    words: Counter  # occurrences of each word in the batch's kept documents
+    reports: list[dict] = field(default_factory=list)  # WorkerSettings.rule_reports(), counted over this batch
+
+
+_settings: WorkerSettings | None = None
+_tokenizer = None
+
+
+def start_worker(settings: WorkerSettings) -> None:
+    """A worker process's initialiser: leave Ctrl-C to the main process, which stops the pool; keep the settings."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_worker(settings)
+
+
+def configure_worker(settings: WorkerSettings) -> None:
+    """Keep the settings (and load the statistics tokenizer) for process_batch, in a worker or in-process."""
+    global _settings, _tokenizer
+    _settings = settings
+    if settings.tokenizer:
+        from talelab.tokenizer import load_tokenizer  # only statistics with a tokenizer need it
+
+        _tokenizer = load_tokenizer(settings.tokenizer)
+    else:
+        _tokenizer = None
+
+
+def split_position(text: str) -> float:
+    """A document's position in [0, 1), from the SHA-1 of its text: the same text always lands in the same split."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def process_batch(records: list[dict]) -> BatchResult:
+    """Recase, clean and score a batch of records; the numbers of the documents that survive."""
+    settings = _settings
+    reports = settings.rule_reports()
+    by_rule = {r["rule"]: r for r in reports}
+    edits = [by_rule[name] for name, _ in EDITS]
+    drops = drop_rules(settings.min_chars, settings.max_chars, settings.max_non_ascii)
+    drop_reports = [by_rule[name] for name, _ in drops]
+    kept = []
+    for record in records:
+        text = record["text"]
+        if settings.recaser is not None and is_lowercased(text):
+            fixed = settings.recaser.recase(text)
+            record_change(by_rule["recase"], text, fixed)
+            text = fixed
+        text, changes, dropped = clean_document(text, drops)
+        for i, before, after in changes:
+            record_change(edits[i], before, after)
+        if dropped is not None:
+            record_removal(drop_reports[dropped[0]], text, dropped[1])
+            continue
+        if settings.min_quality > 0:
+            why = quality_too_low(text, settings.min_quality)
+            if why is not None:
+                record_removal(by_rule["low_quality"], text, why)
+                continue
+        kept.append((text, record))
+    return summarize(kept, reports)
+
+
+
+def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
+    """The kept documents' JSON lines and numbers."""
+    texts = [text for text, _ in kept]
+    word_lists = [words_of(text) for text in texts]
+    words = Counter()
+    for word_list in word_lists:
+        words.update(word_list)
+    token_counts, token_ids = np.zeros(len(texts), np.int32), np.zeros(0, np.int64)
+    if _tokenizer is not None:
+        encoded = _tokenizer.encode_batch(texts)
+        token_counts = np.array([len(ids) for ids in encoded], np.int32)
+        flat = np.fromiter((i for ids in encoded for i in ids), np.int64)
+        token_ids = np.bincount(flat, minlength=_tokenizer.vocab_size)
+    return BatchResult(
+        lines=[json_line(text, record) for text, record in kept],
+        exact_keys=np.array([exact_key(t) for t in texts], np.uint64),
+        signatures=signatures(word_lists),
+        positions=np.array([split_position(t) for t in texts], np.float64),
+        word_counts=np.array([len(w) for w in word_lists], np.int32),
+        char_counts=np.array([len(t) for t in texts], np.int64),
+        token_counts=token_counts,
+        token_ids=token_ids,
+        words=words,
+        reports=reports,
+    )
+
+
+def json_line(text: str, record: dict) -> str:
+    """A prepared document as one JSONL line: its cleaned text first, then the record's other fields."""
+    return json.dumps({"text": text, **{k: v for k, v in record.items() if k != "text"}}, ensure_ascii=False) + "\n"

@@ -1,0 +1,85 @@
+"""Dataset statistics of a prepared corpus, as the from-scratch study tabulates them, and their two charts.
+
+Words are dedupe's shingle words: lowercased runs of letters, digits and underscores. Tokens are counted with a
+tokenizer when prepare is given one (`--stats-tokenizer`): encoded as the shards will be, without bos/eos.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+COVERAGE_POINTS = (500, 1000, 2048, 5000, 10000, 20000)
+HISTOGRAM_BINS = 50
+
+
+def corpus_statistics(word_counts: np.ndarray, words: Counter, token_counts: np.ndarray | None = None,
+                      token_ids: np.ndarray | None = None, tokenizer: str = "") -> dict:
+    """Documents, words, unique words, words per document (mean and SD), coverage of running words by the N most
+    frequent words, and with a tokenizer its tokens and distinct tokens."""
+    frequencies = np.sort(np.fromiter(words.values(), np.int64, len(words)))[::-1]
+    total = int(frequencies.sum())
+    covered = np.cumsum(frequencies) / max(total, 1)
+    stats = {
+        "documents": int(len(word_counts)),
+        "words": int(word_counts.sum()),
+        "unique_words": len(words),
+        "words_per_document_mean": round(float(word_counts.mean()), 1) if len(word_counts) else 0.0,
+        "words_per_document_sd": round(float(word_counts.std()), 1) if len(word_counts) else 0.0,
+        "coverage": {str(n): round(float(covered[min(n, len(covered)) - 1]), 4) for n in COVERAGE_POINTS
+                     if len(covered)},
+    }
+    if tokenizer:
+        stats.update(tokenizer=tokenizer, tokens=int(token_counts.sum()), unique_tokens=int((token_ids > 0).sum()))
+    return stats
+
+
+def draw_statistics(word_counts: np.ndarray, words: Counter, out: Path, vocab_size: int | None = None) -> list[str]:
+    """lengths.png (histogram of words per document) and coverage.png (share of running words covered by the N most
+    frequent words, with the word-level vocabulary size marked when given); returns the file names."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib is slow to import
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.add_subplot()
+    axes.hist(word_counts, bins=HISTOGRAM_BINS, color="tab:blue")
+    axes.set(xlabel="words per document", ylabel="documents",
+             title=f"{len(word_counts):,} documents, mean {word_counts.mean():.0f} ± {word_counts.std():.0f} words")
+    figure.tight_layout()
+    FigureCanvasAgg(figure).print_png(out / "lengths.png")
+
+    frequencies = np.sort(np.fromiter(words.values(), np.int64, len(words)))[::-1]
+    covered = np.cumsum(frequencies) / max(int(frequencies.sum()), 1)
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.add_subplot()
+    axes.plot(np.arange(1, len(covered) + 1), covered, color="tab:green")
+    axes.set_xscale("log")
+    axes.set(xlabel="N most frequent words", ylabel="share of running words", ylim=(0, 1.01),
+             title=f"Vocabulary coverage ({len(words):,} distinct words)")
+    if vocab_size:
+        share = covered[min(vocab_size, len(covered)) - 1]
+        axes.axvline(vocab_size, color="tab:red", linestyle="--", label=f"vocabulary {vocab_size:,}: {share:.1%}")
+        axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    FigureCanvasAgg(figure).print_png(out / "coverage.png")
+    return ["lengths.png", "coverage.png"]
+
+
+def statistics_markdown(stats: dict) -> list[str]:
+    """The statistics as a table and a coverage line for report.md."""
+    lines = ["", "## Statistics", "", "| documents | words | unique words | words per document |"
+             + (" tokens | unique tokens |" if "tokens" in stats else ""),
+             "|---:|---:|---:|---:|" + ("---:|---:|" if "tokens" in stats else ""),
+             f"| {stats['documents']:,} | {stats['words']:,} | {stats['unique_words']:,} | "
+             f"{stats['words_per_document_mean']} ± {stats['words_per_document_sd']} |"
+             + (f" {stats['tokens']:,} | {stats['unique_tokens']:,} |" if "tokens" in stats else "")]
+    if "tokens" in stats:
+        lines += ["", f"Tokens by `{stats['tokenizer']}`, without bos/eos."]
+    if stats["coverage"]:
+        shares = ", ".join(f"{int(n):,}: {share:.1%}" for n, share in stats["coverage"].items())
+        lines += ["", f"Share of running words covered by the N most frequent words: {shares}.", "",
+                  "![words per document](lengths.png) ![coverage](coverage.png)"]
+    return lines
