@@ -61,7 +61,7 @@ class NearestStoryIndex:
     def __init__(self, stories: Sequence[str], dense_terms: int = DENSE_TERMS, chunk_rows: int = CHUNK_ROWS,
                  progress: bool = True, vectorizer=None, dtype: torch.dtype | None = None):
         """Fit TF-IDF on the stories (the vectors of scikit-learn's TfidfVectorizer.fit_transform, bit for bit), or
-        reuse a fitted `vectorizer` (its transform's vectors for another set).
+        reuse a fitted float32 `vectorizer`, such as another index's (its transform's vectors for another set).
 
         dtype: of the dense part that ranks candidates (default: bfloat16 where the CPU has native bf16 matrix
         products, else float32); the k best are always rescored exactly in float32.
@@ -72,12 +72,12 @@ class NearestStoryIndex:
             raise InputError("memorization: no training stories to search")
         self.stories, self.chunk_rows, self.progress = stories, chunk_rows, progress
         self.dtype = dtype or fast_matmul_dtype()
-        bar = tqdm(total=len(stories), desc="TF-IDF of the training stories", unit="story",
-                   disable=None if progress else True)
+        texts = tqdm(stories, total=len(stories), desc="TF-IDF of the training stories", unit="story",
+                     disable=None if progress else True)
         if vectorizer is None:
             terms = {}  # term -> number in order of first sight, as CountVectorizer numbers them while it counts
             analyze = TfidfVectorizer(stop_words="english").build_analyzer()
-            self.chunks = list(count_terms(stories, analyze, terms, chunk_rows, bar))
+            self.chunks = list(count_terms(texts, analyze, terms, chunk_rows))
             if not terms:  # nothing but stop words and one-letter words
                 raise InputError(f"memorization: the {len(stories)} training stories hold no indexable words")
             # scikit-learn then numbers the terms alphabetically, keeping each row's entries in their order.
@@ -94,9 +94,8 @@ class NearestStoryIndex:
             self.vectorizer.idf_ = smooth_idf(self.document_frequency(), len(stories))
         else:
             self.vectorizer, self.n_terms = vectorizer, len(vectorizer.vocabulary_)
-            self.chunks = list(count_terms(stories, vectorizer.build_analyzer(), vectorizer.vocabulary_, chunk_rows,
-                                           bar, fixed=True))
-        bar.close()
+            self.chunks = list(count_terms(texts, vectorizer.build_analyzer(), vectorizer.vocabulary_, chunk_rows,
+                                           fixed=True))
         self.idf = self.vectorizer.idf_.astype(np.float32)
         order = np.argsort(-self.document_frequency(), kind="stable")
         self.dense_columns, self.sparse_columns = order[:dense_terms], order[dense_terms:]
@@ -206,8 +205,7 @@ class Counts(NamedTuple):
     counts: np.ndarray  # uint8 when every count fits (nearly always), else the smallest unsigned type that does
 
 
-def count_terms(texts: Iterable[str], analyze, terms: dict, chunk_rows: int, bar, fixed: bool = False
-                ) -> Iterator[Counts]:
+def count_terms(texts: Iterable[str], analyze, terms: dict, chunk_rows: int, fixed: bool = False) -> Iterator[Counts]:
     """CountVectorizer's counting loop, chunk_rows stories at a time. Terms are numbered in `terms`: new ones in
     order of first sight, or skipped when `fixed`."""
     numbers, counts, starts = [], [], [0]
@@ -223,7 +221,6 @@ def count_terms(texts: Iterable[str], analyze, terms: dict, chunk_rows: int, bar
         numbers.extend(counter)
         counts.extend(counter.values())
         starts.append(len(numbers))
-        bar.update()
         if len(starts) > chunk_rows:
             yield counted(starts, numbers, counts)
             numbers, counts, starts = [], [], [0]
