@@ -243,11 +243,12 @@ class _Counting:
 def train_tokenizer_from(config: TokenizerConfig) -> Tokenizer:
     """`talelab tokenizer train`: read `config.data` (prepared dir or corpus file), train, save to `config.out`."""
     from talelab.atomic import atomic_directory
-    from talelab.data.sources import read_documents
+    from talelab.data.sources import iter_texts
 
     data = Path(config.data)
     source = data / "train.jsonl" if data.is_dir() else data
-    tokenizer = train_tokenizer(read_documents(str(source)), config)
+    # Streamed: the trainer keeps word counts only, so memory follows the vocabulary of the corpus, not its size
+    tokenizer = train_tokenizer(iter_texts(str(source)), config)
     with atomic_directory(config.out) as tmp:
         tokenizer.save(tmp)
     return tokenizer
