@@ -8,7 +8,9 @@ where every story ends. Bytes are kept so that losses convert to bits per byte.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,30 +41,53 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 65535 else np.uint32
 
 
-def write_shard(directory: Path, split: str, texts: list[str], tokenizer, progress: bool = False) -> dict:
-    """Encode `texts` in batches and write the split's three files; returns its metadata."""
+def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, progress: bool = False) -> dict:
+    """Encode `texts` in batches and write the split's three files as they come; returns its metadata.
+
+    Memory holds one batch of texts and ids, the story starts (8 bytes a story) and a count per vocabulary id, so a
+    split of any size streams through."""
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    chunks, starts, offset = [], [], 0
-    for i in tqdm(range(0, len(texts), ENCODE_BATCH), desc=f"tokenize {split}", disable=not progress, unit="batch"):
-        for ids in tokenizer.encode_batch(texts[i:i + ENCODE_BATCH]):
-            story = [bos, *ids] + ([eos] if eos != bos else [])
-            starts.append(offset)
-            offset += len(story)
-            chunks.append(np.asarray(story, dtype=dtype))
-    chunks.append(np.asarray([eos] if eos == bos else [], dtype=dtype))
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    starts, offset, num_stories, num_bytes = [], 0, 0, 0
+    counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)  # occurrences of each id: the unique tokens at the end
     tmp = directory / f".{split}.bin.tmp"
-    tokens.tofile(tmp)
-    np.save(directory / f"{split}.starts.npy", np.asarray(starts, dtype=np.int64))
-    meta = {"split": split, "dtype": np.dtype(dtype).name, "num_tokens": int(len(tokens)),
-            "num_stories": len(texts), "num_bytes": sum(len(t.encode("utf-8")) for t in texts),
+    try:
+        with open(tmp, "wb") as out, tqdm(desc=f"tokenize {split}", disable=not progress, unit=" stories",
+                                          unit_scale=True) as bar:
+            for batch in batched(texts, ENCODE_BATCH):
+                stories = tokenizer.encode_batch(batch, bos=True, eos=eos != bos)
+                lengths = np.fromiter(map(len, stories), dtype=np.int64, count=len(stories))
+                ids = np.fromiter(itertools.chain.from_iterable(stories), dtype=dtype, count=int(lengths.sum()))
+                ids.tofile(out)
+                counts += np.bincount(ids, minlength=len(counts))
+                starts.append(offset + np.cumsum(lengths) - lengths)
+                offset += len(ids)
+                num_stories += len(batch)
+                num_bytes += sum(len(t.encode("utf-8")) for t in batch)
+                bar.update(len(batch))
+            if eos == bos:  # the last story's end, which the next story's bos marks for every other one
+                np.asarray([eos], dtype=dtype).tofile(out)
+                counts[eos] += 1
+                offset += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed split leaves no partial file to fill the disk
+        raise
+    np.save(directory / f"{split}.starts.npy", np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64))
+    meta = {"split": split, "dtype": np.dtype(dtype).name, "num_tokens": offset, "num_unique_tokens":
+            int(np.count_nonzero(counts)), "num_stories": num_stories, "num_bytes": num_bytes,
             "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.fingerprint()}
     (directory / f"{split}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     tmp.replace(directory / f"{split}.bin")  # the .bin appears last: its presence marks a complete split
     return meta
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` items in order (the last may be shorter)."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
 def load_shard(directory: Path, split: str, tokenizer=None) -> Shard:
@@ -85,7 +110,7 @@ def shard_directory(prepared: Path, tokenizer) -> Path:
 
 def pretokenize(prepared: str | Path, tokenizer, progress: bool = True) -> Path:
     """Tokenize every split of a prepared directory once; later calls reuse the files."""
-    from talelab.data.sources import read_documents
+    from talelab.data.sources import iter_texts
 
     prepared = Path(prepared)
     if not (prepared / "train.jsonl").is_file():
@@ -95,5 +120,5 @@ def pretokenize(prepared: str | Path, tokenizer, progress: bool = True) -> Path:
     for split in SPLITS:
         source = prepared / f"{split}.jsonl"
         if source.is_file() and source.stat().st_size and not (directory / f"{split}.bin").is_file():
-            write_shard(directory, split, read_documents(str(source), format="jsonl"), tokenizer, progress)
+            write_shard(directory, split, iter_texts(str(source), format="jsonl"), tokenizer, progress)
     return directory
