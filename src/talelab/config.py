@@ -206,6 +206,10 @@ class TrainConfig:
     tokenizer: str = option("runs/tokenizer", "tokenizer directory (from `talelab tokenizer train`) or file")
     out: str = option("runs/train", "run directory: checkpoints, metrics.jsonl, metrics.csv, loss.png")
     max_steps: int = option(1000, "optimizer steps to train")
+    epochs: float = option(0.0, "budget in passes over the training split, overriding max_steps when above 0: "
+                           "steps = ceil(epochs x train tokens / (batch_size x grad_accum x context_length)). "
+                           "Batches are windows at random offsets, so one epoch draws as many tokens as the split "
+                           "holds, not every token exactly once")
     schedule_steps: int = option(0, "steps the learning-rate schedule spans (0: max_steps); set it to stop early "
                                  "and continue later with --resume on the same schedule")
     max_minutes: float = option(0.0, "stop after this much training time; the schedule then runs on time, not steps "
@@ -244,6 +248,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        if self.epochs < 0:
+            raise ConfigError(f"epochs: {self.epochs} is negative (0 lets max_steps decide)")
 
 
 @dataclass

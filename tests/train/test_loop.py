@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,9 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from talelab.config import TrainConfig
+from talelab.data.shards import load_shard, pretokenize
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import load_model, resolve_model_dir
-from talelab.train.loop import train
+from talelab.tokenizer import load_tokenizer
+from talelab.train.loop import epoch_steps, train
 from talelab.train.optim import lr_multiplier
 
 QUIET = dict(log=lambda *_: None)
@@ -42,6 +45,35 @@ def test_resume_after_stop_gives_bitwise_identical_weights(tiny_configs, tmp_pat
     train(model_cfg, second_half, resume=True, **QUIET)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epochs_train_the_steps_that_draw_that_many_passes_over_the_training_tokens(tiny_configs, prepared, bpe_dir,
+                                                                                   tmp_path):
+    train_tokens = len(load_shard(pretokenize(prepared, load_tokenizer(bpe_dir), progress=False), "train").tokens)
+    per_step = 8 * 64  # the tiny preset: batch_size 8 windows of context_length 64 tokens, no accumulation
+    steps = math.ceil(0.05 * train_tokens / per_step)
+    assert 1 < steps < 20  # neither the preset's max_steps (20) nor the one given below
+    model_cfg, cfg = tiny_configs(tmp_path / "epochs", epochs=0.05, max_steps=3, schedule_steps=1000)
+    logged = []
+    assert train(model_cfg, cfg, log=logged.append)["step"] == steps
+    assert f"epochs 0.05: {steps} steps of 512 tokens over {train_tokens:,} training tokens (this replaces " \
+           "max_steps)" in logged
+    # resuming with a larger budget continues to its steps exactly as a run given it from the start
+    _, more = tiny_configs(tmp_path / "epochs", epochs=0.1, schedule_steps=1000)
+    assert train(model_cfg, more, resume=True, **QUIET)["step"] == math.ceil(0.1 * train_tokens / per_step)
+    _, straight = tiny_configs(tmp_path / "straight", epochs=0.1, schedule_steps=1000)
+    train(model_cfg, straight, **QUIET)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "epochs")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_steps_round_up_to_whole_steps_without_float_noise():
+    assert epoch_steps(1.0, 1000, 100) == 10
+    assert epoch_steps(0.7, 1000, 100) == 7  # 0.7 * 1000 is 700.0000000000001 in floating point
+    assert epoch_steps(1.0, 1001, 100) == 11
+    assert epoch_steps(1e-9, 1000, 100) == 1
+    with pytest.raises(ConfigError, match="epochs: -1"):
+        TrainConfig(epochs=-1)
 
 
 def test_kill_during_training_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_configs, tmp_path, prepared,

@@ -56,6 +56,12 @@ def random_windows(shard: Shard, batch_size: int, length: int, generator: torch.
     return batch[:, :-1], batch[:, 1:]
 
 
+def epoch_steps(epochs: float, num_tokens: int, tokens_per_step: int) -> int:
+    """Optimizer steps that draw `epochs` times the split's `num_tokens` (at least one step)."""
+    wanted = round(epochs * num_tokens)  # rounded first: 0.7 * 1000 is 700.0000000000001, which is not 8 steps of 100
+    return max(1, -(-wanted // tokens_per_step))
+
+
 def fixed_windows(shard: Shard, count: int, length: int) -> np.ndarray:
     """Evenly spaced windows over a split, the same at every evaluation so losses are comparable."""
     span = len(shard.tokens) - length - 1
@@ -164,6 +170,10 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     if len(train_shard.tokens) < T + 2:
         raise InputError(f"{config.data}: only {len(train_shard.tokens)} training tokens, fewer than one window of "
                          f"context_length {T} + 1")
+    tokens_per_step = config.batch_size * config.grad_accum * T
+    if config.epochs > 0:  # the steps are fixed here, so a resumed run, reading the same split, stops where planned
+        config = dataclasses.replace(config, max_steps=epoch_steps(config.epochs, len(train_shard.tokens),
+                                                                   tokens_per_step))
 
     run_dir = Path(config.out)
     checkpoint = latest_checkpoint(run_dir)
@@ -214,6 +224,9 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         f"train {len(train_shard.tokens):,} tokens; device {device}, {config.dtype}"
         + (f"; {ranks.world_size} processes" if ranks.world_size > 1 else "")
         + (f" (FSDP: {held_parameters(model):,} parameters held by each)" if is_sharded(model) else ""))
+    if config.epochs > 0:
+        log(f"epochs {config.epochs:g}: {config.max_steps:,} steps of {tokens_per_step:,} tokens over "
+            f"{len(train_shard.tokens):,} training tokens (this replaces max_steps)")
     if config.fsdp and ranks.world_size == 1:
         log("--fsdp: one process has nothing to shard with; training unsharded")
 
@@ -242,7 +255,6 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
 
     schedule_steps = config.schedule_steps or config.max_steps
     max_seconds = config.max_minutes * 60
-    tokens_per_step = config.batch_size * config.grad_accum * T
     from tqdm import tqdm
 
     # a time-limited run shows seconds, since that, not max_steps, is what will end it
