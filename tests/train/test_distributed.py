@@ -1,5 +1,6 @@
 """Two processes on CPU with gloo, as CI runs them: DDP and FSDP2 reproduce a one-process run, and checkpoints move
-between world sizes and wrappings (1 process <-> 2 processes, DDP <-> FSDP) and continue as if never stopped.
+between world sizes and wrappings (1 process <-> 2 processes, DDP <-> FSDP) and continue as if never stopped; rank 0
+alone pretokenizes a fresh prepared folder while the other waits.
 
 One torchrun launch (tests/train/torchrun_jobs.py) runs every two-process case: starting processes is the slow part.
 """
@@ -17,13 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from talelab.config import SamplingConfig, build_train_configs
+from talelab.data.shards import SPLITS, load_shard, pretokenize, shard_directory
 from talelab.errors import ConfigError
 from talelab.generate import generate_text
 from talelab.models import build_model
 from talelab.models.storage import load_model
+from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import load_trainer_state
 from talelab.train.distributed import Ranks, shard
-from talelab.train.loop import train
+from talelab.train.loop import epoch_steps, train
 
 JOBS = Path(__file__).with_name("torchrun_jobs.py")
 QUIET = lambda *_: None  # noqa: E731
@@ -53,8 +56,9 @@ def assert_close(a: dict, b: dict, atol=1e-5):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_configs, prepared, bpe_dir):
     """A one-process run of 12 steps (global batch 8), and two-process runs: DDP and FSDP for 10 of the same 12-step
-    schedule (4 rows per rank), the one-process run's step-10 checkpoint continued to 12 by FSDP and by DDP, and a
-    batch that two processes cannot split."""
+    schedule (4 rows per rank), the one-process run's step-10 checkpoint continued to 12 by FSDP and by DDP, a
+    batch that two processes cannot split, and runs on prepared folders with no shards yet: one sound (trained for
+    --epochs), one with a broken line in train.jsonl."""
     root = tmp_path_factory.mktemp("distributed")
     common = dict(batch_size=8, max_steps=12, schedule_steps=12, log_interval=1)
     model_config, one = tiny_configs(root / "one", **common)
@@ -63,13 +67,21 @@ def runs(tmp_path_factory, tiny_configs, prepared, bpe_dir):
         shutil.copytree(root / "one", root / name)
         shutil.rmtree(root / name / "checkpoints" / "step-00000012")
         (root / name / "latest").write_text("checkpoints/step-00000010\n")
+    for name in ("fresh", "broken"):  # prepared folders with no shards yet, which both ranks would write
+        (root / name).mkdir()
+        for split in ("train.jsonl", "val.jsonl", "test.jsonl"):
+            shutil.copy(prepared / split, root / name / split)
+    with open(root / "broken" / "train.jsonl", "a", encoding="utf-8") as f:
+        f.write("not JSON\n")  # found by rank 0 only, at the end of its pretokenizing
     base = ["train", "--preset", "tiny", "--data", prepared, "--tokenizer", bpe_dir, "--batch-size", 8,
             "--max-steps", 10, "--schedule-steps", 12, "--log-interval", 1, "--no-progress"]
     jobs = [[0, base + ["--out", root / "ddp"]],
             [0, base + ["--out", root / "fsdp", "--fsdp"]],
             [0, ["train", "--out", root / "one-to-fsdp", "--resume", "--fsdp", "--no-progress"]],
             [0, ["train", "--out", root / "one-to-ddp", "--resume", "--no-progress"]],
-            [2, base + ["--out", root / "odd", "--batch-size", 7]]]
+            [2, base + ["--out", root / "odd", "--batch-size", 7]],
+            [0, base + ["--data", root / "fresh", "--out", root / "fresh-run", "--epochs", 0.02]],
+            [2, base + ["--data", root / "broken", "--out", root / "broken-run"]]]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(JOBS),
                json.dumps([[code, [str(a) for a in argv]] for code, argv in jobs])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
@@ -132,6 +144,26 @@ def test_a_world_size_that_does_not_divide_the_batch_is_refused(runs):
     with pytest.raises(ConfigError, match="batch_size 10 is not divisible by the world size 4"):
         Ranks(rank=1, world_size=4).rows(10)
     assert Ranks(rank=1, world_size=4).rows(8) == slice(2, 4)
+
+
+def test_under_torchrun_rank_0_pretokenizes_while_the_other_rank_waits_then_both_train_on_its_shards(runs, prepared,
+                                                                                                      bpe_dir):
+    root, _, stderr = runs
+    tokenizer = load_tokenizer(bpe_dir)
+    fresh = shard_directory(root / "fresh", tokenizer)
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(f"{split}.{suffix}" for split in SPLITS
+                                                              for suffix in ("bin", "starts.npy", "json"))
+    # the same files as one process writes for the same text and tokenizer (no interleaved writes)
+    alone = pretokenize(prepared, tokenizer, progress=False)
+    for split in SPLITS:
+        for suffix in ("bin", "starts.npy", "json"):
+            assert (fresh / f"{split}.{suffix}").read_bytes() == (alone / f"{split}.{suffix}").read_bytes()
+    train_tokens = len(load_shard(fresh, "train").tokens)
+    assert list(losses(root / "fresh-run")) == list(range(1, epoch_steps(0.02, train_tokens, 8 * 64) + 1))
+    # rank 0 meets the broken line and says so; rank 1, which waited for it, stops too instead of waiting forever
+    assert f"{root / 'broken' / 'train.jsonl'}:" in stderr
+    assert stderr.count("rank 0 could not pretokenize the prepared data") == 1
+    assert list(shard_directory(root / "broken", tokenizer).iterdir()) == []  # not even a partial temporary file
 
 
 def test_fsdp_refuses_recurrent_models_which_have_no_blocks_to_shard():

@@ -25,7 +25,7 @@ from talelab.models.storage import check_vocabulary, load_weights, read_config
 from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, unsharded_copy
-from talelab.train.distributed import (all_finite, gathered_state, held_parameters, is_sharded, join, leave,
+from talelab.train.distributed import (Ranks, all_finite, gathered_state, held_parameters, is_sharded, join, leave,
                                       load_optimizer_state, wrap)
 from talelab.train.objectives import contrastive_loss, next_token_loss, shuffled_stories
 from talelab.train.optim import lr_multiplier, make_optimizer
@@ -151,6 +151,22 @@ def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig,
     return loss_value
 
 
+def pretokenize_once(config: TrainConfig, tokenizer, ranks: Ranks) -> Path:
+    """The shard directory, written by rank 0 while the other ranks wait: under torchrun every rank would otherwise
+    write the same temporary files at once. A failure on rank 0 stops every rank instead of leaving them waiting."""
+    failure = None
+    if ranks.is_main:
+        try:
+            pretokenize(config.data, tokenizer, progress=config.progress)
+        except Exception as e:  # re-raised below, once the other ranks know
+            failure = e
+    # all ranks meet here (the average is the barrier) and learn whether rank 0 succeeded
+    if float(ranks.mean(torch.tensor(float(failure is None), device=ranks.device))) < 1:
+        raise failure or InputError(f"{config.data}: rank 0 could not pretokenize the prepared data (its error is "
+                                    f"above)")
+    return pretokenize(config.data, tokenizer, progress=False)  # now only finds the files rank 0 wrote
+
+
 def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, log=print) -> dict:
     """Train a transformer as configured; returns a summary (steps, losses, tokens/s, checkpoint path)."""
     if config.threads:
@@ -159,7 +175,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     device, rows = ranks.device, ranks.rows(config.batch_size)
     autocast = autocast_context(device, config.dtype)
     tokenizer = load_tokenizer(config.tokenizer)
-    shard_dir = pretokenize(config.data, tokenizer, progress=config.progress)
+    shard_dir = pretokenize_once(config, tokenizer, ranks)
     train_shard = load_shard(shard_dir, "train", tokenizer)
     val_shard = load_shard(shard_dir, "val", tokenizer) if (shard_dir / "val.bin").is_file() else None
 
