@@ -65,3 +65,14 @@ def test_five_thousand_documents_dedupe_in_a_few_seconds():
     kept, _ = dedupe_documents(docs, threshold=0.85)
     assert time.perf_counter() - started < 10
     assert len(kept) > 4900
+
+
+def test_exact_key_of_cleaned_text_is_the_key_of_the_text():
+    from talelab.data.clean import clean_document, drop_rules
+    from talelab.data.dedupe import exact_key
+
+    drops = drop_rules(0, 10**6, 1.0)
+    texts = read_documents(paths.TINYSTORIES_VALID) + ["A\n\nB  c\t\n\n\n d\u00a0e ", "x \n y", " Lead and trail "]
+    for text in texts:
+        cleaned = clean_document(text, drops)[0]
+        assert exact_key(cleaned, cleaned=True) == exact_key(cleaned), repr(cleaned[:60])

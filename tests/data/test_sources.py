@@ -194,3 +194,10 @@ def test_hub_id_offline_says_the_hub_cannot_be_reached(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     message = one_line_error("nobody-here/no-such-dataset")
     assert "nobody-here/no-such-dataset: no such file, and the Hugging Face hub cannot be reached" in message
+
+
+def test_endoftext_lines_are_found_where_the_anchored_pattern_finds_them():
+    text = ("<|endoftext|>\nA said <|endoftext|> in a line.\n  <|endoftext|>\t\nB.\n<|endoftext|>x\n"
+            "\t<|endoftext|>\n<|endoftext|><|endoftext|>\nC.\n<|endoftext|>")
+    expected = [m.span() for m in sources._EOT_LINE.finditer(text)]
+    assert list(sources._eot_lines(text)) == expected and len(expected) == 4

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from talelab.data.clean import EDITS, clean_document, drop_rules, record_change, record_removal, rule_reports
-from talelab.data.dedupe import exact_key, signatures, words_of
+from talelab.data.dedupe import exact_key, signatures, word_hashes
 from talelab.data.quality import quality_too_low
 from talelab.data.recase import Recaser, is_lowercased
 
@@ -53,7 +52,8 @@ class BatchResult:
     char_counts: np.ndarray  # int64 characters per kept document
     token_counts: np.ndarray  # int32 tokens per kept document (zeros without a statistics tokenizer)
     token_ids: np.ndarray  # occurrences of each token id in the batch (empty without a statistics tokenizer)
-    words: Counter  # occurrences of each word in the batch's kept documents
+    word_hashes: np.ndarray  # the distinct words of the batch's kept documents, by hash
+    word_hash_counts: np.ndarray  # and their occurrences
     reports: list[dict] = field(default_factory=list)  # WorkerSettings.rule_reports(), counted over this batch
 
 
@@ -118,10 +118,8 @@ def process_batch(records: list[dict]) -> BatchResult:
 def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
     """The kept documents' JSON lines and numbers."""
     texts = [text for text, _ in kept]
-    word_lists = [words_of(text) for text in texts]
-    words = Counter()
-    for word_list in word_lists:
-        words.update(word_list)
+    ids, lengths = word_hashes(texts)
+    distinct, occurrences = np.unique(ids, return_counts=True)
     token_counts, token_ids = np.zeros(len(texts), np.int32), np.zeros(0, np.int64)
     if _tokenizer is not None:
         encoded = _tokenizer.encode_batch(texts)
@@ -130,18 +128,21 @@ def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
         token_ids = np.bincount(flat, minlength=_tokenizer.vocab_size)
     return BatchResult(
         lines=[json_line(text, record) for text, record in kept],
-        exact_keys=np.array([exact_key(t) for t in texts], np.uint64),
-        signatures=signatures(word_lists),
+        exact_keys=np.array([exact_key(t, cleaned=True) for t in texts], np.uint64),
+        signatures=signatures(ids, lengths),
         positions=np.array([split_position(t) for t in texts], np.float64),
-        word_counts=np.array([len(w) for w in word_lists], np.int32),
+        word_counts=lengths.astype(np.int32),
         char_counts=np.array([len(t) for t in texts], np.int64),
         token_counts=token_counts,
         token_ids=token_ids,
-        words=words,
+        word_hashes=distinct,
+        word_hash_counts=occurrences,
         reports=reports,
     )
 
 
 def json_line(text: str, record: dict) -> str:
     """A prepared document as one JSONL line: its cleaned text first, then the record's other fields."""
+    if len(record) == 1:  # text alone, the common case: the same line without building a dict
+        return '{"text": ' + json.dumps(text, ensure_ascii=False) + "}\n"
     return json.dumps({"text": text, **{k: v for k, v in record.items() if k != "text"}}, ensure_ascii=False) + "\n"

@@ -22,7 +22,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +35,10 @@ from talelab.data.batches import (BatchResult, WorkerSettings, configure_worker,
                                   start_worker)
 from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
-                                 near_duplicate_reason, pair_members, words_of)
+                                 near_duplicate_reason, pair_members, word_hashes)
 from talelab.data.recase import learn_recasing
 from talelab.data.sources import iter_records
-from talelab.data.statistics import corpus_statistics, draw_statistics, statistics_markdown
+from talelab.data.statistics import WordCounts, corpus_statistics, draw_statistics, statistics_markdown
 from talelab.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
@@ -140,7 +140,7 @@ class Cleaned:
     def __init__(self, settings: WorkerSettings):
         self.reports = settings.rule_reports()
         self.parts = {name: [] for name in self.NUMBERS}
-        self.words, self.token_ids = Counter(), None
+        self.words, self.token_ids = WordCounts(), None
         self.documents = 0
 
     def add(self, result: BatchResult, scratch) -> None:
@@ -148,7 +148,7 @@ class Cleaned:
         self.documents += len(result.lines)
         for name in self.NUMBERS:
             self.parts[name].append(getattr(result, name))
-        self.words.update(result.words)
+        self.words.add(result.word_hashes, result.word_hash_counts)
         if len(result.token_ids):
             self.token_ids = result.token_ids if self.token_ids is None else self.token_ids + result.token_ids
         for total, batch in zip(self.reports, result.reports):
@@ -223,11 +223,10 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
     if not (split == 0).any():
         raise InputError(f"{config.source}: all {int(keep.sum())} documents fell into val/test, none is left for "
                          "training; use a larger corpus or lower --val-fraction/--test-fraction")
-    dropped = Dropped(config.stats_tokenizer)
+    dropped = Dropped(config.stats_tokenizer, cleaned.words)
     write_splits(partial, split, matches, exact, near, dropped)
     (partial / SCRATCH).unlink()
-    # The workers counted every cleaned document; the duplicates' words and tokens come off again here.
-    words = cleaned.words - dropped.words  # Counter subtraction also forgets words left with no occurrence
+    words = cleaned.words.frequencies()
     word_counts = cleaned.numbers("word_counts")[keep]
     token_ids = None if cleaned.token_ids is None else cleaned.token_ids - dropped.token_ids
     statistics = corpus_statistics(word_counts, words, cleaned.numbers("token_counts")[keep], token_ids,
@@ -262,10 +261,11 @@ def assign_splits(positions: np.ndarray, val_fraction: float, test_fraction: flo
 
 
 class Dropped:
-    """Words (and token ids, with a statistics tokenizer) of the documents dropped as duplicates."""
+    """Takes the documents dropped as duplicates off the word counts (the workers counted every cleaned document),
+    and counts their token ids to take them off too, with a statistics tokenizer."""
 
-    def __init__(self, tokenizer_path: str):
-        self.words, self.tokenizer, self.token_ids = Counter(), None, None
+    def __init__(self, tokenizer_path: str, words: WordCounts):
+        self.words, self.tokenizer, self.token_ids = words, None, None
         if tokenizer_path:
             from talelab.tokenizer import load_tokenizer  # only statistics with a tokenizer need it
 
@@ -273,7 +273,8 @@ class Dropped:
             self.token_ids = np.zeros(self.tokenizer.vocab_size, np.int64)
 
     def add(self, text: str) -> None:
-        self.words.update(words_of(text))
+        hashes = word_hashes([text])[0]
+        self.words.add(hashes, np.full(len(hashes), -1, np.int64))
         if self.tokenizer is not None:
             self.token_ids += np.bincount(self.tokenizer.encode(text), minlength=len(self.token_ids))
 

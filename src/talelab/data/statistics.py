@@ -1,12 +1,13 @@
 """Dataset statistics of a prepared corpus, as the from-scratch study tabulates them, and their two charts.
 
-Words are dedupe's shingle words: lowercased runs of letters, digits and underscores. Tokens are counted with a
-tokenizer when prepare is given one (`--stats-tokenizer`): encoded as the shards will be, without bos/eos.
+Words are dedupe.word_hashes' words (lowercased runs of letters, digits and underscores, curly quotes and dashes
+between them), counted by their 64-bit hashes: what is kept is 16 bytes per distinct word, never the words. Tokens are
+counted with a tokenizer when prepare is given one (`--stats-tokenizer`): encoded as the shards will be, without
+bos/eos.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,43 @@ COVERAGE_POINTS = (500, 1000, 2048, 5000, 10000, 20000)
 HISTOGRAM_BINS = 50
 
 
-def corpus_statistics(word_counts: np.ndarray, words: Counter, token_counts: np.ndarray | None = None,
+class WordCounts:
+    """Occurrences per word hash, added batch by batch and merged in bulk (vectorised, no dict per word)."""
+
+    MERGE_AT = 4_000_000  # pending entries before they are merged: bounds memory at ~64 MB on top of the counts
+
+    def __init__(self):
+        self.hashes, self.counts = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        self._pending, self._size = [], 0
+
+    def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
+        self._pending.append((hashes, counts))
+        self._size += len(hashes)
+        if self._size > self.MERGE_AT:
+            self._merge()
+
+    def _merge(self) -> None:
+        hashes = np.concatenate([self.hashes] + [h for h, _ in self._pending])
+        counts = np.concatenate([self.counts] + [c for _, c in self._pending])
+        self.hashes, where = np.unique(hashes, return_inverse=True)
+        self.counts = np.bincount(where, weights=counts, minlength=len(self.hashes)).astype(np.int64)
+        self._pending, self._size = [], 0
+
+    def frequencies(self) -> np.ndarray:
+        """The positive counts, most frequent first."""
+        self._merge()
+        return np.sort(self.counts[self.counts > 0])[::-1]
+
+
+def corpus_statistics(word_counts: np.ndarray, frequencies: np.ndarray, token_counts: np.ndarray | None = None,
                       token_ids: np.ndarray | None = None, tokenizer: str = "") -> dict:
     """Documents, words, unique words, words per document (mean and SD), coverage of running words by the N most
     frequent words, and with a tokenizer its tokens and distinct tokens."""
-    frequencies = np.sort(np.fromiter(words.values(), np.int64, len(words)))[::-1]
-    total = int(frequencies.sum())
-    covered = np.cumsum(frequencies) / max(total, 1)
+    covered = np.cumsum(frequencies) / max(int(frequencies.sum()), 1)
     stats = {
         "documents": int(len(word_counts)),
         "words": int(word_counts.sum()),
-        "unique_words": len(words),
+        "unique_words": len(frequencies),
         "words_per_document_mean": round(float(word_counts.mean()), 1) if len(word_counts) else 0.0,
         "words_per_document_sd": round(float(word_counts.std()), 1) if len(word_counts) else 0.0,
         "coverage": {str(n): round(float(covered[min(n, len(covered)) - 1]), 4) for n in COVERAGE_POINTS
@@ -36,7 +63,8 @@ def corpus_statistics(word_counts: np.ndarray, words: Counter, token_counts: np.
     return stats
 
 
-def draw_statistics(word_counts: np.ndarray, words: Counter, out: Path, vocab_size: int | None = None) -> list[str]:
+def draw_statistics(word_counts: np.ndarray, frequencies: np.ndarray, out: Path, vocab_size: int | None = None) \
+        -> list[str]:
     """lengths.png (histogram of words per document) and coverage.png (share of running words covered by the N most
     frequent words, with the word-level vocabulary size marked when given); returns the file names."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib is slow to import
@@ -50,14 +78,13 @@ def draw_statistics(word_counts: np.ndarray, words: Counter, out: Path, vocab_si
     figure.tight_layout()
     FigureCanvasAgg(figure).print_png(out / "lengths.png")
 
-    frequencies = np.sort(np.fromiter(words.values(), np.int64, len(words)))[::-1]
     covered = np.cumsum(frequencies) / max(int(frequencies.sum()), 1)
     figure = Figure(figsize=(6, 3.5))
     axes = figure.add_subplot()
     axes.plot(np.arange(1, len(covered) + 1), covered, color="tab:green")
     axes.set_xscale("log")
     axes.set(xlabel="N most frequent words", ylabel="share of running words", ylim=(0, 1.01),
-             title=f"Vocabulary coverage ({len(words):,} distinct words)")
+             title=f"Vocabulary coverage ({len(frequencies):,} distinct words)")
     if vocab_size:
         share = covered[min(vocab_size, len(covered)) - 1]
         axes.axvline(vocab_size, color="tab:red", linestyle="--", label=f"vocabulary {vocab_size:,}: {share:.1%}")
