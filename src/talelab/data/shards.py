@@ -44,20 +44,21 @@ def token_dtype(vocab_size: int):
 def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, progress: bool = False) -> dict:
     """Encode `texts` in batches and write the split's three files as they come; returns its metadata.
 
-    Memory holds one batch of texts and ids, the story starts (8 bytes a story) and a count per vocabulary id, so a
-    split of any size streams through."""
+    Memory holds one batch of texts and ids, the story starts (8 bytes a story), a count per vocabulary id and the
+    corpus encoder's bounded memory of pieces, so a split of any size streams through."""
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
     starts, offset, num_stories, num_bytes = [], 0, 0, 0
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)  # occurrences of each id: the unique tokens at the end
+    encoder = tokenizer.corpus_encoder()
     tmp = directory / f".{split}.bin.tmp"
     try:
         with open(tmp, "wb") as out, tqdm(desc=f"tokenize {split}", disable=not progress, unit=" stories",
                                           unit_scale=True) as bar:
             for batch in batched(texts, ENCODE_BATCH):
-                stories = tokenizer.encode_batch(batch, bos=True, eos=eos != bos)
+                stories = encoder.encode_batch(batch, bos=True, eos=eos != bos)
                 lengths = np.fromiter(map(len, stories), dtype=np.int64, count=len(stories))
                 ids = np.fromiter(itertools.chain.from_iterable(stories), dtype=dtype, count=int(lengths.sum()))
                 ids.tofile(out)

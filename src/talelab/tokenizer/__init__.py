@@ -7,7 +7,9 @@ loads as it is and that gives the same ids.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from talelab.tokenizer.gpt2 import load_gpt2
 from talelab.tokenizer.llama2c import decode_llama2c, load_llama2c
 from talelab.tokenizer.words import train_words
 
-__all__ = ["Tokenizer", "TextStream", "load_tokenizer", "train_tokenizer"]
+__all__ = ["CorpusEncoder", "Tokenizer", "TextStream", "load_tokenizer", "train_tokenizer"]
 
 @dataclass
 class Tokenizer:
@@ -82,6 +84,10 @@ class Tokenizer:
     def stream(self) -> TextStream:
         """An incremental decoder for printing tokens as they are generated."""
         return TextStream(self)
+
+    def corpus_encoder(self) -> CorpusEncoder:
+        """`encode_batch` for a long run of texts (pretokenizing a corpus), several times faster on stories."""
+        return CorpusEncoder(self)
 
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json + tokenizer_config.json, loadable by transformers.AutoTokenizer too."""
@@ -147,6 +153,54 @@ class TextStream:
         rest = self._unprinted()
         self._new_story()
         return rest
+
+
+# What the backend's GPT-2 regex calls whitespace (\s in Oniguruma: Unicode White_Space; Python's \s adds \x1c-\x1f)
+WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# A run of whitespace and the non-whitespace run after it (or trailing whitespace): the regex never makes a word that
+# runs from a non-whitespace character into whitespace, so no word crosses from one piece into the next.
+_PIECES = re.compile(f"[{WHITESPACE}]*[^{WHITESPACE}]+|[{WHITESPACE}]+")
+
+
+class CorpusEncoder:
+    """Encodes many texts as `Tokenizer.encode_batch` does, each distinct piece once.
+
+    A byte-level tokenizer (BPE, word-level, GPT-2's) splits text into words with GPT-2's regex before its model sees
+    it, so a text's ids are its pieces' ids end to end (see _PIECES). Stories repeat a small set of pieces: their ids
+    are remembered, up to `max_pieces` (then forgotten all at once, to bound memory), and the backend, whose regex
+    pass costs most of encoding, only sees new ones. Other tokenizers (llama2.c's, a lowercasing one) encode each
+    text whole."""
+
+    def __init__(self, tokenizer: Tokenizer, max_pieces: int = 1 << 19):
+        self.tokenizer, self.max_pieces = tokenizer, max_pieces
+        self.known: dict[str, list[int]] | None = {} if _words_stay_inside_pieces(tokenizer.backend) else None
+
+    def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        if self.known is None:
+            return self.tokenizer.encode_batch(texts, bos, eos)
+        pieces = [_PIECES.findall(text) for text in texts]
+        new = set(itertools.chain.from_iterable(pieces)).difference(self.known)
+        if len(self.known) + len(new) > self.max_pieces:
+            self.known.clear()
+            new = set(itertools.chain.from_iterable(pieces))
+        new = list(new)
+        encodings = self.tokenizer.backend.encode_batch_fast(new, add_special_tokens=False)
+        self.known.update(zip(new, (e.ids for e in encodings)))
+        head, tail = [self.tokenizer.bos_id] * bos, [self.tokenizer.eos_id] * eos
+        ids = self.known.__getitem__
+        return [[*head, *itertools.chain.from_iterable(map(ids, text_pieces)), *tail] for text_pieces in pieces]
+
+
+def _words_stay_inside_pieces(backend: tokenizers.Tokenizer) -> bool:
+    """Whether `backend` encodes text piece by piece: GPT-2's regex splits it into words, nothing before it changes
+    or matches text across whitespace, and words are encoded alone and without chance (no BPE dropout)."""
+    split = backend.pre_tokenizer
+    if not isinstance(split, tokenizers.pre_tokenizers.ByteLevel) or not split.use_regex or split.add_prefix_space:
+        return False
+    if backend.normalizer is not None or getattr(backend.model, "dropout", None):
+        return False
+    return not any(t.lstrip or t.rstrip or t.single_word or re.search(f"[{WHITESPACE}]", t.content)
+                   for t in backend.get_added_tokens_decoder().values())
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
