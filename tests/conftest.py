@@ -1,12 +1,13 @@
 """Shared fixtures: real shared data, one small prepared corpus, one BPE tokenizer, one tiny trained run, and real
 pretrained models: Karpathy's stories260K (talelab and Hugging Face Llama forms) and a small GPT-2-shaped model with
-GPT-2's real tokenizer.
+GPT-2's real tokenizer; and a small TinyStories all_data file labelled by hand-written rules, with its prepared form.
 
 Torch runs on one thread in tests: the suite shares two cores and two multi-threaded processes thrash.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -129,3 +130,36 @@ def gpt2_small(tmp_path_factory, shared) -> Path:
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tinystories_features(story: str, index: int) -> list[str]:
+    """Features for a shared story, chosen by hand-written rules (the shared data has no labelled stories): quoted
+    speech is Dialogue, "learned" a MoralValue, sadness in the last two sentences a BadEnding, every 7th story a
+    Twist. Labels the talelab rules cannot give (BadEnding, Twist) show where features came from."""
+    ending = " ".join(story.split(". ")[-2:])
+    return (["Dialogue"] * ('"' in story) + ["BadEnding"] * any(w in ending for w in (" sad", " bad", " cried"))
+            + ["MoralValue"] * ("learned" in story) + ["Twist"] * (index % 7 == 3))
+
+
+@pytest.fixture(scope="session")
+def tagged_all_data(tmp_path_factory, shared) -> tuple[Path, Path]:
+    """(data00.json, prepared directory): the first 40 shared stories as one TinyStories all_data JSON array, labelled
+    by tinystories_features (a few with no features), and `talelab prepare --text-field story --require-field
+    instruction.features` of it with every story in train.jsonl."""
+    from talelab.config import PrepareConfig
+    from talelab.data.prepare import prepare
+
+    text = (shared / paths.TINYSTORIES_TRAIN).read_text(encoding="utf-8")
+    stories = [s.strip() for s in text.split("<|endoftext|>") if s.strip()][:40]
+    records = [{"story": story, "instruction": {
+                    "prompt:": "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year "
+                               "old child would likely understand.",
+                    "words": sorted({w for w in story.lower().split() if w.isalpha() and len(w) >= 7})[:3],
+                    "features": tinystories_features(story, i)},
+                "summary": story.split(". ")[0] + ".", "source": "GPT-4"} for i, story in enumerate(stories)]
+    root = tmp_path_factory.mktemp("all_data")
+    source = root / "data00.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    prepare(PrepareConfig(source=str(source), text_field="story", require_field="instruction.features",
+                          val_fraction=0, test_fraction=0, out=str(root / "tagged")), progress=False)
+    return source, root / "tagged"

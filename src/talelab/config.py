@@ -463,7 +463,8 @@ class FinetuneConfig:
     task: str = option("stories-tags", "stories with requested features (loss on the story), plain text (domain-"
                        "adaptive pretraining), or instructions (loss on the answers)",
                        ("stories-tags", "lm", "instruct"))
-    data: str = option("data/tinystories/train-head.txt", "training file (path or under the data root): text or JSONL")
+    data: str = option("data/tinystories/train-head.txt", "training data (path or under the data root): a prepared "
+                       "directory (its train.jsonl), a text or JSONL file, or (stories-tags) TinyStories all_data JSON")
     out: str = option("runs/finetune", "output: adapter (or model) + tokenizer, checkpoints/, metrics.jsonl, loss.png, "
                       "summary.json, log.txt")
     eval_data: str = option("", "held-out file; empty: hold --eval-fraction of --data out")

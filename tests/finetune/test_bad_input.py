@@ -46,7 +46,7 @@ def test_unknown_tag_names_file_line_and_tag(llama, tmp_path):
     rows = [{"story": "Tom said \"hi\".", "instruction": {"features": ["Dialogue"], "words": ["hi"]}},
             {"story": "It rained.", "instruction": {"features": ["Happy"]}}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    with pytest.raises(ConfigError, match=rf"{data}:2: unknown feature 'Happy' \(choose from Dialogue, BadEnding"):
+    with pytest.raises(ConfigError, match=rf"{data}: record 2: unknown feature 'Happy' \(choose from Dialogue, "):
         build_examples("stories-tags", str(data), tokenizer)
 
 
@@ -65,7 +65,7 @@ def test_row_without_the_needed_field_names_file_and_line(llama, tmp_path):
         build_examples("instruct", str(data), tokenizer)
     stories = tmp_path / "stories.jsonl"
     stories.write_text(json.dumps({"title": "no story here"}) + "\n", encoding="utf-8")
-    with pytest.raises(InputError, match=rf"{stories}:1: no string field 'story' or 'text'"):
+    with pytest.raises(InputError, match=rf"{stories}: record 1: no string field 'text' or 'story'"):
         build_examples("stories-tags", str(stories), tokenizer)
 
 

@@ -1,5 +1,5 @@
-"""Prompt templates: TinyStories Instruct prompts, the Alpaca template with its EOS placeholder, User/Assistant
-turns and the tokenizer's own chat template."""
+"""Prompt templates: TinyStories Instruct prompts (with labels from all_data records, raw or prepared, or derived by
+rules), the Alpaca template with its EOS placeholder, User/Assistant turns and the tokenizer's own chat template."""
 
 from __future__ import annotations
 
@@ -44,6 +44,40 @@ def test_rule_features_on_unlabelled_stories_and_prompt_is_a_prefix(tokenizer):
     ids = tokenizer(first["prompt"], add_special_tokens=False)["input_ids"]
     both = tokenizer(first["prompt"] + first["completion"], add_special_tokens=False)["input_ids"]
     assert both[: len(ids)] == ids  # the story's tokens start right where the prompt's end
+
+
+def test_a_prepared_directory_of_all_data_gives_prompts_with_exactly_the_source_labels(tokenizer, tagged_all_data):
+    source, prepared = tagged_all_data
+    records = json.loads(source.read_text(encoding="utf-8"))
+    labelled = [r for r in records if r["instruction"]["features"]]  # prepare --require-field kept these
+    split = prepared / "train.jsonl"
+    texts = [json.loads(line)["text"] for line in split.read_text(encoding="utf-8").splitlines()]
+    examples, note = build_examples("stories-tags", str(prepared), tokenizer, derive_words=3)
+    assert len(examples) == len(labelled) == len(texts) == 25
+    for example, record, text in zip(examples, labelled, texts):
+        instruction = record["instruction"]
+        assert (example["features"], example["words"]) == (instruction["features"], instruction["words"])
+        assert example["prompt"] == story_prompt(instruction["features"], instruction["words"], record["summary"],
+                                                 "<s>")
+        assert example["completion"] == " " + text
+    assert any("Twist" in e["features"] for e in examples)  # a label that no rule gives
+    assert note == f"features: as labelled in {split} (25 stories); required words: up to 3 per unlabelled story, " \
+                   "drawn from the story itself"
+    raw, raw_note = build_examples("stories-tags", str(source), tokenizer)  # the all_data JSON array itself
+    assert [e["features"] for e in raw] == [r["instruction"]["features"] for r in records]  # [] is a label too
+    assert raw_note == f"features: as labelled in {source} (40 stories)"
+
+
+def test_records_without_labels_get_rule_features_and_the_note_counts_both(tokenizer, tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    rows = [{"text": 'Tom said, "Hi!" Then he ran home.', "instruction": {"features": ["Twist"], "words": ["run"]}},
+            {"text": "Sue learned to share her red ball.", "summary": "Sue shares."}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    examples, note = build_examples("stories-tags", str(data), tokenizer)
+    assert [e["features"] for e in examples] == [["Twist"], ["MoralValue"]]
+    assert examples[1]["prompt"] == "<s>Features: MoralValue\nSummary: Sue shares.\nStory:"
+    assert note.startswith("features: 1 of 2 stories carry no labels; their features were derived by rules")
+    assert note.endswith(f"the other 1 as labelled in {data}")
 
 
 def test_alpaca_rows_lose_the_eos_placeholder(tokenizer):

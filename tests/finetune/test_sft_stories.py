@@ -1,4 +1,5 @@
-"""LoRA stories-tags SFT of stories260K on the shared TinyStories text, features derived by rules."""
+"""LoRA stories-tags SFT of stories260K on the shared TinyStories text: features derived by rules, or as labelled in
+a prepared all_data directory."""
 
 from __future__ import annotations
 
@@ -39,3 +40,14 @@ def test_stories_tags_lora_lowers_held_out_loss_and_dialogue_follows_the_tag(sto
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 46_240
     talelab_model, talelab_tokenizer, _ = load_model(out)  # what generate, eval and serve load
     assert talelab_tokenizer.encode("Once upon a time") == tokenizer("Once upon a time")["input_ids"]
+
+
+def test_a_prepared_directory_with_labels_fine_tunes_and_the_log_says_as_labelled(stories260k_hf, quick,
+                                                                                   tagged_all_data, tmp_path):
+    _, prepared = tagged_all_data
+    out = tmp_path / "labelled"
+    summary = finetune(quick(base=str(stories260k_hf), task="stories-tags", data=str(prepared), out=str(out),
+                             max_steps=2), log=lambda line: None)
+    assert summary["train_examples"] + summary["held_out_examples"] == 25 and summary["steps"] == 2
+    note = f"features: as labelled in {prepared / 'train.jsonl'} (25 stories)"
+    assert summary["data_note"] == note and note in (out / "log.txt").read_text(encoding="utf-8").splitlines()

@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-from talelab.data.sources import read_documents, read_jsonl, read_text, resolve_source
+from talelab.data.sources import iter_records, read_documents, read_jsonl, read_text
 from talelab.data.tags import RULE_FEATURES, check_features, rule_features
 from talelab.errors import ConfigError, InputError
+from talelab.paths import resolve_input
 
 TASKS = ("stories-tags", "lm", "instruct")
 INSTRUCT_TEMPLATES = ("auto", "alpaca", "user-assistant", "chat")
@@ -26,6 +29,7 @@ ALPACA_HEADER_WITH_INPUT = ("Below is an instruction that describes a task, pair
 _SONNET_HEADING = re.compile(r"^\s*SONNET(?: [IVXLCDM]+)?\s*$", re.MULTILINE)
 _LINE_NUMBER = re.compile(r"\s+\d+\s*$", re.MULTILINE)
 _INSTRUCT_KEYS = ("Features:", "Words:", "Summary:", "Random sentence:", "Story:")
+STORY_FIELDS = ("text", "story")  # where a record keeps its story: prepared splits, TinyStories all_data
 # Words too common to test instruction following when required words are drawn from an unlabelled story.
 _COMMON = set("""the and was were that with they them then there their this from have had for but not she her his him
 one day very said what when who would could what into your you are all out saw big little too some went came""".split())
@@ -44,6 +48,49 @@ def field(row: dict, names: tuple[str, ...], where: str) -> str:
 
 def is_jsonl(path: Path) -> bool:
     return path.suffix.lower() in (".jsonl", ".json")
+
+
+def data_file(data: str, data_root=None, split: str = "train") -> Path:
+    """The file `data` names (a path or under the data root); a prepared directory means its `split`.jsonl."""
+    path = resolve_input(data, data_root)
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+        if not path.is_file():
+            raise InputError(f"{data}: a directory without {split}.jsonl (expected a prepared directory or a file)")
+    return path
+
+
+def story_rows(path: Path) -> Iterator[dict]:
+    """The records of a file (streamed by iter_records), the story in "text" whether the file calls it "text"
+    (prepared splits, plain text) or "story" (TinyStories all_data): the first record decides."""
+    errors = []
+    for name in STORY_FIELDS:
+        rows = iter_records(path, text_field=name)
+        try:
+            first = next(rows)
+        except InputError as e:
+            errors.append(str(e))
+            continue
+        return itertools.chain([first], rows)
+    if errors[0] == errors[1]:  # the same either way: not about the field (bad JSON, no records, ...)
+        raise InputError(errors[0])
+    raise InputError(f"{path}: record 1: no string field {' or '.join(repr(n) for n in STORY_FIELDS)} (expected "
+                     f"a prepared split, TinyStories all_data records or text)")
+
+
+def labels_of(row: dict, where: str) -> tuple[list[str] | None, list[str], str]:
+    """A record's features (None when it carries none), required words and summary, from all_data's
+    `instruction` {"features", "words"} and `summary`, or from top-level "features" / "words"."""
+    instruction = row.get("instruction") if isinstance(row.get("instruction"), dict) else {}
+    features = instruction.get("features", row.get("features"))
+    words = instruction.get("words", row.get("words")) or []
+    summary = row.get("summary") or ""
+    for name, value in (("features", [] if features is None else features), ("words", words)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{where}: '{name}' must be a list of strings (found {value!r:.60})")
+    if not isinstance(summary, str):
+        raise InputError(f"{where}: 'summary' must be a string (found {summary!r:.60})")
+    return features, words, summary
 
 
 # ---------------------------------------------------------------- stories-tags
@@ -94,37 +141,35 @@ def parse_instruct_story(document: str) -> dict:
 def story_records(path: Path, derive_words: int = 0) -> tuple[list[dict], str]:
     """Stories with their features, words and summary, and a note on where the features came from.
 
-    JSONL rows in the TinyStories all_data form carry labels; Instruct-format text carries them in its lines; any
-    other text has none, so the features that rules detect reliably (Dialogue, MoralValue) are derived.
+    Records that carry labels (TinyStories all_data records, raw or prepared, and Instruct-format text) keep them;
+    the others get the features that rules detect reliably (Dialogue, MoralValue). Read as a stream.
     """
-    records = []
-    if is_jsonl(path):
-        for number, row in read_jsonl(path):
-            where = f"{path}:{number}"
-            instruction = row.get("instruction") if isinstance(row.get("instruction"), dict) else {}
-            features = instruction.get("features", row.get("features"))
-            words = instruction.get("words", row.get("words")) or []
-            records.append({"story": field(row, ("story", "text"), where), "features": features, "words": words,
-                            "summary": row.get("summary") or "", "where": where})
-    else:
-        documents = read_documents(path)
-        if any(line.startswith("Story:") for d in documents[:20] for line in d.split("\n")):
-            records = [{**parse_instruct_story(d), "where": f"{path} story {i + 1}"} for i, d in enumerate(documents)]
+    records, labelled = [], 0
+    rows = story_rows(path)
+    head = list(itertools.islice(rows, 20))
+    instruct = any(line.startswith("Story:") for r in head for line in r["text"].split("\n"))
+    for number, row in enumerate(itertools.chain(head, rows), start=1):
+        where = f"{path}: record {number}"
+        features, words, summary = labels_of(row, where)
+        story = row["text"]
+        if features is None and instruct:
+            block = parse_instruct_story(story)
+            story, features, words, summary = block["story"], block["features"], block["words"], block["summary"]
+        if features is None:
+            features = rule_features(story)
         else:
-            records = [{"story": d, "features": None, "words": [], "summary": "", "where": f"{path} story {i + 1}"}
-                       for i, d in enumerate(documents)]
-    labelled = sum(r["features"] is not None for r in records)
-    for r in records:
-        if r["features"] is None:
-            r["features"] = rule_features(r["story"])
-        check_features(r["features"], r["where"])
-        if not r["words"] and derive_words:
-            r["words"] = pick_words(r["story"], derive_words)
-    if labelled == len(records):
-        note = f"features: as labelled in {path.name}"
+            labelled += 1
+            check_features(features, where)
+        if not words and derive_words:
+            words = pick_words(story, derive_words)
+        records.append({"story": story, "features": features, "words": words, "summary": summary})
+    total = len(records)
+    if labelled == total:
+        note = f"features: as labelled in {path} ({total} stories)"
     else:
-        note = (f"features: {len(records) - labelled} of {len(records)} stories carry no labels; their features "
-                f"were derived by rules ({', '.join(RULE_FEATURES)} only: the other four need a classifier)")
+        note = (f"features: {total - labelled} of {total} stories carry no labels; their features were derived by "
+                f"rules ({', '.join(RULE_FEATURES)} only: the other four need a classifier)")
+        note += f", the other {labelled} as labelled in {path}" if labelled else ""
     if derive_words:
         note += f"; required words: up to {derive_words} per unlabelled story, drawn from the story itself"
     return records, note
@@ -244,16 +289,15 @@ def bos_text(tokenizer) -> str:
 
 
 def build_examples(task: str, data: str, tokenizer, template: str = "auto", derive_words: int = 0,
-                   data_root=None) -> tuple[list[dict], str]:
-    """The examples of `data` for `task` (trl's prompt/completion or text rows) and a line for the run log.
+                   data_root=None, split: str = "train") -> tuple[list[dict], str]:
+    """The examples of `data` (a file, or a prepared directory's `split`.jsonl) for `task` (trl's prompt/completion
+    or text rows) and a line for the run log.
 
     stories-tags rows also keep `features` and `words`, which the tag-adherence measure reads.
     """
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is not one of {', '.join(TASKS)}")
-    path = resolve_source(data, data_root)
-    if path is None:
-        raise InputError(f"--data {data}: no such file (give a text or JSONL file)")
+    path = data_file(data, data_root, split)
     bos = bos_text(tokenizer)
     if task == "stories-tags":
         records, note = story_records(path, derive_words)
