@@ -531,8 +531,9 @@ class TrialsConfig:
 class TagClassifierConfig:
     """`talelab tags train`: TF-IDF + one-vs-rest logistic regression over the six TinyStories features."""
 
-    data: str = option("", "labelled stories: TinyStories all_data JSON (an array) or JSONL, records "
-                       "{\"story\", \"instruction\": {\"features\": [...]}}, or a folder of such files")
+    data: str = option("", "labelled stories: a prepared directory (its train.jsonl) or split of TinyStories "
+                       "all_data, or all_data JSON (an array) or JSONL, records {\"story\", \"instruction\": "
+                       "{\"features\": [...]}}, or a folder of such files")
     out: str = option("runs/tags", "output: classifier.json, report.md, report.json, f1.png")
     max_stories: int = option(0, "read at most this many labelled stories, in file order (0: all)")
     test_fraction: float = option(0.2, "share of the stories held out to score precision / recall / F1")

@@ -74,16 +74,16 @@ def test_a_record_without_story_or_with_an_unknown_feature_is_a_one_line_error_n
     good = json.dumps({"story": "Once upon a time.", "instruction": {"features": ["Dialogue"]}})
     no_story = tmp_path / "no_story.jsonl"
     no_story.write_text(f"{good}\n\n" + json.dumps({"instruction": {"features": []}}) + "\n")
-    with pytest.raises(InputError, match=r"no_story\.jsonl:3: no \"story\""):
+    with pytest.raises(InputError, match=r"no_story\.jsonl:3: no string field 'story'"):
         read_labelled(no_story)
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text(f"{good}\n" + json.dumps({"story": "A tale.", "instruction": {"features": ["Sadness"]}}))
     assert main(["tags", "train", "--data", str(unknown), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "unknown.jsonl:2: unknown feature 'Sadness'" in err and err.count("\n") == 1
+    assert "unknown.jsonl: record 2: unknown feature 'Sadness'" in err and err.count("\n") == 1
     array = tmp_path / "data00.json"  # all_data's own form: one JSON array
     array.write_text(json.dumps([json.loads(good), {"story": "x", "instruction": {}}]))
-    with pytest.raises(InputError, match=r"data00\.json: record 1: no \"instruction\""):
+    with pytest.raises(InputError, match=r"data00\.json: record 2: no \"instruction\""):
         read_labelled(array)
 
 
@@ -129,3 +129,21 @@ def test_a_folder_of_all_data_files_is_read_in_order_up_to_a_limit(labelled, tmp
     assert stories == [json.loads(line)["story"] for line in lines[:10]]
     assert labels[0] == json.loads(lines[0])["instruction"]["features"]
     assert len(read_labelled(tmp_path, limit=7)[0]) == 7
+
+
+def test_tags_train_on_a_prepared_directory_learns_from_its_labelled_stories(tagged_all_data, tmp_path):
+    source, prepared = tagged_all_data
+    labelled = [r for r in json.loads(source.read_text(encoding="utf-8")) if r["instruction"]["features"]]
+    split = prepared / "train.jsonl"
+    stories, labels = read_labelled(split)
+    assert stories == [json.loads(line)["text"] for line in split.read_text(encoding="utf-8").splitlines()]
+    assert labels == [r["instruction"]["features"] for r in labelled]
+    out = tmp_path / "classifier"
+    assert main(["tags", "train", "--data", str(prepared), "--out", str(out), "--min-df", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_stories"] + report["test_stories"] == len(labelled) == 25
+    for name, row in report["features"].items():
+        assert row["train_positives"] + row["test_positives"] == sum(name in r["instruction"]["features"]
+                                                                     for r in labelled), name
+    assert report["features"]["Dialogue"]["classifier"] is not None  # 18 labelled stories: trained
+    assert "Dialogue" in load_tag_classifier(out)["features"]

@@ -15,6 +15,7 @@ when one is given, and "not measured" otherwise.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -23,11 +24,11 @@ import numpy as np
 
 from talelab.atomic import write_text_atomic
 from talelab.config import SamplingConfig, TagClassifierConfig
-from talelab.data.sources import json_lines
 from talelab.data.tags import FEATURES, RULE_FEATURES, RULES, check_features, story_prompt
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.completion import Complete
 from talelab.evaluate.render import bar_chart, cell
+from talelab.finetune.formats import labels_of, story_rows
 from talelab.paths import resolve_input
 
 CLASSIFIER_FILE = "classifier.json"
@@ -38,10 +39,13 @@ TAGS_SAMPLING = SamplingConfig(temperature=0.8, max_new_tokens=200, seed=0)
 
 
 def read_labelled(path: str | Path, data_root=None, limit: int = 0) -> tuple[list[str], list[list[str]]]:
-    """Stories and their features from TinyStories all_data records (a JSON array or JSONL, or a folder of such
-    files such as all_data's data00.json ... data49.json), each {"story": text, "instruction": {"features": [...]}};
-    at most `limit` (0: all); a one-line error naming the file and line (or record)."""
+    """Stories and their features, streamed from labelled records: a prepared directory (its train.jsonl) or split
+    of TinyStories all_data ({"text", "instruction": {"features": [...]}, ...}), or all_data files themselves (a JSON
+    array or JSONL of {"story", "instruction": ...}, or a folder of them such as data00.json ... data49.json); at
+    most `limit` (0: all); a one-line error naming the file and line or record."""
     path = resolve_input(path, data_root)
+    if (path / "train.jsonl").is_file():
+        path = path / "train.jsonl"
     if path.is_dir():
         files = sorted(f for f in path.iterdir() if f.suffix in (".json", ".jsonl"))
         if not files:
@@ -53,31 +57,18 @@ def read_labelled(path: str | Path, data_root=None, limit: int = 0) -> tuple[lis
             if limit and len(stories) >= limit:
                 break
         return stories, labels
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):  # all_data's own form: one JSON array per file
-        try:
-            records = [(f"{path}: record {i}", r) for i, r in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    else:
-        records = [(f"{path}:{number}", record) for number, record in json_lines(path, text)]
     stories, labels = [], []
-    for where, record in records:
-        if not isinstance(record, dict) or not isinstance(record.get("story"), str) or not record["story"].strip():
-            raise InputError(f"{where}: no \"story\" text (expected TinyStories all_data records)")
-        instruction = record.get("instruction")
-        features = instruction.get("features") if isinstance(instruction, dict) else None
-        if not isinstance(features, list):
+    rows = story_rows(path)
+    for number, record in enumerate(itertools.islice(rows, limit) if limit else rows, start=1):
+        where = f"{path}: record {number}"
+        features = labels_of(record, where)[0]
+        if features is None:
             raise InputError(f"{where}: no \"instruction\": {{\"features\": [...]}} list (the labels)")
         try:
             labels.append(check_features(features, where))
         except ConfigError as e:  # an unknown label is a fault of the file, not of the configuration
             raise InputError(str(e)) from None
-        stories.append(record["story"])
-        if limit and len(stories) >= limit:
-            break
-    if not stories:
-        raise InputError(f"{path}: no records")
+        stories.append(record["text"])
     return stories, labels
 
 
@@ -104,7 +95,8 @@ def train_tag_classifier(config: TagClassifierConfig, data_root=None) -> dict:
     from sklearn.multiclass import OneVsRestClassifier
 
     if not config.data:
-        raise ConfigError("tags train: --data is required (TinyStories all_data JSON or JSONL)")
+        raise ConfigError("tags train: --data is required (a prepared directory of TinyStories all_data, or its "
+                          "JSON or JSONL files)")
     if not 0 < config.test_fraction < 1:
         raise ConfigError(f"test_fraction={config.test_fraction}: must be between 0 and 1")
     stories, labels = read_labelled(config.data, data_root, config.max_stories)
