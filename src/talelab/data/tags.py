@@ -8,9 +8,13 @@ Foreshadowing, Conflict) need a classifier trained on labelled stories; rules fo
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
-from talelab.errors import ConfigError
+from talelab.data.sources import iter_records
+from talelab.errors import ConfigError, InputError
 
 FEATURES = ("Dialogue", "BadEnding", "MoralValue", "Twist", "Foreshadowing", "Conflict")
 RULE_FEATURES = ("Dialogue", "MoralValue")
@@ -56,3 +60,41 @@ def check_features(names, where: str) -> list[str]:
         if name not in FEATURES:
             raise ConfigError(f"{where}: unknown feature '{name}' (choose from {', '.join(FEATURES)})")
     return names
+
+
+# --- labelled records: TinyStories all_data and prepared splits that kept its fields ----------------------------
+
+STORY_FIELDS = ("text", "story")  # where a record keeps its story: prepared splits, TinyStories all_data
+
+
+def story_rows(path: Path) -> Iterator[dict]:
+    """The records of a file (streamed by iter_records), the story in "text" whether the file calls it "text"
+    (prepared splits, plain text) or "story" (TinyStories all_data): the first record decides."""
+    errors = []
+    for name in STORY_FIELDS:
+        rows = iter_records(path, text_field=name)
+        try:
+            first = next(rows)
+        except InputError as e:
+            errors.append(str(e))
+            continue
+        return itertools.chain([first], rows)
+    if errors[0] == errors[1]:  # the same either way: not about the field (bad JSON, no records, ...)
+        raise InputError(errors[0])
+    raise InputError(f"{path}: record 1: no string field {' or '.join(repr(n) for n in STORY_FIELDS)} (expected "
+                     f"a prepared split, TinyStories all_data records or text)")
+
+
+def labels_of(row: dict, where: str) -> tuple[list[str] | None, list[str], str]:
+    """A record's features (None when it carries none), required words and summary, from all_data's
+    `instruction` {"features", "words"} and `summary`, or from top-level "features" / "words"."""
+    instruction = row.get("instruction") if isinstance(row.get("instruction"), dict) else {}
+    features = instruction.get("features", row.get("features"))
+    words = instruction.get("words", row.get("words")) or []
+    summary = row.get("summary") or ""
+    for name, value in (("features", [] if features is None else features), ("words", words)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{where}: '{name}' must be a list of strings (found {value!r:.60})")
+    if not isinstance(summary, str):
+        raise InputError(f"{where}: 'summary' must be a string (found {summary!r:.60})")
+    return features, words, summary

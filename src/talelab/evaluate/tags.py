@@ -24,11 +24,10 @@ import numpy as np
 
 from talelab.atomic import write_text_atomic
 from talelab.config import SamplingConfig, TagClassifierConfig
-from talelab.data.tags import FEATURES, RULE_FEATURES, RULES, check_features, story_prompt
+from talelab.data.tags import FEATURES, RULE_FEATURES, RULES, check_features, labels_of, story_prompt, story_rows
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.completion import Complete
 from talelab.evaluate.render import bar_chart, cell
-from talelab.finetune.formats import labels_of, story_rows
 from talelab.paths import resolve_input
 
 CLASSIFIER_FILE = "classifier.json"

@@ -11,11 +11,10 @@ import hashlib
 import itertools
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 from talelab.data.sources import iter_records, read_documents, read_jsonl, read_text
-from talelab.data.tags import RULE_FEATURES, check_features, rule_features
+from talelab.data.tags import RULE_FEATURES, check_features, labels_of, rule_features, story_rows
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
 
@@ -29,7 +28,6 @@ ALPACA_HEADER_WITH_INPUT = ("Below is an instruction that describes a task, pair
 _SONNET_HEADING = re.compile(r"^\s*SONNET(?: [IVXLCDM]+)?\s*$", re.MULTILINE)
 _LINE_NUMBER = re.compile(r"\s+\d+\s*$", re.MULTILINE)
 _INSTRUCT_KEYS = ("Features:", "Words:", "Summary:", "Random sentence:", "Story:")
-STORY_FIELDS = ("text", "story")  # where a record keeps its story: prepared splits, TinyStories all_data
 # Words too common to test instruction following when required words are drawn from an unlabelled story.
 _COMMON = set("""the and was were that with they them then there their this from have had for but not she her his him
 one day very said what when who would could what into your you are all out saw big little too some went came""".split())
@@ -58,39 +56,6 @@ def data_file(data: str, data_root=None, split: str = "train") -> Path:
         if not path.is_file():
             raise InputError(f"{data}: a directory without {split}.jsonl (expected a prepared directory or a file)")
     return path
-
-
-def story_rows(path: Path) -> Iterator[dict]:
-    """The records of a file (streamed by iter_records), the story in "text" whether the file calls it "text"
-    (prepared splits, plain text) or "story" (TinyStories all_data): the first record decides."""
-    errors = []
-    for name in STORY_FIELDS:
-        rows = iter_records(path, text_field=name)
-        try:
-            first = next(rows)
-        except InputError as e:
-            errors.append(str(e))
-            continue
-        return itertools.chain([first], rows)
-    if errors[0] == errors[1]:  # the same either way: not about the field (bad JSON, no records, ...)
-        raise InputError(errors[0])
-    raise InputError(f"{path}: record 1: no string field {' or '.join(repr(n) for n in STORY_FIELDS)} (expected "
-                     f"a prepared split, TinyStories all_data records or text)")
-
-
-def labels_of(row: dict, where: str) -> tuple[list[str] | None, list[str], str]:
-    """A record's features (None when it carries none), required words and summary, from all_data's
-    `instruction` {"features", "words"} and `summary`, or from top-level "features" / "words"."""
-    instruction = row.get("instruction") if isinstance(row.get("instruction"), dict) else {}
-    features = instruction.get("features", row.get("features"))
-    words = instruction.get("words", row.get("words")) or []
-    summary = row.get("summary") or ""
-    for name, value in (("features", [] if features is None else features), ("words", words)):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InputError(f"{where}: '{name}' must be a list of strings (found {value!r:.60})")
-    if not isinstance(summary, str):
-        raise InputError(f"{where}: 'summary' must be a string (found {summary!r:.60})")
-    return features, words, summary
 
 
 # ---------------------------------------------------------------- stories-tags

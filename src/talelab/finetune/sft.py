@@ -73,7 +73,7 @@ def split_examples(examples: list[dict], config: FinetuneConfig, tokenizer,
     """(train, held out): --eval-data when given, else a seeded --eval-fraction of the examples."""
     if config.eval_data:
         held_out, _ = build_examples(config.task, config.eval_data, tokenizer, config.template, config.derive_words,
-                                     data_root)
+                                     data_root, split="val")  # a prepared directory: its validation split
         train = examples
     else:
         order = list(range(len(examples)))
