@@ -195,7 +195,7 @@ def _text_blocks(path: Path, whole_lines: bool = True) -> Iterator[str]:
                 f"{line + piece.count(NEWLINE, 0, at)}); re-encode the file as UTF-8") from None
         offset, line = offset + len(piece), line + piece.count(NEWLINE)
         if text:
-            yield text.replace("\r\n", "\n").replace("\r", "\n")
+            yield text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
         if block is None:
             return
 

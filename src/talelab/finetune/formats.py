@@ -13,7 +13,7 @@ import random
 import re
 from pathlib import Path
 
-from talelab.data.sources import iter_records, read_documents, read_jsonl, read_text
+from talelab.data.sources import read_documents, read_jsonl, read_text
 from talelab.data.tags import RULE_FEATURES, check_features, labels_of, rule_features, story_rows
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
