@@ -32,12 +32,13 @@ def bpe(bpe_dir):
     return load_tokenizer(bpe_dir)
 
 
-@pytest.mark.parametrize("eos", ["same as bos", "its own token"])
-def test_a_split_written_in_batches_equals_the_split_encoded_at_once(prepared, bpe, tmp_path, monkeypatch, eos):
+@pytest.mark.parametrize("eos, workers", [("same as bos", 1), ("same as bos", 2), ("its own token", 2)])
+def test_a_split_written_in_batches_equals_the_split_encoded_at_once(prepared, bpe, tmp_path, monkeypatch, eos,
+                                                                     workers):
     tokenizer = bpe if eos == "same as bos" else dataclasses.replace(bpe, eos_id=1)
     texts = read_documents(str(prepared / "train.jsonl"))
-    monkeypatch.setattr(shards, "ENCODE_BATCH", 7)  # many batches and a shorter last one
-    meta = write_shard(tmp_path, "train", iter(texts), tokenizer)
+    monkeypatch.setattr(shards, "ENCODE_BATCH", 7)  # many batches (two workers really run) and a shorter last one
+    meta = write_shard(tmp_path, "train", iter(texts), tokenizer, workers=workers)
     tokens, starts = encoded_at_once(texts, tokenizer)
     assert np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist() == tokens
     saved_starts = np.load(tmp_path / "train.starts.npy")

@@ -56,3 +56,21 @@ def test_training_refuses_lowercase_for_bpe_and_unknown_kinds():
 def test_training_on_no_text_is_an_input_error_naming_the_data():
     with pytest.raises(InputError, match="empty.jsonl"):
         train_tokenizer(iter(["", ""]), TokenizerConfig(data="runs/empty.jsonl"))
+
+
+def test_sample_chars_trains_on_the_first_stories_only(prepared, tmp_path):
+    from talelab.data.sources import read_documents
+    from talelab.tokenizer import train_tokenizer_from
+
+    stories = read_documents(str(prepared / "train.jsonl"))
+    sample = TokenizerConfig(data=str(prepared), out=str(tmp_path / "sample"), vocab_size=300, sample_chars=20_000)
+    sampled = train_tokenizer_from(sample)
+    first, chars = [], 0  # the stories whose characters reach 20,000, the one that crosses it included
+    for story in stories:
+        first.append(story)
+        chars += len(story)
+        if chars >= 20_000:
+            break
+    assert len(first) < len(stories)
+    on_prefix = train_tokenizer(first, TokenizerConfig(vocab_size=300))
+    assert sampled.backend.to_str() == on_prefix.backend.to_str()

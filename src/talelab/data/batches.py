@@ -1,7 +1,7 @@
 """What prepare does to each batch of documents, in worker processes: recase, clean, score, and reduce each kept
 document to the numbers that deduplication, splitting and the corpus statistics need.
 
-A worker gets its settings once (`start_worker`) and then batches of records; it returns the kept documents as the
+A worker gets its settings once (`configure_worker`) and then batches of records; it returns the kept documents as the
 JSON lines the splits will hold, per-rule counts with the batch's first examples, and per-document numbers. Nothing
 here depends on other batches, so batches run on every core and the result does not depend on how many.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,12 +58,6 @@ class BatchResult:
 
 _settings: WorkerSettings | None = None
 _tokenizer = None
-
-
-def start_worker(settings: WorkerSettings) -> None:
-    """A worker process's initialiser: leave Ctrl-C to the main process, which stops the pool; keep the settings."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_worker(settings)
 
 
 def configure_worker(settings: WorkerSettings) -> None:

@@ -19,10 +19,8 @@ import dataclasses
 import errno
 import itertools
 import json
-import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,11 +29,11 @@ from tqdm import tqdm
 
 from talelab.atomic import atomic_directory
 from talelab.config import PrepareConfig
-from talelab.data.batches import (BatchResult, WorkerSettings, configure_worker, process_batch, split_position,
-                                  start_worker)
+from talelab.data.batches import BatchResult, WorkerSettings, configure_worker, process_batch, split_position
 from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
                                  near_duplicate_reason, pair_members, word_hashes)
+from talelab.data.parallel import ordered_map
 from talelab.data.recase import learn_recasing
 from talelab.data.sources import iter_records
 from talelab.data.statistics import WordCounts, corpus_statistics, draw_statistics, statistics_markdown
@@ -44,8 +42,6 @@ from talelab.errors import ConfigError, InputError
 SPLITS = ("train", "val", "test")
 MIN_DOCUMENTS_FOR_EVERY_SPLIT = 10
 BATCH_DOCUMENTS = 512  # per task: large enough that inter-process overhead is small, small enough to stream
-IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: keeps every core busy while bounding memory
-IN_PROCESS_BATCHES = 4  # a corpus of fewer batches is cleaned in the main process: workers take ~1 s to start
 SCRATCH = ".documents.jsonl"
 
 
@@ -164,33 +160,14 @@ class Cleaned:
 def clean_in_workers(records: Iterator[dict], settings: WorkerSettings, scratch: Path, workers: int,
                      progress: bool) -> Cleaned:
     """Every record through process_batch, on `workers` processes (0: one per core), results in corpus order."""
-    workers = workers or os.cpu_count() or 1
     cleaned = Cleaned(settings)
     batches = iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), [])
     # disable=None: a bar on a terminal only, so logs and captured stderr keep one line per message.
     with open(scratch, "w", encoding="utf-8") as out, \
             tqdm(desc="prepare", unit="doc", disable=None if progress else True) as bar:
-        def take(result: BatchResult) -> None:
+        for result in ordered_map(process_batch, batches, workers, configure_worker, (settings,)):
             cleaned.add(result, out)
             bar.update(len(result.lines))
-
-        head = list(itertools.islice(batches, IN_PROCESS_BATCHES))
-        if workers == 1 or len(head) < IN_PROCESS_BATCHES:  # a small corpus: starting workers costs more
-            configure_worker(settings)
-            for batch in itertools.chain(head, batches):
-                take(process_batch(batch))
-            return cleaned
-        # forkserver: workers start from a clean process, never a fork of one that runs threads (torch, tqdm).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with context.Pool(workers, initializer=start_worker, initargs=(settings,)) as pool:
-            pending = deque()  # bounded: Pool.imap would read the whole corpus ahead into its queue
-            for batch in itertools.chain(head, batches):
-                pending.append(pool.apply_async(process_batch, (batch,)))
-                if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                    take(pending.popleft().get())
-            while pending:
-                take(pending.popleft().get())
     return cleaned
 
 

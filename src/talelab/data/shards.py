@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talelab.data.parallel import ordered_map
 from talelab.errors import InputError, MismatchError
 
 SPLITS = ("train", "val", "test")
@@ -41,33 +42,32 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 65535 else np.uint32
 
 
-def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, progress: bool = False) -> dict:
-    """Encode `texts` in batches and write the split's three files as they come; returns its metadata.
+def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, progress: bool = False,
+                workers: int = 0) -> dict:
+    """Encode `texts` in batches on `workers` processes (0: one per core) and write the split's three files as the
+    batches come back, in order; returns its metadata.
 
-    Memory holds one batch of texts and ids, the story starts (8 bytes a story), a count per vocabulary id and the
-    corpus encoder's bounded memory of pieces, so a split of any size streams through."""
+    Memory holds a few batches of texts and ids, the story starts (8 bytes a story), a count per vocabulary id and
+    each worker's corpus encoder's bounded memory of pieces, so a split of any size streams through."""
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
     starts, offset, num_stories, num_bytes = [], 0, 0, 0
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)  # occurrences of each id: the unique tokens at the end
-    encoder = tokenizer.corpus_encoder()
     tmp = directory / f".{split}.bin.tmp"
     try:
         with open(tmp, "wb") as out, tqdm(desc=f"tokenize {split}", disable=not progress, unit=" stories",
                                           unit_scale=True) as bar:
-            for batch in batched(texts, ENCODE_BATCH):
-                stories = encoder.encode_batch(batch, bos=True, eos=eos != bos)
-                lengths = np.fromiter(map(len, stories), dtype=np.int64, count=len(stories))
-                ids = np.fromiter(itertools.chain.from_iterable(stories), dtype=dtype, count=int(lengths.sum()))
+            for lengths, ids, batch_bytes in ordered_map(encode_stories, batched(texts, ENCODE_BATCH), workers,
+                                                         start_encoder, (tokenizer,)):
                 ids.tofile(out)
                 counts += np.bincount(ids, minlength=len(counts))
                 starts.append(offset + np.cumsum(lengths) - lengths)
                 offset += len(ids)
-                num_stories += len(batch)
-                num_bytes += sum(len(t.encode("utf-8")) for t in batch)
-                bar.update(len(batch))
+                num_stories += len(lengths)
+                num_bytes += batch_bytes
+                bar.update(len(lengths))
             if eos == bos:  # the last story's end, which the next story's bos marks for every other one
                 np.asarray([eos], dtype=dtype).tofile(out)
                 counts[eos] += 1
@@ -82,6 +82,25 @@ def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, pr
     (directory / f"{split}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     tmp.replace(directory / f"{split}.bin")  # the .bin appears last: its presence marks a complete split
     return meta
+
+
+_encoder = None  # a worker's corpus encoder, set by start_encoder
+
+
+def start_encoder(tokenizer) -> None:
+    """A worker's setup: one corpus encoder, whose memory of pieces then serves every batch it encodes."""
+    global _encoder
+    _encoder = tokenizer.corpus_encoder()
+
+
+def encode_stories(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens per story, the stories' ids end to end as [bos] + ids (+ [eos]), UTF-8 bytes of the texts)."""
+    tokenizer = _encoder.tokenizer
+    stories = _encoder.encode_batch(texts, bos=True, eos=tokenizer.eos_id != tokenizer.bos_id)
+    lengths = np.fromiter(map(len, stories), dtype=np.int64, count=len(stories))
+    ids = np.fromiter(itertools.chain.from_iterable(stories), dtype=token_dtype(tokenizer.vocab_size),
+                      count=int(lengths.sum()))
+    return lengths, ids, sum(len(t.encode("utf-8")) for t in texts)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

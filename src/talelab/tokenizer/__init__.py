@@ -294,6 +294,16 @@ class _Counting:
             yield text
 
 
+def first_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
+    """The texts until their characters reach `limit` (0: all of them); the text that crosses it is the last."""
+    seen = 0
+    for text in texts:
+        yield text
+        seen += len(text)
+        if limit and seen >= limit:
+            return
+
+
 def train_tokenizer_from(config: TokenizerConfig) -> Tokenizer:
     """`talelab tokenizer train`: read `config.data` (prepared dir or corpus file), train, save to `config.out`."""
     from talelab.atomic import atomic_directory
@@ -302,7 +312,7 @@ def train_tokenizer_from(config: TokenizerConfig) -> Tokenizer:
     data = Path(config.data)
     source = data / "train.jsonl" if data.is_dir() else data
     # Streamed: the trainer keeps word counts only, so memory follows the vocabulary of the corpus, not its size
-    tokenizer = train_tokenizer(iter_texts(str(source)), config)
+    tokenizer = train_tokenizer(first_chars(iter_texts(str(source)), config.sample_chars), config)
     with atomic_directory(config.out) as tmp:
         tokenizer.save(tmp)
     return tokenizer
