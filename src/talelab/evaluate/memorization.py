@@ -21,7 +21,8 @@ sparse products slow, form a dense block (bfloat16 where the CPU multiplies it n
 BLAS; the long tail stays sparse (scipy) and is added only where it is non-zero. Training rows are scored CHUNK_ROWS
 at a time, each chunk's dense block built once for every batch of queries and dropped, and only scores above each
 query's current k-th best are merged, so memory stays at one chunk; the k best are then rescored exactly in float32.
-benchmarks/nearest_story.py measures it: 1,000 queries against 1M stories in about 23 s on two shared cores.
+benchmarks/nearest_story.py measures it. On 2.1M synthetic stories (1.9 GB, TinyStories' size; 66 terms a story,
+335 bytes) on two shared cores: build 265 s, 1,000 queries 36 s, peak RSS 1.26 GiB in all.
 """
 
 from __future__ import annotations
