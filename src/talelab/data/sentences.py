@@ -6,8 +6,10 @@ Used by the contrastive objective, the quality score and shuffled-continuation p
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # Titles and short forms after which a full stop does not end a sentence.
 ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "mt", "vs", "etc", "e.g", "i.e", "no", "ft"}
@@ -48,6 +50,8 @@ def split_sentences(text: str) -> list[str]:
 
 def shuffle_sentences(text: str, generator: torch.Generator) -> str:
     """The story with its sentences in a random order other than the original (when there are two or more)."""
+    import torch  # here, not at the top: prepare's worker processes split sentences and must not load torch (250 MB)
+
     sentences = split_sentences(text)
     if len(sentences) < 2:
         return text
