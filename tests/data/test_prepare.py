@@ -334,3 +334,41 @@ def test_disk_filling_mid_write_exits_with_one_line_and_leaves_the_previous_outp
     assert f"while writing {out}; the previous output is intact" in stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out"]
+
+
+@pytest.mark.parametrize("layout", ["eot", "blank-line", "jsonl"])
+def test_a_file_cut_into_ranges_gives_the_splits_of_one_stream(tmp_path, monkeypatch, layout):
+    from talelab.data import sources
+
+    stories = read_documents(paths.TINYSTORIES_TRAIN)[:-1] + read_documents(paths.TINYSTORIES_VALID)[1:2000]
+    corpus = tmp_path / f"corpus.{'jsonl' if layout == 'jsonl' else 'txt'}"
+    if layout == "jsonl":
+        write_jsonl(corpus, stories)
+    else:
+        separator = "\n<|endoftext|>\n" if layout == "eot" else "\n\n\n"
+        corpus.write_text(separator.join(s.replace("\n\n", "\n") for s in stories) + "\n", encoding="utf-8")
+    monkeypatch.setattr(sources, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(sources, "RANGE_BYTES", 50_000)  # ~60 ranges, so separators fall at every kind of place
+    ranges, _ = sources.split_file(str(corpus), "auto", parts=4)
+    assert len(ranges) > 40 and ranges[-1].end == corpus.stat().st_size
+    run(corpus, tmp_path / "ranges", format=layout, workers=2)
+    run(corpus, tmp_path / "stream", format=layout, max_documents=10**9)  # a filter: one stream, in order
+    for name in SPLIT_FILES:
+        assert (tmp_path / "ranges" / name).read_bytes() == (tmp_path / "stream" / name).read_bytes(), name
+    reports = [json.loads((tmp_path / d / "report.json").read_text(encoding="utf-8")) for d in ("ranges", "stream")]
+    assert reports[0]["documents_in"] == reports[1]["documents_in"] > 4000
+    assert reports[0]["rules"] == reports[1]["rules"] and reports[0]["statistics"] == reports[1]["statistics"]
+
+
+def test_a_bad_line_deep_in_a_cut_file_is_named_by_its_line(tmp_path, monkeypatch):
+    from talelab.data import sources
+
+    corpus = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"text": f"Story number {i} is about a cat who likes milk."}) for i in range(5000)]
+    lines[4321] = '{"text": oops}'
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(sources, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(sources, "RANGE_BYTES", 20_000)
+    with pytest.raises(InputError, match=f"{corpus}:4322: not valid JSON"):
+        run(corpus, tmp_path / "out", workers=2)
+    assert not (tmp_path / "out").exists()

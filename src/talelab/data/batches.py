@@ -9,15 +9,22 @@ here depends on other batches, so batches run on every core and the result does 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from talelab.data.clean import EDITS, clean_document, drop_rules, record_change, record_removal, rule_reports
+from talelab.data.clean import (EDITS, EXAMPLES_PER_RULE, clean_document, drop_rules, record_change, record_removal,
+                                rule_reports)
 from talelab.data.dedupe import exact_key, signatures, word_hashes
 from talelab.data.quality import quality_too_low
 from talelab.data.recase import Recaser, is_lowercased
+from talelab.data.sources import iter_range_records
+from talelab.data.statistics import WordCounts
+
+BATCH_DOCUMENTS = 512  # per batch: large enough that per-batch overhead (numpy, inter-process) is small
 
 
 @dataclass
@@ -54,6 +61,7 @@ class BatchResult:
     word_hashes: np.ndarray  # the distinct words of the batch's kept documents, by hash
     word_hash_counts: np.ndarray  # and their occurrences
     reports: list[dict] = field(default_factory=list)  # WorkerSettings.rule_reports(), counted over this batch
+    documents_read: int = 0
 
 
 _settings: WorkerSettings | None = None
@@ -104,7 +112,9 @@ def process_batch(records: list[dict]) -> BatchResult:
                 record_removal(by_rule["low_quality"], text, why)
                 continue
         kept.append((text, record))
-    return summarize(kept, reports)
+    result = summarize(kept, reports)
+    result.documents_read = len(records)
+    return result
 
 
 
@@ -139,3 +149,62 @@ def json_line(text: str, record: dict) -> str:
     if len(record) == 1:  # text alone, the common case: the same line without building a dict
         return '{"text": ' + json.dumps(text, ensure_ascii=False) + "}\n"
     return json.dumps({"text": text, **{k: v for k, v in record.items() if k != "text"}}, ensure_ascii=False) + "\n"
+
+
+class Cleaned:
+    """Cleaned documents, batch after batch: the scratch files holding their lines (in corpus order), their numbers,
+    the rules' counts and the word counts. A worker fills one for its range; the main process absorbs them in order."""
+
+    NUMBERS = ("exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts")
+
+    def __init__(self, settings: WorkerSettings):
+        self.reports = settings.rule_reports()
+        self.parts = {name: [] for name in self.NUMBERS}
+        self.words, self.token_ids = WordCounts(), None
+        self.documents = self.documents_read = 0
+        self.scratch_files: list[Path] = []
+
+    def add(self, result: BatchResult, scratch) -> None:
+        """A batch's result; its kept lines go to the open `scratch` file."""
+        scratch.write("".join(result.lines))
+        self.documents += len(result.lines)
+        self.documents_read += result.documents_read
+        for name in self.NUMBERS:
+            self.parts[name].append(getattr(result, name))
+        self.words.add(result.word_hashes, result.word_hash_counts)
+        self._count(result.token_ids, result.reports)
+
+    def absorb(self, other: Cleaned) -> None:
+        """Everything `other` (the next range) collected, after what this one holds."""
+        self.documents += other.documents
+        self.documents_read += other.documents_read
+        for name in self.NUMBERS:
+            self.parts[name] += other.parts[name]
+        self.words.absorb(other.words)
+        self.scratch_files += other.scratch_files
+        self._count(other.token_ids if other.token_ids is not None else (), other.reports)
+
+    def _count(self, token_ids, reports: list[dict]) -> None:
+        if len(token_ids):
+            self.token_ids = token_ids if self.token_ids is None else self.token_ids + token_ids
+        for total, more in zip(self.reports, reports):
+            for count in ("changed", "removed"):
+                if count in total:
+                    total[count] += more[count]
+            total["examples"] = (total["examples"] + more["examples"])[:EXAMPLES_PER_RULE]
+
+    def numbers(self, name: str) -> np.ndarray:
+        return np.concatenate(self.parts[name])
+
+
+def clean_range(task: tuple) -> Cleaned:
+    """A worker's share of a split file: read its range, clean it batch by batch, write the kept lines to its own
+    scratch file; (range, format, text field, scratch path) -> what it collected."""
+    span, format, text_field, scratch = task
+    part = Cleaned(_settings)
+    records = iter_range_records(span, format, text_field)
+    with open(scratch, "w", encoding="utf-8") as out:
+        for batch in iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), []):
+            part.add(process_batch(batch), out)
+    part.scratch_files.append(scratch)
+    return part

@@ -29,20 +29,19 @@ from tqdm import tqdm
 
 from talelab.atomic import atomic_directory
 from talelab.config import PrepareConfig
-from talelab.data.batches import BatchResult, WorkerSettings, configure_worker, process_batch, split_position
+from talelab.data.batches import (BATCH_DOCUMENTS, Cleaned, WorkerSettings, clean_range, configure_worker,
+                                  process_batch, split_position)
 from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
                                  near_duplicate_reason, pair_members, word_hashes)
 from talelab.data.parallel import ordered_map
 from talelab.data.recase import learn_recasing
-from talelab.data.sources import iter_records
+from talelab.data.sources import iter_records, split_file
 from talelab.data.statistics import WordCounts, corpus_statistics, draw_statistics, statistics_markdown
 from talelab.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
 MIN_DOCUMENTS_FOR_EVERY_SPLIT = 10
-BATCH_DOCUMENTS = 512  # per task: large enough that inter-process overhead is small, small enough to stream
-SCRATCH = ".documents.jsonl"
 
 
 def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
@@ -57,7 +56,7 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
                               recaser, config.stats_tokenizer)
     try:
         with atomic_directory(out) as partial:
-            cleaned = clean_in_workers(source.records(), settings, partial / SCRATCH, config.workers, progress)
+            cleaned = clean_in_workers(source, settings, partial, progress)
             rules = source.rules + ([recase_rule] if recase_rule else []) + cleaned.reports
             if config.recase:  # the workers' counts join the rule that holds the held-out accuracy
                 rules = merge_recase(rules)
@@ -84,6 +83,12 @@ class Source:
         self.unsampled = {"rule": "sample", "action": "drop", "removed": 0, "examples": []}
         self.rules = [self.missing] * bool(config.require_field) + [self.unsampled] * bool(config.sample)
         self.chosen = None
+
+    @property
+    def filtered(self) -> bool:
+        """True when a filter needs every record in order (then they stream through this process)."""
+        config = self.config
+        return bool(config.max_documents or config.require_field or config.sample)
 
     def _read(self) -> Iterator[dict]:
         config = self.config
@@ -128,46 +133,35 @@ def has_field(record: dict, dotted: str) -> bool:
     return value not in (None, "", [], {})
 
 
-class Cleaned:
-    """What the workers sent back: the scratch file of kept documents and their numbers, rule counts, word counts."""
+def clean_in_workers(source: Source, settings: WorkerSettings, partial: Path, progress: bool) -> Cleaned:
+    """Every record through process_batch on `--workers` processes (0: one per core), results in corpus order.
 
-    NUMBERS = ("exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts")
-
-    def __init__(self, settings: WorkerSettings):
-        self.reports = settings.rule_reports()
-        self.parts = {name: [] for name in self.NUMBERS}
-        self.words, self.token_ids = WordCounts(), None
-        self.documents = 0
-
-    def add(self, result: BatchResult, scratch) -> None:
-        scratch.write("".join(result.lines))
-        self.documents += len(result.lines)
-        for name in self.NUMBERS:
-            self.parts[name].append(getattr(result, name))
-        self.words.add(result.word_hashes, result.word_hash_counts)
-        if len(result.token_ids):
-            self.token_ids = result.token_ids if self.token_ids is None else self.token_ids + result.token_ids
-        for total, batch in zip(self.reports, result.reports):
-            for count in ("changed", "removed"):
-                if count in total:
-                    total[count] += batch[count]
-            total["examples"] = (total["examples"] + batch["examples"])[:EXAMPLES_PER_RULE]
-
-    def numbers(self, name: str) -> np.ndarray:
-        return np.concatenate(self.parts[name])
-
-
-def clean_in_workers(records: Iterator[dict], settings: WorkerSettings, scratch: Path, workers: int,
-                     progress: bool) -> Cleaned:
-    """Every record through process_batch, on `workers` processes (0: one per core), results in corpus order."""
+    A large local file is cut into ranges between documents that the workers read themselves (split_file): this
+    process then only collects numbers. Any other source streams through this process in batches."""
+    config = source.config
+    workers = config.workers or os.cpu_count() or 1
+    split = None if source.filtered else split_file(config.source, config.format, source.data_root, 4 * workers)
     cleaned = Cleaned(settings)
-    batches = iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), [])
     # disable=None: a bar on a terminal only, so logs and captured stderr keep one line per message.
-    with open(scratch, "w", encoding="utf-8") as out, \
-            tqdm(desc="prepare", unit="doc", disable=None if progress else True) as bar:
-        for result in ordered_map(process_batch, batches, workers, configure_worker, (settings,)):
-            cleaned.add(result, out)
-            bar.update(len(result.lines))
+    with tqdm(desc="prepare", unit="doc", disable=None if progress else True) as bar:
+        if split:
+            ranges, format = split
+            tasks = [(span, format, config.text_field, partial / f".documents-{i}.jsonl")
+                     for i, span in enumerate(ranges)]
+            for part in ordered_map(clean_range, tasks, workers, configure_worker, (settings,)):
+                cleaned.absorb(part)
+                bar.update(part.documents_read)
+            source.documents_in = cleaned.documents_read
+            if not cleaned.documents_read:
+                raise InputError(f"{ranges[0].path}: no documents (empty, or only separators and whitespace)")
+            return cleaned
+        scratch, records = partial / ".documents.jsonl", source.records()
+        batches = iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), [])
+        with open(scratch, "w", encoding="utf-8") as out:
+            for result in ordered_map(process_batch, batches, workers, configure_worker, (settings,)):
+                cleaned.add(result, out)
+                bar.update(result.documents_read)
+        cleaned.scratch_files.append(scratch)
     return cleaned
 
 
@@ -192,7 +186,7 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
             "index_bytes_per_document": SLOTS}
     keep = first_occurrences(cleaned.numbers("exact_keys"))
     pairs = candidate_pairs(cleaned.numbers("signatures"), np.flatnonzero(keep), config.near_duplicate_threshold)
-    texts = scratch_texts(partial / SCRATCH, pair_members(pairs))
+    texts = scratch_texts(cleaned.scratch_files, pair_members(pairs))
     matches = confirm_near_duplicates(pairs, texts, config.near_duplicate_threshold)
     keep[list(matches)] = False
     split = np.full(len(keep), -1, dtype=np.int8)
@@ -201,8 +195,9 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
         raise InputError(f"{config.source}: all {int(keep.sum())} documents fell into val/test, none is left for "
                          "training; use a larger corpus or lower --val-fraction/--test-fraction")
     dropped = Dropped(config.stats_tokenizer, cleaned.words)
-    write_splits(partial, split, matches, exact, near, dropped)
-    (partial / SCRATCH).unlink()
+    write_splits(cleaned.scratch_files, partial, split, matches, exact, near, dropped)
+    for scratch in cleaned.scratch_files:
+        scratch.unlink()
     words = cleaned.words.frequencies()
     word_counts = cleaned.numbers("word_counts")[keep]
     token_ids = None if cleaned.token_ids is None else cleaned.token_ids - dropped.token_ids
@@ -261,40 +256,43 @@ class Dropped:
         return self.tokenizer.vocab_size if self.tokenizer is not None and self.tokenizer.kind == "words" else None
 
 
-def scratch_texts(scratch: Path, wanted: set[int]) -> dict[int, str]:
-    """The texts of the scratch file's documents numbered in `wanted` (the candidate pairs': few)."""
-    texts = {}
-    if wanted:
-        with open(scratch, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if i in wanted:
-                    texts[i] = json.loads(line)["text"]
-    return texts
+def scratch_lines(files: list[Path]) -> Iterator[str]:
+    """The kept documents' JSON lines, in corpus order, from the scratch files the cleaning wrote."""
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            yield from f
 
 
-def write_splits(partial: Path, split: np.ndarray, matches: dict, exact: dict, near: dict, dropped: Dropped) -> None:
+def scratch_texts(files: list[Path], wanted: set[int]) -> dict[int, str]:
+    """The texts of the kept documents numbered in `wanted` (the candidate pairs': few)."""
+    if not wanted:
+        return {}
+    return {i: json.loads(line)["text"] for i, line in enumerate(scratch_lines(files)) if i in wanted}
+
+
+def write_splits(files: list[Path], partial: Path, split: np.ndarray, matches: dict, exact: dict, near: dict,
+                 dropped: Dropped) -> None:
     """Copy each kept scratch line into its split file; count the duplicates, with examples, into `dropped`."""
     examples = sorted(matches)[:EXAMPLES_PER_RULE]
     earlier = {matches[i][0]: "" for i in examples}  # texts of the documents the examples duplicate
-    files = [open(partial / f"{name}.jsonl", "w", encoding="utf-8") for name in SPLITS]
+    outputs = [open(partial / f"{name}.jsonl", "w", encoding="utf-8") for name in SPLITS]
     try:
-        with open(partial / SCRATCH, encoding="utf-8") as scratch:
-            for i, line in enumerate(scratch):
-                if split[i] >= 0:
-                    files[split[i]].write(line)
-                    if i in earlier:
-                        earlier[i] = json.loads(line)["text"]
-                    continue
-                text = json.loads(line)["text"]
-                dropped.add(text)
-                if i not in matches:
-                    record_removal(exact, text, "same text as an earlier document")
-                elif i in examples:
-                    record_removal(near, text, near_duplicate_reason(matches[i][1], earlier[matches[i][0]]))
-                else:
-                    near["removed"] += 1
+        for i, line in enumerate(scratch_lines(files)):
+            if split[i] >= 0:
+                outputs[split[i]].write(line)
+                if i in earlier:
+                    earlier[i] = json.loads(line)["text"]
+                continue
+            text = json.loads(line)["text"]
+            dropped.add(text)
+            if i not in matches:
+                record_removal(exact, text, "same text as an earlier document")
+            elif i in examples:
+                record_removal(near, text, near_duplicate_reason(matches[i][1], earlier[matches[i][0]]))
+            else:
+                near["removed"] += 1
     finally:
-        for f in files:
+        for f in outputs:
             f.close()
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from talelab import paths
@@ -103,10 +104,82 @@ def resolve_source(source: str, data_root: str | os.PathLike | None = None) -> P
     return path
 
 
+@dataclass(frozen=True)
+class FileRange:
+    """Bytes [start, end) of a local file that begin and end between documents; first_line: the line at start."""
+
+    path: Path
+    start: int
+    end: int
+    first_line: int
+
+
+RANGE_BYTES = 64 << 20  # a worker's share of a split file: large against start-up costs, small against memory
+MIN_SPLIT_BYTES = 16 << 20  # smaller files are read as one stream
+# What a range may end after, in the formats whose documents never span such a place.
+_RANGE_END = {"eot": re.compile(rb"^[ \t]*<\|endoftext\|>[ \t]*(?:\n|\Z)", re.MULTILINE),
+              "blank-line": re.compile(rb"\n[ \t]*\n"), "jsonl": re.compile(rb"\n")}
+
+
+def split_file(source: str, format: str, data_root=None, parts: int = 1) -> tuple[list[FileRange], str] | None:
+    """(ranges of about RANGE_BYTES, at least `parts` of them, and the format) for one local, uncompressed file of
+    MIN_SPLIT_BYTES or more in a format whose separators are whole lines (eot, blank-line, jsonl): each range can be
+    read on its own, and its documents are those the whole file gives there. None for any other source."""
+    if "," in source:
+        return None
+    path = resolve_source(source.strip(), data_root)
+    if path is None or path.name.lower().endswith(".gz") or path.stat().st_size < MIN_SPLIT_BYTES:
+        return None
+    format = detect_format(path) if format == "auto" else format
+    if format not in _RANGE_END:
+        return None
+    size = path.stat().st_size
+    count = max(parts, -(-size // RANGE_BYTES))
+    ends, lines, line, done = [], [], 1, 0
+    with open(path, "rb") as f:
+        for target in (size * k // count for k in range(1, count)):
+            end = _range_end(f, max(target, done), format)
+            if end > done and end < size:
+                ends.append(end)
+                done = end
+        ends.append(size)
+        f.seek(0)
+        for end in ends:  # the line each range starts at, for error messages: one read of the file
+            lines.append(line)
+            left = end - f.tell()
+            while left > 0:
+                chunk = f.read(min(BLOCK_BYTES, left))
+                line, left = line + chunk.count(NEWLINE), left - len(chunk)
+    starts = [0] + ends[:-1]
+    return [FileRange(path, a, b, n) for a, b, n in zip(starts, ends, lines)], format
+
+
+def _range_end(f, target: int, format: str) -> int:
+    """The first place at or after `target` where a range may end (the file's size when there is none)."""
+    window, size = 1 << 20, os.fstat(f.fileno()).st_size
+    while True:
+        f.seek(target)
+        data = f.read(window)
+        start = data.find(NEWLINE) + 1 if format == "eot" else 0  # eot's separator is a whole line: from a line start
+        match = _RANGE_END[format].search(data, start) if start or format != "eot" else None
+        if match and match.end() < len(data) or target + len(data) >= size:
+            return target + match.end() if match else size
+        window *= 4  # a separator that far is rare: look further
+
+
+def iter_range_records(span: FileRange, format: str, text_field: str = "text") -> Iterator[dict]:
+    """The records of one range of split_file, as iter_records gives them (stripped, non-empty texts)."""
+    for record in _file_records(span.path, format, text_field, span):
+        text = record["text"].strip()
+        if text:
+            record["text"] = text
+            yield record
+
+
 # --- files ---------------------------------------------------------------------------------------------------------
 
 
-def _file_records(path: Path, format: str, text_field: str) -> Iterator[dict]:
+def _file_records(path: Path, format: str, text_field: str, span: FileRange | None = None) -> Iterator[dict]:
     if format == "auto":
         format = detect_format(path)
     if format == "parquet":
@@ -114,8 +187,9 @@ def _file_records(path: Path, format: str, text_field: str) -> Iterator[dict]:
     if format == "json":
         return (_record(row, text_field, f"{path}: element {i}") for i, row in enumerate(_json_array(path)))
     if format == "jsonl":
-        return (_record(row, text_field, f"{path}:{n}") for n, row in json_lines(path, _text_lines(path)))
-    return ({"text": text} for text in _split_text(path, format))
+        first = span.first_line if span else 1
+        return (_record(row, text_field, f"{path}:{n}") for n, row in json_lines(path, _text_lines(path, span), first))
+    return ({"text": text} for text in _split_text(path, format, span))
 
 
 def _record(row, text_field: str, where: str) -> dict:
@@ -150,30 +224,38 @@ def _open(path: Path):
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def _raw_blocks(path: Path) -> Iterator[bytes]:
-    """Blocks of the file's bytes; a truncated or corrupt gzip is an InputError naming the file."""
+def _raw_blocks(path: Path, span: FileRange | None = None) -> Iterator[bytes]:
+    """Blocks of the file's bytes (of its span only, when given); a truncated or corrupt gzip is an InputError."""
     with _open(path) as f:
-        while True:
+        left = None
+        if span is not None:
+            f.seek(span.start)
+            left = span.end - span.start
+        while left is None or left > 0:
             try:
-                block = f.read(BLOCK_BYTES)
+                block = f.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left))
             except (EOFError, gzip.BadGzipFile, zlib.error) as e:
                 raise InputError(f"{path}: truncated or corrupt gzip ({e})") from None
             except OSError as e:
                 raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
             if not block:
                 return
+            if left is not None:
+                left -= len(block)
             yield block
 
 
-def _text_blocks(path: Path, whole_lines: bool = True) -> Iterator[str]:
-    """The file as UTF-8 text with '\\n' line ends, in blocks that end at a line end (whole_lines) or anywhere.
+def _text_blocks(path: Path, whole_lines: bool = True, span: FileRange | None = None) -> Iterator[str]:
+    """The file (or its span) as UTF-8 text with '\\n' line ends, in blocks that end at a line end (whole_lines) or
+    anywhere.
 
     Binary or wrongly encoded input is an InputError naming byte offset and line, counted in the file as it is."""
-    carry, offset, line = b"", 0, 1  # offset and line of carry's first byte
+    carry = b""
+    offset, line = (span.start, span.first_line) if span else (0, 1)  # of carry's first byte
     decoder = codecs.getincrementaldecoder("utf-8")()
-    for i, block in enumerate(itertools.chain(_raw_blocks(path), [None])):
+    for i, block in enumerate(itertools.chain(_raw_blocks(path, span), [None])):
         data = carry + block if block is not None else carry
-        if i == 0 and data.startswith(codecs.BOM_UTF8):
+        if i == 0 and offset == 0 and data.startswith(codecs.BOM_UTF8):
             # A BOM is legal UTF-8 but would break the first JSON line; offsets still count it.
             data, offset = data[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
         cut = len(data) if block is None or not whole_lines else data.rfind(NEWLINE) + 1
@@ -200,23 +282,23 @@ def _text_blocks(path: Path, whole_lines: bool = True) -> Iterator[str]:
             return
 
 
-def _text_lines(path: Path) -> Iterator[str]:
-    """The file's lines without their line ends."""
-    for block in _text_blocks(path):
+def _text_lines(path: Path, span: FileRange | None = None) -> Iterator[str]:
+    """The file's (or span's) lines without their line ends."""
+    for block in _text_blocks(path, span=span):
         lines = block.split("\n")
         if block.endswith("\n"):
             lines.pop()
         yield from lines
 
 
-def _split_text(path: Path, format: str) -> Iterator[str]:
+def _split_text(path: Path, format: str, span: FileRange | None = None) -> Iterator[str]:
     """The documents of a text file, split at the format's separators (not yet stripped).
 
     A block ends at a line end; a separator touching a block's end could still grow with the next block (a longer
     blank run, a lone line break that the next line turns into a paragraph), so the text from the last separator
     that ends inside the block is carried over: the documents are those of splitting the whole file at once."""
     carry = ""
-    for block in _text_blocks(path):
+    for block in _text_blocks(path, span=span):
         text, start = carry + block, 0
         for begin, end in _separators(text, format):
             if end >= len(text):
@@ -253,11 +335,11 @@ def _document(piece: str, format: str) -> str:
     return _PARAGRAPH_BREAK.sub("\n", piece) if format == "lines" else piece
 
 
-def json_lines(path, lines: Iterable[str] | str):
+def json_lines(path, lines: Iterable[str] | str, first_line: int = 1):
     """(line number, value) of every non-blank line of JSONL; a line that is not JSON stops with file:line."""
     if isinstance(lines, str):
         lines = lines.split("\n")
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=first_line):
         if line.strip():
             try:
                 yield number, json.loads(line)

@@ -31,6 +31,11 @@ class WordCounts:
         if self._size > self.MERGE_AT:
             self._merge()
 
+    def absorb(self, other: WordCounts) -> None:
+        """Add everything `other` counted."""
+        for hashes, counts in [(other.hashes, other.counts), *other._pending]:
+            self.add(hashes, counts)
+
     def _merge(self) -> None:
         hashes = np.concatenate([self.hashes] + [h for h, _ in self._pending])
         counts = np.concatenate([self.counts] + [c for _, c in self._pending])
