@@ -1,8 +1,9 @@
 """What prepare does to each batch of documents, in worker processes: recase, clean, score, and reduce each kept
 document to the numbers that deduplication, splitting and the corpus statistics need.
 
-A worker gets its settings once (`configure_worker`) and then batches of records; it returns the kept documents as the
-JSON lines the splits will hold, per-rule counts with the batch's first examples, and per-document numbers. Nothing
+A worker gets its settings once (`configure_worker`) and then batches of records (`process_batch`) or a range of a
+file to read itself (`clean_range`); a batch gives the kept documents as the JSON lines the splits will hold, per-rule
+counts with the batch's first examples, and per-document numbers, which `Cleaned` collects in corpus order. Nothing
 here depends on other batches, so batches run on every core and the result does not depend on how many.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 

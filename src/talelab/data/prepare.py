@@ -5,12 +5,14 @@ Output directory (config.out):
     report.json, report.md                counts in/out, per rule changed/removed with examples, split sizes, statistics
     lengths.png, coverage.png             words per document, and vocabulary coverage
 
-How it scales to corpora larger than memory: the main process reads records and hands batches to one worker
-process per core (talelab.data.batches), which recase, clean and score them and send back the kept documents as
-JSON lines plus a few numbers each: a 64-byte MinHash signature, an 8-byte exact-duplicate key, the split position
-and word counts (about 100 bytes per document in all). The lines go to a scratch file in the output's temporary
-directory; once the corpus is read, duplicates and splits are decided on the numbers alone and the scratch file is
-copied line by line into the splits. The same input gives the same splits, whatever the number of workers.
+How it scales to corpora larger than memory: one worker process per core (talelab.data.batches) recases, cleans
+and scores batches of records and keeps, per kept document, its JSON line in a scratch file and a few numbers: a
+64-byte MinHash signature, an 8-byte exact-duplicate key, the split position and counts (about 100 bytes in all).
+A large local file is cut into ranges between documents that the workers read themselves; any other source (hub,
+gzip, JSON array, parquet, several files, or a filter that needs every record in order) streams through this
+process in batches. Once the corpus is read, duplicates and splits are decided on the numbers alone and the scratch
+files are copied line by line into the splits. The same input gives the same splits, whatever the number of
+workers or ranges.
 """
 
 from __future__ import annotations
