@@ -89,6 +89,24 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient_and_leaves_log
     assert torch.allclose(ours_grad.float(), theirs_grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
 
 
+@pytest.mark.parametrize("scale", [1024.0, 65536.0])
+def test_fp16_logit_gradients_survive_the_loss_scale_as_torchs_cross_entropy_gives_them(scale):
+    """GradScaler multiplies the loss by `scale` (65,536 at first) so that small fp16 gradients stay above zero. The
+    chunked cross-entropy must apply that scale before its gradient meets fp16, as autocast's fp32 F.cross_entropy
+    does: stored unscaled in fp16, 69 % of these entries flushed to zero and 65,536 itself overflowed to inf."""
+    from talelab.models.transformer import ChunkedCrossEntropy
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2048, 1024) * 3).half().requires_grad_()  # peaked rows, as a trained model's are
+    targets = torch.randint(0, 1024, (2048,))
+    (ours,) = torch.autograd.grad(ChunkedCrossEntropy.apply(logits, targets) * scale, logits)
+    (theirs,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float(), targets) * scale, logits)
+    assert ours.dtype == torch.float16 and torch.isfinite(ours).all()
+    zeros, their_zeros = (ours == 0).float().mean().item(), (theirs == 0).float().mean().item()
+    assert their_zeros < 0.05 and zeros <= their_zeros + 0.001
+    assert torch.allclose(ours.float(), theirs.float(), rtol=1e-2, atol=scale * 1e-7)
+
+
 def test_compiled_training_step_gives_eager_loss_and_gradients(tmp_path, monkeypatch):
     """`train --compile` traces the model and the chunked cross-entropy into one graph. A tracing bug there once
     crashed the backward of a graph loaded from the compile cache, so this runs one real bf16 step, GPT-2 layout,
