@@ -166,6 +166,29 @@ def test_under_torchrun_rank_0_pretokenizes_while_the_other_rank_waits_then_both
     assert list(shard_directory(root / "broken", tokenizer).iterdir()) == []  # not even a partial temporary file
 
 
+def test_under_torchrun_a_time_budget_stops_every_rank_at_the_same_step(tmp_path, prepared, bpe_dir):
+    """Each rank once read the budget off its own clock, so one rank left the loop a step before the other and
+    waited in the checkpoint's collectives for a rank still waiting in a training all-reduce: a hang, every time.
+    Ranks now share one clock, so both stop at the same step and the launch ends."""
+    argv = ["train", "--preset", "tiny", "--data", prepared, "--tokenizer", bpe_dir, "--out", tmp_path / "run",
+            "--batch-size", 8, "--max-minutes", 0.1, "--max-steps", 1_000_000, "--log-interval", 1, "--no-progress"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(JOBS),
+               json.dumps([[0, [str(a) for a in argv]]])]
+    launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = launch.communicate(timeout=120)  # about 20 s: starting two processes, then 6 s of training
+    except subprocess.TimeoutExpired:
+        launch.terminate()  # torchrun passes it on to its workers, which run in sessions of their own
+        launch.communicate(timeout=60)
+        pytest.fail("the two ranks did not finish within 120 s of a 6 s time budget (a rank is stuck in a collective)")
+    assert launch.returncode == 0, stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "loss" in r][-1]
+    assert 1 < last["step"] < 1_000_000 and last["elapsed_s"] >= 6  # the budget, not max_steps, ended the run
+    assert (tmp_path / "run" / "latest").read_text().strip() == f"checkpoints/step-{last['step']:08d}"
+
+
 def test_fsdp_refuses_recurrent_models_which_have_no_blocks_to_shard():
     model_config, _ = build_train_configs("lstm-5m", overrides={"model": {"vocab_size": 64}})
     with pytest.raises(ConfigError, match="lstm family"):

@@ -45,6 +45,14 @@ class Ranks:
             value /= self.world_size
         return value
 
+    def slowest(self, seconds: float) -> float:
+        """The longest of each rank's `seconds` (itself in a single process): a time every rank agrees on."""
+        if self.world_size == 1:
+            return seconds
+        value = torch.tensor(seconds, dtype=torch.float64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

@@ -308,7 +308,9 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             if loss_value is None:
                 diverged(f"loss stopped being finite at step {step + 1}")
             step += 1
-            step_seconds = time.perf_counter() - started
+            # the budget and the schedule run on one clock for all ranks: on its own clock each rank would stop at a
+            # different step and leave the other waiting in a collective for ever
+            step_seconds = ranks.slowest(time.perf_counter() - started)
             elapsed += step_seconds
             window_tokens += tokens_per_step
             bar.update(min(step_seconds, bar.total - bar.n) if max_seconds else 1)
