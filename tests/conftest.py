@@ -3,6 +3,11 @@ pretrained models: Karpathy's stories260K (talelab and Hugging Face Llama forms)
 GPT-2's real tokenizer; and a small TinyStories all_data file labelled by hand-written rules, with its prepared form.
 
 Torch runs on one thread in tests: the suite shares two cores and two multi-threaded processes thrash.
+
+Tests train on the CPU even where a GPU is present: the GPU is hidden from them and every process they start, so
+`device auto` means the CPU (a two-process test would otherwise ask a one-GPU machine for cuda:1, and exact-resume
+tests would meet non-deterministic kernels). Tests about CUDA carry `@pytest.mark.cuda`; `pytest -m cuda` runs them
+with the GPU visible (benchmarks/gpu_check.sh does), and they skip where there is none.
 """
 
 from __future__ import annotations
@@ -24,6 +29,20 @@ import torch  # noqa: E402
 from talelab import paths  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    # before anything touches CUDA (torch reads the variable when it first does); inherited by subprocesses
+    if "cuda" not in (config.option.markexpr or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        why = "needs a CUDA device" + ("" if "cuda" in (config.option.markexpr or "") else " (run with -m cuda)")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=why))
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +76,14 @@ def bpe_dir(tmp_path_factory, prepared) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_configs(prepared, bpe_dir):
-    """configs(out, **train_overrides) -> (ModelConfig, TrainConfig) of the 'tiny' preset on the shared stories."""
+    """configs(out, **train_overrides) -> (ModelConfig, TrainConfig) of the 'tiny' preset on the shared stories, on
+    the CPU unless `device` is overridden."""
     from talelab.config import build_train_configs
 
     def configs(out: Path, model: dict | None = None, **train_overrides):
         return build_train_configs("tiny", overrides={"model": model or {}, "train": {
-            "data": str(prepared), "tokenizer": str(bpe_dir), "out": str(out), "progress": False, **train_overrides}})
+            "data": str(prepared), "tokenizer": str(bpe_dir), "out": str(out), "progress": False, "device": "cpu",
+            **train_overrides}})
 
     return configs
 
