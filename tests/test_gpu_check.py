@@ -1,0 +1,17 @@
+"""benchmarks/gpu_check.sh, the first minutes on a GPU machine, runs its commands on the CPU with --dry-run so it
+cannot rot before a GPU comes."""
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_the_gpu_check_runs_every_command_on_the_cpu_in_a_dry_run():
+    done = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    table = done.stdout.splitlines()
+    assert "FAILED" not in done.stdout and any(row.startswith("torchrun --max-minutes (fsdp)") for row in table)
+    assert sum(" ok " in row for row in table) >= 15
