@@ -76,3 +76,16 @@ def test_exact_key_of_cleaned_text_is_the_key_of_the_text():
     for text in texts:
         cleaned = clean_document(text, drops)[0]
         assert exact_key(cleaned, cleaned=True) == exact_key(cleaned), repr(cleaned[:60])
+
+
+def test_candidate_pairs_do_not_depend_on_how_many_rows_are_compared_at_once(monkeypatch):
+    import numpy as np
+
+    from talelab.data import dedupe
+
+    docs = stories(200)
+    docs += [d.replace(" the ", " a ", 1) for d in docs[:40]] + [docs[0][: len(docs[0]) // 2]] * 5
+    sketches = dedupe.signatures(*dedupe.word_hashes(docs))
+    whole = dedupe.candidate_pairs(sketches, np.arange(len(docs)), 0.85)
+    monkeypatch.setattr(dedupe, "GROUP_ROWS", 3)
+    assert dedupe.candidate_pairs(sketches, np.arange(len(docs)), 0.85) == whole and len(whole) >= 40

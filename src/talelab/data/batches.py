@@ -195,7 +195,8 @@ class Cleaned:
             total["examples"] = (total["examples"] + more["examples"])[:EXAMPLES_PER_RULE]
 
     def numbers(self, name: str) -> np.ndarray:
-        return np.concatenate(self.parts[name])
+        """One number per kept document, in corpus order. Taken once: the parts are released as they are joined."""
+        return np.concatenate(self.parts.pop(name))
 
 
 def clean_range(task: tuple) -> Cleaned:

@@ -30,6 +30,7 @@ from talelab.data.clean import record_removal
 SHINGLE_WORDS = 5
 SLOTS = 64  # b-bit signature slots; 16 bands of 4
 MARGIN = 0.2  # pairs whose b-bit estimate is this far below the threshold are not confirmed (4 standard errors)
+GROUP_ROWS = 256  # rows of a band group compared at once: 256 x group size x 64 bytes
 NUM_PERM = 64  # datasketch permutations of the confirming MinHash: about +-0.06 on Jaccard
 SEED = 1  # fixed so that the same corpus always loses the same documents
 WORD = re.compile(r"\w+")
@@ -175,20 +176,27 @@ def first_occurrences(keys: np.ndarray) -> np.ndarray:
 
 def candidate_pairs(signatures: np.ndarray, candidates: np.ndarray, threshold: float) -> dict[int, list[int]]:
     """{later document: [earlier documents]} among `candidates` (ascending indices) that share a band of their
-    b-bit signatures and whose b-bit estimate comes within MARGIN of the threshold: the few pairs worth confirming."""
+    b-bit signatures and whose b-bit estimate comes within MARGIN of the threshold: the few pairs worth confirming.
+
+    Memory stays at a few bytes per document: one band's keys at a time, and a large group of documents sharing a
+    band (short stories of one template) is compared GROUP_ROWS rows at a time."""
     if threshold <= 0 or len(candidates) < 2:
         return {}
-    bands = np.ascontiguousarray(signatures[candidates]).view(np.uint32)  # (n, 16): 4 slots per band
+    bands = np.ascontiguousarray(signatures).view(np.uint32)  # (n, 16): 4 slots per band, no copy
     pairs = defaultdict(set)
-    for band in bands.T:
-        order = np.argsort(band, kind="stable")
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(band[order])) + 1, [len(order)]])
+    for band in range(bands.shape[1]):
+        keys = bands[candidates, band]
+        order = np.argsort(keys, kind="stable")
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(keys[order])) + 1, [len(order)]])
         for g in np.flatnonzero(np.diff(bounds) >= 2):  # only documents that share the band with another
             members = candidates[np.sort(order[bounds[g]:bounds[g + 1]])]
             rows = signatures[members]
-            estimate = estimated_jaccard((rows[:, None, :] == rows[None, :, :]).mean(axis=2))
-            for i, j in zip(*np.nonzero(np.triu(estimate >= threshold - MARGIN, k=1))):
-                pairs[int(members[j])].add(int(members[i]))
+            for start in range(0, len(members), GROUP_ROWS):
+                block = rows[start:start + GROUP_ROWS]
+                estimate = estimated_jaccard((block[:, None, :] == rows[None, :, :]).mean(axis=2))
+                for i, j in zip(*np.nonzero(estimate >= threshold - MARGIN)):
+                    if start + i < j:
+                        pairs[int(members[j])].add(int(members[start + i]))
     return {later: sorted(earlier) for later, earlier in pairs.items()}
 
 
