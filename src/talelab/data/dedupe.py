@@ -64,8 +64,9 @@ def exact_key(text: str, cleaned: bool = False) -> int:
 
 
 # Word hashing, vectorised over a batch's bytes (no Python object per word): a word is a run of ASCII letters,
-# digits and underscores or of non-ASCII characters other than general punctuation (U+2000-U+206F: curly quotes,
-# dashes, the ellipsis), so "didn’t" gives didn and t, as \w+ does. Its hash is a polynomial in its bytes.
+# digits and underscores or of non-ASCII characters other than U+2000-U+20FF (general punctuation: curly quotes,
+# dashes, the ellipsis; super- and subscripts; currency signs), so "didn’t" gives didn and t, as \w+ does. Its hash
+# is a polynomial in its bytes.
 _WORD_BYTE = np.zeros(256, dtype=bool)
 _WORD_BYTE[[ord(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"]] = True
 _WORD_BYTE[0x80:] = True
