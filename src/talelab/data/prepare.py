@@ -47,7 +47,10 @@ MIN_DOCUMENTS_FOR_EVERY_SPLIT = 10
 
 
 def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Turn config.source into train/val/test.jsonl plus a cleaning report in config.out; returns a summary."""
+    """Turn config.source into train/val/test.jsonl plus a cleaning report in config.out; returns a summary.
+
+    Large inputs are cleaned in worker processes started with forkserver (spawn elsewhere), which import the calling
+    script again: a script that calls prepare needs the `if __name__ == "__main__":` idiom, as with multiprocessing."""
     started = time.perf_counter()
     check_config(config)
     out = Path(config.out)
@@ -178,7 +181,7 @@ def merge_recase(rules: list[dict]) -> list[dict]:
 
 
 def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial: Path, documents_in: int) -> dict:
-    """Decide duplicates and splits on the numbers, copy the scratch file into the splits, write the charts."""
+    """Decide duplicates and splits on the numbers, copy the scratch files into the splits, write the charts."""
     if not cleaned.documents:
         counts = ", ".join(f"{r['rule']} removed {r['removed']}" for r in rules if r.get("removed"))
         raise InputError(f"{config.source}: no documents left after cleaning ({counts}); "
