@@ -403,7 +403,8 @@ class PrefsConfig:
                         "hub id, or a LoRA adapter directory")
     prompt_fraction: float = option(0.4, "share of a story's sentences that form the prompt")
     min_continuation_sentences: int = option(2, "skip stories with fewer sentences than this after the prompt")
-    max_pairs: int = option(0, "make at most this many pairs (0: one per usable story)")
+    max_pairs: int = option(0, "make at most this many pairs, reading the stories only until then (0: one per usable "
+                            "story)")
     split: str = option("train", "which file of a prepared directory to read", ("train", "val", "test"))
     text_field: str = option("text", "field holding the story in JSONL rows")
     temperature: float = option(1.0, "with rejected=sample: sampling temperature (0: greedy)")

@@ -94,3 +94,17 @@ def test_sample_rejection_from_a_hugging_face_model_is_deterministic(stories260k
     pairs = build("a.jsonl")
     assert build("b.jsonl") == pairs and len(pairs) == 4
     assert all(p["rejected"].strip() and p["rejected"] != p["chosen"] for p in pairs)
+
+
+def test_max_pairs_reads_the_split_only_until_enough_stories_were_cut(prepared, tmp_path):
+    from talelab.finetune.prefs import cut_story
+
+    summary = build_pairs(PrefsConfig(data=str(prepared), out=str(tmp_path / "pairs.jsonl"), max_pairs=10))
+    needed, usable = 0, 0  # stories read, in order, until the tenth with enough sentences after its prompt
+    for story in read_stories(str(prepared), "train", "text"):
+        needed += 1
+        usable += cut_story(story, 0.4, 2) is not None
+        if usable == 10:
+            break
+    assert summary["stories"] == needed < sum(1 for _ in read_stories(str(prepared), "train", "text"))
+    assert summary["skipped_too_short"] == needed - 10

@@ -9,29 +9,30 @@ a pair differs from the other by layout (paragraph breaks) alone. Deterministic 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from talelab.atomic import write_text_atomic
+from talelab.atomic import atomic_file
 from talelab.config import PrefsConfig, SamplingConfig, check_choices
 from talelab.data.sentences import shuffle_sentences, split_sentences
-from talelab.data.sources import read_documents
+from talelab.data.sources import iter_texts
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
 
 END_MARKS = ('.', '!', '?', '"', '”', "'", "’")
 
 
-def read_stories(data: str, split: str, text_field: str, data_root=None) -> list[str]:
-    """Stories of a prepared directory (its `split`.jsonl), or of a text or JSONL file."""
+def read_stories(data: str, split: str, text_field: str, data_root=None) -> Iterator[str]:
+    """Stories of a prepared directory (its `split`.jsonl), or of a text or JSONL file, streamed."""
     path = resolve_input(data, data_root)
     if path.is_dir():
         path = path / f"{split}.jsonl"
         if not path.is_file():
             raise InputError(f"{path}: missing (a prepared directory holds train.jsonl, val.jsonl and test.jsonl)")
-    return read_documents(path, text_field=text_field, data_root=data_root)
+    return iter_texts(path, text_field=text_field, data_root=data_root)
 
 
 def cut_story(story: str, prompt_fraction: float, min_continuation: int) -> tuple[str, str] | None:
@@ -60,11 +61,17 @@ def check_config(config: PrefsConfig) -> None:
 def build_pairs(config: PrefsConfig, data_root=None) -> dict:
     """Write config.out (JSONL of prompt/chosen/rejected) and return a summary of what was made and skipped."""
     check_config(config)
-    stories = read_stories(config.data, config.split, config.text_field, data_root)
-    cuts = [cut_story(s, config.prompt_fraction, config.min_continuation_sentences) for s in stories]
-    kept = [c for c in cuts if c is not None]
-    if config.max_pairs:
-        kept = kept[:config.max_pairs]
+    # Streamed, and read only until --max-pairs stories have been cut: a split of 2M stories is never in memory
+    kept, read, too_short = [], 0, 0
+    for story in read_stories(config.data, config.split, config.text_field, data_root):
+        read += 1
+        cut = cut_story(story, config.prompt_fraction, config.min_continuation_sentences)
+        if cut is None:
+            too_short += 1
+            continue
+        kept.append(cut)
+        if config.max_pairs and len(kept) >= config.max_pairs:
+            break
     if not kept:
         raise InputError(f"{config.data}: no story keeps {config.min_continuation_sentences} or more sentences after "
                          f"its prompt; lower --min-continuation-sentences or --prompt-fraction")
@@ -77,10 +84,11 @@ def build_pairs(config: PrefsConfig, data_root=None) -> dict:
     rows = [{"prompt": p, "chosen": c, "rejected": r} for (p, c), r in zip(kept, rejected)
             if r.strip() and r != c]  # a one-sentence re-split or an empty sample would teach nothing
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    return {"out": str(out), "pairs": len(rows), "stories": len(stories), "rejected": config.rejected,
-            "skipped_too_short": cuts.count(None), "skipped_no_contrast": len(kept) - len(rows)}
+    with atomic_file(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"out": str(out), "pairs": len(rows), "stories": read, "rejected": config.rejected,
+            "skipped_too_short": too_short, "skipped_no_contrast": len(kept) - len(rows)}
 
 
 def sample_continuations(config: PrefsConfig, prompts: list[str], references: list[str]) -> list[str]:
