@@ -10,7 +10,6 @@ here depends on other batches, so batches run on every core and the result does 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from talelab.data.clean import (EDITS, EXAMPLES_PER_RULE, clean_document, drop_rules, record_change, record_removal,
                                 rule_reports)
 from talelab.data.dedupe import exact_key, signatures, word_hashes
+from talelab.data.parallel import batched
 from talelab.data.quality import quality_too_low
 from talelab.data.recase import Recaser, is_lowercased
 from talelab.data.sources import iter_range_records
@@ -206,7 +206,7 @@ def clean_range(task: tuple) -> Cleaned:
     part = Cleaned(_settings)
     records = iter_range_records(span, format, text_field)
     with open(scratch, "w", encoding="utf-8") as out:
-        for batch in iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), []):
+        for batch in batched(records, BATCH_DOCUMENTS):
             part.add(process_batch(batch), out)
     part.scratch_files.append(scratch)
     return part

@@ -43,6 +43,13 @@ def ordered_map(function: Callable, batches: Iterable, workers: int, setup: Call
             yield pending.popleft().get()
 
 
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` items in order (the last may be shorter)."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
 def _start(setup: Callable, setup_args: tuple) -> None:
     """A worker's initialiser: Ctrl-C is the main process's to handle (it stops the pool), then the setup."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -36,7 +36,7 @@ from talelab.data.batches import (BATCH_DOCUMENTS, Cleaned, WorkerSettings, clea
 from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
                                  near_duplicate_reason, pair_members, word_hashes)
-from talelab.data.parallel import ordered_map
+from talelab.data.parallel import batched, ordered_map
 from talelab.data.recase import learn_recasing
 from talelab.data.sources import iter_records, split_file
 from talelab.data.statistics import WordCounts, corpus_statistics, draw_statistics, statistics_markdown
@@ -161,9 +161,9 @@ def clean_in_workers(source: Source, settings: WorkerSettings, partial: Path, pr
                 raise InputError(f"{ranges[0].path}: no documents (empty, or only separators and whitespace)")
             return cleaned
         scratch, records = partial / ".documents.jsonl", source.records()
-        batches = iter(lambda: list(itertools.islice(records, BATCH_DOCUMENTS)), [])
         with open(scratch, "w", encoding="utf-8") as out:
-            for result in ordered_map(process_batch, batches, workers, configure_worker, (settings,)):
+            for result in ordered_map(process_batch, batched(records, BATCH_DOCUMENTS), workers, configure_worker,
+                                      (settings,)):
                 cleaned.add(result, out)
                 bar.update(result.documents_read)
         cleaned.scratch_files.append(scratch)

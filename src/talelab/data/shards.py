@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from talelab.data.parallel import ordered_map
+from talelab.data.parallel import batched, ordered_map
 from talelab.errors import InputError, MismatchError
 
 SPLITS = ("train", "val", "test")
@@ -101,13 +101,6 @@ def encode_stories(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     ids = np.fromiter(itertools.chain.from_iterable(stories), dtype=token_dtype(tokenizer.vocab_size),
                       count=int(lengths.sum()))
     return lengths, ids, sum(len(t.encode("utf-8")) for t in texts)
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    """Lists of `size` items in order (the last may be shorter)."""
-    items = iter(items)
-    while batch := list(itertools.islice(items, size)):
-        yield batch
 
 
 def load_shard(directory: Path, split: str, tokenizer=None) -> Shard:

@@ -49,11 +49,16 @@ class WordCounts:
         return np.sort(self.counts[self.counts > 0])[::-1]
 
 
+def coverage_curve(frequencies: np.ndarray) -> np.ndarray:
+    """Share of running words covered by the N most frequent words, for N = 1 ... (frequencies most frequent first)."""
+    return np.cumsum(frequencies) / max(int(frequencies.sum()), 1)
+
+
 def corpus_statistics(word_counts: np.ndarray, frequencies: np.ndarray, token_counts: np.ndarray | None = None,
                       token_ids: np.ndarray | None = None, tokenizer: str = "") -> dict:
     """Documents, words, unique words, words per document (mean and SD), coverage of running words by the N most
     frequent words, and with a tokenizer its tokens and distinct tokens."""
-    covered = np.cumsum(frequencies) / max(int(frequencies.sum()), 1)
+    covered = coverage_curve(frequencies)
     stats = {
         "documents": int(len(word_counts)),
         "words": int(word_counts.sum()),
@@ -83,7 +88,7 @@ def draw_statistics(word_counts: np.ndarray, frequencies: np.ndarray, out: Path,
     figure.tight_layout()
     FigureCanvasAgg(figure).print_png(out / "lengths.png")
 
-    covered = np.cumsum(frequencies) / max(int(frequencies.sum()), 1)
+    covered = coverage_curve(frequencies)
     figure = Figure(figsize=(6, 3.5))
     axes = figure.add_subplot()
     axes.plot(np.arange(1, len(covered) + 1), covered, color="tab:green")
