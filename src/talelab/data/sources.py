@@ -69,12 +69,9 @@ def iter_records(
         else:
             where, records = str(path), _file_records(path, one_format, text_field)
         count = 0
-        for record in records:
-            text = record["text"].strip()
-            if text:
-                count += 1
-                record["text"] = text
-                yield record
+        for record in _with_text(records):
+            count += 1
+            yield record
         if not count:
             raise InputError(f"{where}: no documents (empty, or only separators and whitespace)")
 
@@ -169,7 +166,12 @@ def _range_end(f, target: int, format: str) -> int:
 
 def iter_range_records(span: FileRange, format: str, text_field: str = "text") -> Iterator[dict]:
     """The records of one range of split_file, as iter_records gives them (stripped, non-empty texts)."""
-    for record in _file_records(span.path, format, text_field, span):
+    return _with_text(_file_records(span.path, format, text_field, span))
+
+
+def _with_text(records: Iterable[dict]) -> Iterator[dict]:
+    """The records whose text is not blank, the text stripped."""
+    for record in records:
         text = record["text"].strip()
         if text:
             record["text"] = text

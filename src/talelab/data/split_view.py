@@ -16,9 +16,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from talelab.data.sources import BLOCK_BYTES  # the read size of every data stage, here of the offset pass and iteration
 from talelab.errors import InputError
-
-BLOCK_BYTES = 8 << 20  # read size of the offset pass and of iteration
 
 
 class SplitView(Sequence):
