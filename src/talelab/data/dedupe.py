@@ -219,8 +219,9 @@ def confirm_near_duplicates(pairs: dict[int, list[int]], texts: dict[int, str], 
         mine = sketches[later].hashvalues
         for earlier in pairs[later]:
             theirs = sketches[earlier].hashvalues
-            if earlier in matches or not any(np.array_equal(mine[b * rows:(b + 1) * rows], theirs[b * rows:(b + 1) * rows])
-                                             for b in range(bands)):
+            shared_band = any(np.array_equal(mine[b * rows:(b + 1) * rows], theirs[b * rows:(b + 1) * rows])
+                              for b in range(bands))
+            if earlier in matches or not shared_band:
                 continue
             estimate = sketches[earlier].jaccard(sketches[later])
             if estimate >= threshold:
