@@ -28,7 +28,7 @@ def test_corpus_encoder_gives_the_ids_of_encode_batch_for_every_kind(tokenizers_
         assert encoder.encode_batch(texts, bos, eos) == tokenizer.encode_batch(texts, bos, eos)
         assert encoder.encode_batch(texts[::-1], bos, eos) == tokenizer.encode_batch(texts[::-1], bos, eos)
     # the byte-level kinds take the fast way, remembering pieces; llama2.c's, whose words span spaces, does not
-    assert (encoder.known is not None) == (kind != "llama2c")
+    assert encoder.by_pieces == (kind != "llama2c")
 
 
 def test_a_lowercasing_tokenizer_and_a_full_memory_still_give_the_ids_of_encode_batch(bpe, train_stories):

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tokenizers
 
 from talelab.config import TokenizerConfig
@@ -166,29 +167,101 @@ class CorpusEncoder:
     """Encodes many texts as `Tokenizer.encode_batch` does, each distinct piece once.
 
     A byte-level tokenizer (BPE, word-level, GPT-2's) splits text into words with GPT-2's regex before its model sees
-    it, so a text's ids are its pieces' ids end to end (see _PIECES). Stories repeat a small set of pieces: their ids
-    are remembered, up to `max_pieces` (then forgotten all at once, to bound memory), and the backend, whose regex
-    pass costs most of encoding, only sees new ones. Other tokenizers (llama2.c's, a lowercasing one) encode each
-    text whole."""
+    it, so a text's ids are its pieces' ids end to end (see _PIECES). Stories repeat a small set of pieces: each one's
+    ids are remembered as a row of a table, up to `max_pieces` rows (then forgotten all at once, to bound memory), and
+    the backend, whose regex pass costs most of encoding, only sees new pieces. A batch then costs one regex split and
+    one dictionary look-up per piece; the ids are gathered from the table by numpy. Other tokenizers (llama2.c's, a
+    lowercasing one) encode each text whole."""
 
     def __init__(self, tokenizer: Tokenizer, max_pieces: int = 1 << 19):
         self.tokenizer, self.max_pieces = tokenizer, max_pieces
-        self.known: dict[str, list[int]] | None = {} if _words_stay_inside_pieces(tokenizer.backend) else None
+        self.by_pieces = _words_stay_inside_pieces(tokenizer.backend)
+        self._forget()
+
+    def _forget(self) -> None:
+        self.known: dict[str, int] = {}  # piece -> its row: ids self._ids[self._start[row]:][:self._length[row]]
+        self._start = np.zeros(1024, dtype=np.int64)
+        self._length = np.zeros(1024, dtype=np.int64)
+        self._ids = np.zeros(4096, dtype=np.int64)
+        self._num_ids = 0
 
     def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
-        if self.known is None:
-            return self.tokenizer.encode_batch(texts, bos, eos)
-        pieces = [_PIECES.findall(text) for text in texts]
-        new = set(itertools.chain.from_iterable(pieces)).difference(self.known)
+        lengths, ids = self.encode_flat(texts, bos, eos)
+        return [story.tolist() for story in np.split(ids, np.cumsum(lengths)[:-1])] if len(texts) else []
+
+    def encode_flat(self, texts: list[str], bos: bool = False, eos: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(ids per text, every text's ids end to end) as int64 arrays, each text framed by bos and eos."""
+        if not self.by_pieces:
+            stories = self.tokenizer.encode_batch(texts, bos, eos)
+            lengths = np.fromiter(map(len, stories), dtype=np.int64, count=len(stories))
+            return lengths, np.fromiter(itertools.chain.from_iterable(stories), dtype=np.int64,
+                                        count=int(lengths.sum()))
+        pieces_of = [_PIECES.findall(text) for text in texts]
+        pieces = list(itertools.chain.from_iterable(pieces_of))
+        rows = self._rows(pieces)
+        piece_lengths = self._length[rows]
+        per_piece_start = np.cumsum(piece_lengths) - piece_lengths
+        body = np.arange(int(piece_lengths.sum())) + np.repeat(self._start[rows] - per_piece_start, piece_lengths)
+        pieces_per_text = np.fromiter(map(len, pieces_of), dtype=np.int64, count=len(texts))
+        # ids per text: the sum of its pieces' lengths (cumulative sums, since reduceat mishandles empty texts)
+        ends = np.concatenate(([0], np.cumsum(piece_lengths)))[np.cumsum(pieces_per_text)]
+        body_lengths = np.diff(ends, prepend=0)
+        return self._frame(body_lengths, self._ids[body], bos, eos)
+
+    def _rows(self, pieces: list[str]) -> np.ndarray:
+        """The table row of every piece, encoding the new ones first."""
+        rows = np.fromiter(map(self.known.get, pieces, itertools.repeat(-1)), dtype=np.int64, count=len(pieces))
+        missing = np.flatnonzero(rows < 0)
+        if not len(missing):
+            return rows
+        new = list(dict.fromkeys(pieces[i] for i in missing))
         if len(self.known) + len(new) > self.max_pieces:
-            self.known.clear()
-            new = set(itertools.chain.from_iterable(pieces))
-        new = list(new)
-        encodings = self.tokenizer.backend.encode_batch_fast(new, add_special_tokens=False)
-        self.known.update(zip(new, (e.ids for e in encodings)))
-        head, tail = [self.tokenizer.bos_id] * bos, [self.tokenizer.eos_id] * eos
-        ids = self.known.__getitem__
-        return [[*head, *itertools.chain.from_iterable(map(ids, text_pieces)), *tail] for text_pieces in pieces]
+            self._forget()
+            new, missing = list(dict.fromkeys(pieces)), np.arange(len(pieces))
+        self._add(new)
+        rows[missing] = [self.known[pieces[i]] for i in missing]
+        return rows
+
+    def _add(self, pieces: list[str]) -> None:
+        encodings = self.tokenizer.backend.encode_batch_fast(pieces, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        first_row, num_ids = len(self.known), int(lengths.sum())
+        self._start = _room(self._start, first_row + len(pieces))
+        self._length = _room(self._length, first_row + len(pieces))
+        self._ids = _room(self._ids, self._num_ids + num_ids)
+        self._start[first_row:first_row + len(pieces)] = self._num_ids + np.cumsum(lengths) - lengths
+        self._length[first_row:first_row + len(pieces)] = lengths
+        self._ids[self._num_ids:self._num_ids + num_ids] = np.fromiter(itertools.chain.from_iterable(ids),
+                                                                       dtype=np.int64, count=num_ids)
+        self._num_ids += num_ids
+        self.known.update(zip(pieces, range(first_row, first_row + len(pieces))))
+
+    def _frame(self, body_lengths: np.ndarray, body: np.ndarray, bos: bool, eos: bool) \
+            -> tuple[np.ndarray, np.ndarray]:
+        """bos before and eos after each text's ids, as Tokenizer._frame does for one text."""
+        if not bos and not eos:
+            return body_lengths, body
+        lengths = body_lengths + bos + eos
+        starts = np.cumsum(lengths) - lengths
+        ids = np.empty(int(lengths.sum()), dtype=np.int64)
+        is_body = np.ones(len(ids), dtype=bool)
+        for wanted, token, at in ((bos, self.tokenizer.bos_id, starts), (eos, self.tokenizer.eos_id,
+                                                                         starts + lengths - 1)):
+            if wanted:
+                ids[at] = token
+                is_body[at] = False
+        ids[is_body] = body
+        return lengths, ids
+
+
+def _room(array: np.ndarray, size: int) -> np.ndarray:
+    """`array`, or a copy twice as large when it holds fewer than `size` items: appending costs O(1) on average."""
+    if size <= len(array):
+        return array
+    grown = np.zeros(max(size, 2 * len(array)), dtype=array.dtype)
+    grown[:len(array)] = array
+    return grown
 
 
 def _words_stay_inside_pieces(backend: tokenizers.Tokenizer) -> bool:
