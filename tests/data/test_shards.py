@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from talelab.data import shards
+from talelab.data import shards, sources
 from talelab.data.shards import SPLITS, load_shard, pretokenize, shard_directory, write_shard
 from talelab.data.sources import read_documents
 from talelab.errors import InputError, MismatchError
@@ -48,6 +48,22 @@ def test_a_split_written_in_batches_equals_the_split_encoded_at_once(prepared, b
                     len(set(tokens)), "num_stories": len(texts), "num_bytes": sum(len(t.encode()) for t in texts),
                     "vocab_size": 512, "tokenizer": tokenizer.fingerprint()}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the temporary .bin was renamed
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_split_file_read_in_ranges_by_the_workers_equals_the_split_encoded_at_once(prepared, bpe, tmp_path,
+                                                                                    monkeypatch, workers):
+    monkeypatch.setattr(sources, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(shards, "RANGE_BYTES", 20_000)  # dozens of ranges, each of several batches
+    monkeypatch.setattr(shards, "ENCODE_BATCH", 7)
+    source = prepared / "train.jsonl"
+    assert len(sources.split_file(str(source), "jsonl", range_bytes=shards.RANGE_BYTES)[0]) > 10
+    texts = read_documents(str(source))
+    meta = write_shard(tmp_path, "train", source, bpe, workers=workers)
+    tokens, starts = encoded_at_once(texts, bpe)
+    assert np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist() == tokens
+    assert np.load(tmp_path / "train.starts.npy").tolist() == starts
+    assert (meta["num_stories"], meta["num_bytes"]) == (len(texts), sum(len(t.encode()) for t in texts))
 
 
 def test_writing_a_split_holds_one_batch_in_memory_not_the_split(prepared, bpe, tmp_path):

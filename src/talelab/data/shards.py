@@ -8,19 +8,23 @@ where every story ends. Bytes are kept so that losses convert to bits per byte.
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from talelab.data.parallel import batched, ordered_map
+from talelab.data.sources import FileRange, iter_range_records, iter_texts, split_file
 from talelab.errors import InputError, MismatchError
 
 SPLITS = ("train", "val", "test")
 ENCODE_BATCH = 512
+# A worker's share of a large split file: its ids (about a quarter of its bytes in uint16) travel back whole and a few
+# shares wait in order, so shares are smaller than prepare's, whose results are numbers only.
+RANGE_BYTES = 16 << 20
 
 
 @dataclass
@@ -42,13 +46,13 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 65535 else np.uint32
 
 
-def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, progress: bool = False,
+def write_shard(directory: Path, split: str, texts: Path | Iterable[str], tokenizer, progress: bool = False,
                 workers: int = 0) -> dict:
-    """Encode `texts` in batches on `workers` processes (0: one per core) and write the split's three files as the
-    batches come back, in order; returns its metadata.
+    """Encode `texts` (or the texts of a JSONL file) on `workers` processes (0: one per core) and write the split's
+    three files as the encoded parts come back, in order; returns its metadata.
 
-    Memory holds a few batches of texts and ids, the story starts (8 bytes a story), a count per vocabulary id and
-    each worker's corpus encoder's bounded memory of pieces, so a split of any size streams through."""
+    Memory holds a few parts of texts and ids, the story starts (8 bytes a story), a count per vocabulary id and each
+    worker's corpus encoder's bounded memory of pieces, so a split of any size streams through."""
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
@@ -59,8 +63,7 @@ def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, pr
     try:
         with open(tmp, "wb") as out, tqdm(desc=f"tokenize {split}", disable=not progress, unit=" stories",
                                           unit_scale=True) as bar:
-            for lengths, ids, batch_bytes in ordered_map(encode_stories, batched(texts, ENCODE_BATCH), workers,
-                                                         start_encoder, (tokenizer,)):
+            for lengths, ids, batch_bytes in encode_in_workers(texts, tokenizer, workers):
                 ids.tofile(out)
                 counts += np.bincount(ids, minlength=len(counts))
                 starts.append(offset + np.cumsum(lengths) - lengths)
@@ -84,6 +87,18 @@ def write_shard(directory: Path, split: str, texts: Iterable[str], tokenizer, pr
     return meta
 
 
+def encode_in_workers(texts: Path | Iterable[str], tokenizer, workers: int) -> Iterator[tuple]:
+    """encode_stories' results in order. A large JSONL file is cut into ranges that the workers read and encode
+    themselves (split_file), so that this process neither parses nor sends the texts; any other input is batched
+    here."""
+    if isinstance(texts, Path):
+        split = split_file(str(texts), "jsonl", parts=4 * (workers or os.cpu_count() or 1), range_bytes=RANGE_BYTES)
+        if split:
+            return ordered_map(encode_range, split[0], workers, start_encoder, (tokenizer,))
+        texts = iter_texts(str(texts), format="jsonl")
+    return ordered_map(encode_stories, batched(texts, ENCODE_BATCH), workers, start_encoder, (tokenizer,))
+
+
 _encoder = None  # a worker's corpus encoder, set by start_encoder
 
 
@@ -96,11 +111,19 @@ def start_encoder(tokenizer) -> None:
 def encode_stories(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """(tokens per story, the stories' ids end to end as [bos] + ids (+ [eos]), UTF-8 bytes of the texts)."""
     tokenizer = _encoder.tokenizer
-    stories = _encoder.encode_batch(texts, bos=True, eos=tokenizer.eos_id != tokenizer.bos_id)
-    lengths = np.fromiter(map(len, stories), dtype=np.int64, count=len(stories))
-    ids = np.fromiter(itertools.chain.from_iterable(stories), dtype=token_dtype(tokenizer.vocab_size),
-                      count=int(lengths.sum()))
+    lengths, ids = _encoder.encode_flat(texts, bos=True, eos=tokenizer.eos_id != tokenizer.bos_id)
+    ids = ids.astype(token_dtype(tokenizer.vocab_size))
     return lengths, ids, sum(len(t.encode("utf-8")) for t in texts)
+
+
+def encode_range(span: FileRange) -> tuple[np.ndarray, np.ndarray, int]:
+    """encode_stories for the texts of one range of a JSONL file, batch by batch, joined."""
+    parts = [encode_stories([record["text"] for record in batch])
+             for batch in batched(iter_range_records(span, "jsonl"), ENCODE_BATCH)]
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=token_dtype(_encoder.tokenizer.vocab_size)), 0
+    lengths, ids, sizes = zip(*parts)
+    return np.concatenate(lengths), np.concatenate(ids), sum(sizes)
 
 
 def load_shard(directory: Path, split: str, tokenizer=None) -> Shard:
@@ -123,8 +146,6 @@ def shard_directory(prepared: Path, tokenizer) -> Path:
 
 def pretokenize(prepared: str | Path, tokenizer, progress: bool = True) -> Path:
     """Tokenize every split of a prepared directory once; later calls reuse the files."""
-    from talelab.data.sources import iter_texts
-
     prepared = Path(prepared)
     if not (prepared / "train.jsonl").is_file():
         raise InputError(f"{prepared}: not a prepared data directory (no train.jsonl; run `talelab prepare`)")
@@ -133,5 +154,5 @@ def pretokenize(prepared: str | Path, tokenizer, progress: bool = True) -> Path:
     for split in SPLITS:
         source = prepared / f"{split}.jsonl"
         if source.is_file() and source.stat().st_size and not (directory / f"{split}.bin").is_file():
-            write_shard(directory, split, iter_texts(str(source), format="jsonl"), tokenizer, progress)
+            write_shard(directory, split, source, tokenizer, progress)
     return directory

@@ -118,8 +118,10 @@ _RANGE_END = {"eot": re.compile(rb"^[ \t]*<\|endoftext\|>[ \t]*(?:\n|\Z)", re.MU
               "blank-line": re.compile(rb"\n[ \t]*\n"), "jsonl": re.compile(rb"\n")}
 
 
-def split_file(source: str, format: str, data_root=None, parts: int = 1) -> tuple[list[FileRange], str] | None:
-    """(ranges of about RANGE_BYTES, at least `parts` of them, and the format) for one local, uncompressed file of
+def split_file(source: str, format: str, data_root=None, parts: int = 1, range_bytes: int = 0) \
+        -> tuple[list[FileRange], str] | None:
+    """(ranges of about `range_bytes` (0: RANGE_BYTES), at least `parts` of them, and the format) for one local,
+    uncompressed file of
     MIN_SPLIT_BYTES or more in a format whose separators are whole lines (eot, blank-line, jsonl): each range can be
     read on its own, and its documents are those the whole file gives there. None for any other source."""
     if "," in source:
@@ -131,7 +133,7 @@ def split_file(source: str, format: str, data_root=None, parts: int = 1) -> tupl
     if format not in _RANGE_END:
         return None
     size = path.stat().st_size
-    count = max(parts, -(-size // RANGE_BYTES))
+    count = max(parts, -(-size // (range_bytes or RANGE_BYTES)))
     ends, lines, line, done = [], [], 1, 0
     with open(path, "rb") as f:
         for target in (size * k // count for k in range(1, count)):
