@@ -185,20 +185,35 @@ def candidate_pairs(signatures: np.ndarray, candidates: np.ndarray, threshold: f
         return {}
     bands = np.ascontiguousarray(signatures).view(np.uint32)  # (n, 16): 4 slots per band, no copy
     pairs = defaultdict(set)
+    positions = np.arange(len(candidates), dtype=np.uint64)
     for band in range(bands.shape[1]):
-        keys = bands[candidates, band]
-        order = np.argsort(keys, kind="stable")
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(keys[order])) + 1, [len(order)]])
-        for g in np.flatnonzero(np.diff(bounds) >= 2):  # only documents that share the band with another
-            members = candidates[np.sort(order[bounds[g]:bounds[g + 1]])]
+        # One sort of (band key, position) orders by key and, within a key, by document: stable, and ~3x faster
+        # than a stable argsort of the keys.
+        ordered = np.sort((bands[candidates, band].astype(np.uint64) << np.uint64(32)) | positions)
+        members_in_order = candidates[(ordered & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(ordered >> np.uint64(32))) + 1, [len(ordered)]])
+        sizes = np.diff(bounds)
+        two = bounds[:-1][sizes == 2]  # most shared bands join two documents: compare those all at once
+        for chunk in range(0, len(two), GROUP_ROWS * GROUP_ROWS):
+            first = members_in_order[two[chunk:chunk + GROUP_ROWS * GROUP_ROWS]]
+            second = members_in_order[two[chunk:chunk + GROUP_ROWS * GROUP_ROWS] + 1]
+            close = _close(signatures[first], signatures[second], threshold)
+            for earlier, later in zip(first[close].tolist(), second[close].tolist()):
+                pairs[later].add(earlier)
+        for g in np.flatnonzero(sizes > 2):
+            members = members_in_order[bounds[g]:bounds[g + 1]]
             rows = signatures[members]
             for start in range(0, len(members), GROUP_ROWS):
-                block = rows[start:start + GROUP_ROWS]
-                estimate = estimated_jaccard((block[:, None, :] == rows[None, :, :]).mean(axis=2))
-                for i, j in zip(*np.nonzero(estimate >= threshold - MARGIN)):
+                block = rows[start:start + GROUP_ROWS, None, :]
+                for i, j in zip(*np.nonzero(_close(block, rows[None, :, :], threshold))):
                     if start + i < j:
                         pairs[int(members[j])].add(int(members[start + i]))
     return {later: sorted(earlier) for later, earlier in pairs.items()}
+
+
+def _close(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether signatures `a` and `b` (broadcast) estimate a Jaccard within MARGIN of the threshold."""
+    return estimated_jaccard(np.count_nonzero(a == b, axis=-1) / SLOTS) >= threshold - MARGIN
 
 
 def confirm_near_duplicates(pairs: dict[int, list[int]], texts: dict[int, str], threshold: float) -> dict[int, tuple]:
