@@ -52,6 +52,7 @@ class WorkerSettings:
 @dataclass
 class BatchResult:
     lines: list[str]  # kept documents as JSON lines ("text" first, then the record's other fields)
+    line_bytes: np.ndarray  # int64 UTF-8 bytes of each line, so the scratch files can be copied by byte ranges
     exact_keys: np.ndarray  # uint64 per kept document
     signatures: np.ndarray  # (kept, 64) uint8 MinHash signatures
     positions: np.ndarray  # float64 split position in [0, 1) per kept document
@@ -130,8 +131,10 @@ def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
         token_counts = np.array([len(ids) for ids in encoded], np.int32)
         flat = np.fromiter((i for ids in encoded for i in ids), np.int64)
         token_ids = np.bincount(flat, minlength=_tokenizer.vocab_size)
+    lines = [json_line(text, record) for text, record in kept]
     return BatchResult(
-        lines=[json_line(text, record) for text, record in kept],
+        lines=lines,
+        line_bytes=np.array([len(line) if line.isascii() else len(line.encode("utf-8")) for line in lines], np.int64),
         exact_keys=np.array([exact_key(t, cleaned=True) for t in texts], np.uint64),
         signatures=signatures(ids, lengths),
         positions=np.array([split_position(t) for t in texts], np.float64),
@@ -156,7 +159,7 @@ class Cleaned:
     """Cleaned documents, batch after batch: the scratch files holding their lines (in corpus order), their numbers,
     the rules' counts and the word counts. A worker fills one for its range; the main process absorbs them in order."""
 
-    NUMBERS = ("exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts")
+    NUMBERS = ("line_bytes", "exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts")
 
     def __init__(self, settings: WorkerSettings):
         self.reports = settings.rule_reports()
@@ -197,6 +200,58 @@ class Cleaned:
     def numbers(self, name: str) -> np.ndarray:
         """One number per kept document, in corpus order. Taken once: the parts are released as they are joined."""
         return np.concatenate(self.parts.pop(name))
+
+    def scratch(self) -> Scratch:
+        return Scratch(self.scratch_files, self.numbers("line_bytes"))
+
+
+class Scratch:
+    """The kept documents' JSON lines, in corpus order, across the scratch files the cleaning wrote: read one by one
+    where a line is wanted (a duplicate, an example), or copied by byte ranges where whole runs go to one split."""
+
+    def __init__(self, files: list[Path], line_bytes: np.ndarray):
+        self.files = files
+        self.ends = np.cumsum(line_bytes)  # each line's end, counted over the files end to end
+        self.file_ends = np.cumsum([path.stat().st_size for path in files])
+        if self.file_ends[-1:].tolist() != self.ends[-1:].tolist():
+            raise RuntimeError(f"scratch files hold {self.file_ends[-1]} bytes, their lines {self.ends[-1]}")
+
+    def _place(self, start: int) -> tuple[Path, int]:
+        """The file holding byte `start` of the files end to end, and the offset in it."""
+        f = int(np.searchsorted(self.file_ends, start, side="right"))
+        return self.files[f], start - (int(self.file_ends[f - 1]) if f else 0)
+
+    def text(self, i: int) -> str:
+        """The text of line `i`."""
+        start = int(self.ends[i - 1]) if i else 0
+        path, offset = self._place(start)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return json.loads(f.read(int(self.ends[i]) - start))["text"]
+
+    def copy(self, destination: np.ndarray, outputs: list) -> None:
+        """Line i appended to outputs[destination[i]] (binary files) where destination[i] >= 0, in order, run by run:
+        a run of lines bound for one output is one byte range of a file."""
+        for f, path in enumerate(self.files):
+            first_byte = int(self.file_ends[f - 1]) if f else 0
+            lines = np.arange(*np.searchsorted(self.ends, [first_byte, self.file_ends[f]], side="right"))
+            if not len(lines):
+                continue
+            where = destination[lines]
+            bounds = np.concatenate(([0], np.flatnonzero(np.diff(where)) + 1, [len(lines)]))
+            starts = np.concatenate(([first_byte], self.ends[lines]))  # line k of the file starts at starts[k]
+            with open(path, "rb") as source:
+                for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                    if where[a] >= 0:
+                        source.seek(int(starts[a]) - first_byte)
+                        _copy_bytes(source, outputs[where[a]], int(starts[b] - starts[a]))
+
+
+def _copy_bytes(source, out, count: int) -> None:
+    while count > 0:
+        chunk = source.read(min(count, 8 << 20))
+        out.write(chunk)
+        count -= len(chunk)
 
 
 def clean_range(task: tuple) -> Cleaned:

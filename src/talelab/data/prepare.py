@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from talelab.atomic import atomic_directory
 from talelab.config import PrepareConfig
-from talelab.data.batches import (BATCH_DOCUMENTS, Cleaned, WorkerSettings, clean_range, configure_worker,
+from talelab.data.batches import (BATCH_DOCUMENTS, Cleaned, Scratch, WorkerSettings, clean_range, configure_worker,
                                   process_batch, split_position)
 from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
@@ -191,7 +191,8 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
             "index_bytes_per_document": SLOTS}
     keep = first_occurrences(cleaned.numbers("exact_keys"))
     pairs = candidate_pairs(cleaned.numbers("signatures"), np.flatnonzero(keep), config.near_duplicate_threshold)
-    texts = scratch_texts(cleaned.scratch_files, pair_members(pairs))
+    scratch = cleaned.scratch()
+    texts = {i: scratch.text(i) for i in sorted(pair_members(pairs))}
     matches = confirm_near_duplicates(pairs, texts, config.near_duplicate_threshold)
     keep[list(matches)] = False
     split = np.full(len(keep), -1, dtype=np.int8)
@@ -200,7 +201,7 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
         raise InputError(f"{config.source}: all {int(keep.sum())} documents fell into val/test, none is left for "
                          "training; use a larger corpus or lower --val-fraction/--test-fraction")
     dropped = Dropped(config.stats_tokenizer, cleaned.words)
-    write_splits(cleaned.scratch_files, partial, split, matches, exact, near, dropped)
+    write_splits(scratch, partial, split, matches, exact, near, dropped)
     for scratch in cleaned.scratch_files:
         scratch.unlink()
     words = cleaned.words.frequencies()
@@ -261,44 +262,26 @@ class Dropped:
         return self.tokenizer.vocab_size if self.tokenizer is not None and self.tokenizer.kind == "words" else None
 
 
-def scratch_lines(files: list[Path]) -> Iterator[str]:
-    """The kept documents' JSON lines, in corpus order, from the scratch files the cleaning wrote."""
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            yield from f
-
-
-def scratch_texts(files: list[Path], wanted: set[int]) -> dict[int, str]:
-    """The texts of the kept documents numbered in `wanted` (the candidate pairs': few)."""
-    if not wanted:
-        return {}
-    return {i: json.loads(line)["text"] for i, line in enumerate(scratch_lines(files)) if i in wanted}
-
-
-def write_splits(files: list[Path], partial: Path, split: np.ndarray, matches: dict, exact: dict, near: dict,
+def write_splits(scratch: Scratch, partial: Path, split: np.ndarray, matches: dict, exact: dict, near: dict,
                  dropped: Dropped) -> None:
     """Copy each kept scratch line into its split file; count the duplicates, with examples, into `dropped`."""
-    examples = sorted(matches)[:EXAMPLES_PER_RULE]
-    earlier = {matches[i][0]: "" for i in examples}  # texts of the documents the examples duplicate
-    outputs = [open(partial / f"{name}.jsonl", "w", encoding="utf-8") for name in SPLITS]
+    outputs = [open(partial / f"{name}.jsonl", "wb") for name in SPLITS]
     try:
-        for i, line in enumerate(scratch_lines(files)):
-            if split[i] >= 0:
-                outputs[split[i]].write(line)
-                if i in earlier:
-                    earlier[i] = json.loads(line)["text"]
-                continue
-            text = json.loads(line)["text"]
-            dropped.add(text)
-            if i not in matches:
-                record_removal(exact, text, "same text as an earlier document")
-            elif i in examples:
-                record_removal(near, text, near_duplicate_reason(matches[i][1], earlier[matches[i][0]]))
-            else:
-                near["removed"] += 1
+        scratch.copy(split, outputs)
     finally:
         for f in outputs:
             f.close()
+    examples = sorted(matches)[:EXAMPLES_PER_RULE]
+    for i in np.flatnonzero(split < 0).tolist():
+        text = scratch.text(i)
+        dropped.add(text)
+        if i not in matches:
+            record_removal(exact, text, "same text as an earlier document")
+        elif i in examples:
+            earlier, estimate = matches[i]
+            record_removal(near, text, near_duplicate_reason(estimate, scratch.text(earlier)))
+        else:
+            near["removed"] += 1
 
 
 def summarize(report: dict, out: Path) -> dict:
