@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,22 +52,22 @@ def write_shard(directory: Path, split: str, texts: Path | Iterable[str], tokeni
     """Encode `texts` (or the texts of a JSONL file) on `workers` processes (0: one per core) and write the split's
     three files as the encoded parts come back, in order; returns its metadata.
 
-    Memory holds a few parts of texts and ids, the story starts (8 bytes a story), a count per vocabulary id and each
-    worker's corpus encoder's bounded memory of pieces, so a split of any size streams through."""
+    Memory holds a few parts of texts and ids, a count per vocabulary id and each worker's corpus encoder's bounded
+    memory of pieces; the story starts go to a scratch file as they come. A split of any size streams through."""
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    starts, offset, num_stories, num_bytes = [], 0, 0, 0
+    offset, num_stories, num_bytes = 0, 0, 0
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)  # occurrences of each id: the unique tokens at the end
-    tmp = directory / f".{split}.bin.tmp"
+    tmp, starts_tmp = directory / f".{split}.bin.tmp", directory / f".{split}.starts.tmp"
     try:
-        with open(tmp, "wb") as out, tqdm(desc=f"tokenize {split}", disable=not progress, unit=" stories",
-                                          unit_scale=True) as bar:
+        with open(tmp, "wb") as out, open(starts_tmp, "wb") as starts, \
+                tqdm(desc=f"tokenize {split}", disable=not progress, unit=" stories", unit_scale=True) as bar:
             for lengths, ids, batch_bytes in encode_in_workers(texts, tokenizer, workers):
                 ids.tofile(out)
                 counts += np.bincount(ids, minlength=len(counts))
-                starts.append(offset + np.cumsum(lengths) - lengths)
+                (offset + np.cumsum(lengths) - lengths).astype(np.int64).tofile(starts)
                 offset += len(ids)
                 num_stories += len(lengths)
                 num_bytes += batch_bytes
@@ -75,16 +76,27 @@ def write_shard(directory: Path, split: str, texts: Path | Iterable[str], tokeni
                 np.asarray([eos], dtype=dtype).tofile(out)
                 counts[eos] += 1
                 offset += 1
+        save_raw_as_npy(starts_tmp, directory / f"{split}.starts.npy", np.int64, num_stories)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed split leaves no partial file to fill the disk
         raise
-    np.save(directory / f"{split}.starts.npy", np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64))
+    finally:
+        starts_tmp.unlink(missing_ok=True)
     meta = {"split": split, "dtype": np.dtype(dtype).name, "num_tokens": offset, "num_unique_tokens":
             int(np.count_nonzero(counts)), "num_stories": num_stories, "num_bytes": num_bytes,
             "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.fingerprint()}
     (directory / f"{split}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     tmp.replace(directory / f"{split}.bin")  # the .bin appears last: its presence marks a complete split
     return meta
+
+
+def save_raw_as_npy(raw: Path, path: Path, dtype, count: int) -> None:
+    """`count` items of `dtype` written end to end in `raw`, copied into the .npy file `path` (what np.save writes
+    for them), without holding them in memory."""
+    with open(raw, "rb") as source, open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                   "fortran_order": False, "shape": (count,)})
+        shutil.copyfileobj(source, out, 8 << 20)
 
 
 def encode_in_workers(texts: Path | Iterable[str], tokenizer, workers: int) -> Iterator[tuple]:
