@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from talelab.config import ModelConfig, TrainConfig
 from talelab.models.transformer import Transformer
-from talelab.train.loop import autocast_context, train_step
+from talelab.devices import autocast_context
+from talelab.train.loop import train_step
 from talelab.train.optim import make_optimizer
 
 SHAPES = {"small": dict(d_model=128, layers=4, heads=4, context=256, batch=32, vocab=4096),

@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from talelab.config import (FINETUNE_PRESETS, PRESETS, EvalConfig, FinetuneConfig, JudgeConfig, ModelConfig,
-                            PreferenceConfig, PrefsConfig, PrepareConfig, SamplingConfig, ServeConfig,
-                            TagClassifierConfig, TokenizerConfig, TrainConfig, TrialsConfig, build_train_configs,
-                            check_choices)
+from talelab.config import (DEVICES, FINETUNE_PRESETS, PRESETS, TRAINING_DTYPES, DecodeConfig, EvalConfig,
+                            FinetuneConfig, JudgeConfig, ModelConfig, PreferenceConfig, PrefsConfig, PrepareConfig,
+                            SamplingConfig, ServeConfig, TagClassifierConfig, TokenizerConfig, TrainConfig,
+                            TrialsConfig, build_train_configs, check_choices)
 from talelab.errors import ConfigError, TalelabError
 
 
@@ -101,12 +101,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from talelab.generate import fast_decoder, generate_text
-    from talelab.models.storage import load_model
+    from talelab.generate import generate_text, load_decoder
 
-    model, tokenizer, _ = load_model(args.model, device=args.device)
-    if args.dtype != "float32" or args.compile:
-        model = fast_decoder(model, dtype=args.dtype, compile=args.compile)
+    model, tokenizer, _ = load_decoder(args.model, build(DecodeConfig, args))
     config = build(SamplingConfig, args)
     for i, story in enumerate(generate_text(model, tokenizer, config, stream=config.num_samples == 1)):
         if config.num_samples > 1:
@@ -122,13 +119,14 @@ def cmd_eval(args) -> int:
         from talelab.evaluate.likelihood import evaluate_file
 
         print(json.dumps(evaluate_file(args.model_flag, config.text, data_root=args.data_root,
-                                       protocol=config.protocol, batch_size=config.batch_size), indent=2))
+                                       protocol=config.protocol, batch_size=config.batch_size,
+                                       decode=build(DecodeConfig, args)), indent=2))
         return 0
     model = args.model_flag or args.model
     if not model or (model == "loss" and not Path(model).exists()):
         raise ConfigError("eval: name the model to evaluate (talelab eval MODEL, or talelab eval loss --model MODEL)")
     judge = build(JudgeConfig, args, prefix="judge_") if "judge" in parse_suites(config.suite) else None
-    report = run_eval(model, config, judge=judge, data_root=args.data_root)
+    report = run_eval(model, config, judge=judge, data_root=args.data_root, decode=build(DecodeConfig, args))
     print(headline_markdown(report))
     print(f"written {report['out']}: report.md, report.json and the charts")
     if failures(report):
@@ -154,7 +152,7 @@ def cmd_convert(args) -> int:
 def cmd_serve(args) -> int:
     from talelab.serve.app import run_server
 
-    run_server(args.model, build(ServeConfig, args), device=args.device)
+    run_server(args.model, build(ServeConfig, args), build(DecodeConfig, args))
     return 0
 
 
@@ -330,30 +328,26 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", required=True, help="prepared data directory")
     sw.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
     sw.add_argument("--out", default="runs/sweep", help="sweep directory (re-run to resume)")
-    sw.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sw.add_argument("--device", default="auto", choices=DEVICES)
+    sw.add_argument("--dtype", default="auto", choices=TRAINING_DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     sw.set_defaults(run=cmd_sweep)
 
     mem = sub.add_parser("memory", help="peak training memory per preset and batch size ('oom' where it fails)")
     mem.add_argument("presets", nargs="+", help=f"presets to measure ({', '.join(PRESETS)})")
     mem.add_argument("--batch-sizes", default="2,4,8,16,32", help="comma-separated batch sizes")
     mem.add_argument("--vocab-size", type=int, default=2048, help="vocabulary size of the models")
-    mem.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    mem.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    mem.add_argument("--device", default="cpu", choices=DEVICES)
+    mem.add_argument("--dtype", default="auto", choices=TRAINING_DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     mem.add_argument("--memory-limit-gb", type=float, default=0.0,
-                     help="cap each measurement's address space (CPU), so 'oom' appears where it would not fit")
+                     help="cap each measurement's address space (CPU) or GPU memory (CUDA), so 'oom' appears where it "
+                     "would not fit")
     mem.add_argument("--out", default="runs/memory", help="folder for memory.md and memory.csv")
     mem.set_defaults(run=cmd_memory)
 
     gen = sub.add_parser("generate", help="write stories with a trained model")
     gen.add_argument("--model", required=True, help="talelab model or run directory, Hugging Face model directory or "
                      "hub id, or PEFT adapter directory")
-    gen.add_argument("--device", default="cpu", help="cpu or cuda")
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
-                     help="weights while decoding: bfloat16 halves the memory read per token (logits within ~1e-2); "
-                     "int8 (CPU, weight-only) quarters it for the linear layers (logits within ~1 %% of their range)")
-    gen.add_argument("--compile", action="store_true", help="compile the decoding step (TorchInductor, frozen "
-                     "weights): faster per token after a 20-60 s first call")
+    add_dataclass_flags(gen, DecodeConfig, "decoding")
     add_dataclass_flags(gen, SamplingConfig, "sampling")
     gen.set_defaults(run=cmd_generate)
 
@@ -365,6 +359,7 @@ def parser() -> argparse.ArgumentParser:
                     "directory or PEFT adapter directory (or 'loss' with --model: likelihood figures only)")
     ev.add_argument("--model", dest="model_flag", default=None, help="the model, for `talelab eval loss --model M`")
     add_dataclass_flags(ev, EvalConfig, "evaluation")
+    add_dataclass_flags(ev, DecodeConfig, "decoding (the model under evaluation)")
     add_dataclass_flags(ev, JudgeConfig, "judge (suite 'judge')", prefix="judge_")
     ev.set_defaults(run=cmd_eval)
 
@@ -408,8 +403,8 @@ def parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="an OpenAI-compatible API and the story playground page (http://HOST:PORT/)")
     srv.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                      help="a model or run directory to serve under NAME (repeat for several)")
-    srv.add_argument("--device", default="cpu", help="cpu or cuda")
     add_dataclass_flags(srv, ServeConfig, "serving")
+    add_dataclass_flags(srv, DecodeConfig, "decoding")
     srv.set_defaults(run=cmd_serve)
     cmp = sub.add_parser("compare", help="the headline figures of several `talelab eval` reports side by side")
     cmp.add_argument("reports", nargs="+", help="report.json files (or report directories) from `talelab eval`")

@@ -16,6 +16,12 @@ import yaml
 from talelab.errors import ConfigError
 
 
+# One vocabulary of devices and precisions for every command (talelab.devices says what auto means).
+DEVICES = ("auto", "cpu", "cuda")
+TRAINING_DTYPES = ("auto", "float32", "bfloat16", "float16")
+DECODING_DTYPES = ("auto", "float32", "bfloat16", "int8")
+
+
 def option(default, help: str, choices: tuple | None = None):
     """A dataclass field that documents itself on the command line."""
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -239,12 +245,12 @@ class TrainConfig:
     eval_batches: int = option(8, "validation batches per evaluation")
     checkpoint_interval: int = option(200, "write a checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
-    dtype: str = option("float32", "compute precision: autocast to bfloat16 (CPU/CUDA) or float16 with a grad "
-                        "scaler (CUDA)", ("float32", "bfloat16", "float16"))
+    dtype: str = option("auto", "compute precision: autocast to bfloat16 (CPU/CUDA) or float16 with a grad scaler "
+                        "(CUDA); auto: bfloat16 on CUDA, float32 on CPU", TRAINING_DTYPES)
     compile: bool = option(False, "torch.compile the model")
     fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimizer state across processes "
                         "with FSDP2 (fully_shard per block) instead of replicating them (DDP)")
-    device: str = option("auto", "cuda when present, else cpu", ("auto", "cpu", "cuda"))
+    device: str = option("auto", "cuda when present, else cpu", DEVICES)
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed for initialisation, data order and dropout")
     progress: bool = option(True, "show a progress bar")
@@ -253,6 +259,21 @@ class TrainConfig:
         check_choices(self)
         if self.epochs < 0:
             raise ConfigError(f"epochs: {self.epochs} is negative (0 lets max_steps decide)")
+
+
+@dataclass
+class DecodeConfig:
+    """How a trained model runs while it writes or is scored: generate, eval and serve share it."""
+
+    device: str = option("auto", "cuda when present, else cpu", DEVICES)
+    dtype: str = option("auto", "weights while decoding: bfloat16 halves the memory read per token (logits within "
+                        "~1e-2); int8 (CPU, weight-only) quarters it for the linear layers (logits within ~1 % of "
+                        "their range); auto: bfloat16 on CUDA, float32 on CPU", DECODING_DTYPES)
+    compile: bool = option(False, "compile the decoding step (TorchInductor, frozen weights): faster per token "
+                           "after a 20-60 s first call")
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from talelab.config import DecodeConfig
 from talelab.errors import InputError
+from talelab.generate import load_decoder
 
 REFERENCE_PIECES = 300
 
@@ -85,12 +87,10 @@ def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16
 
 
 def evaluate_file(model_path: str, text: str, data_root=None, protocol: str = "reference",
-                  batch_size: int = 16) -> dict:
+                  batch_size: int = 16, decode: DecodeConfig = DecodeConfig()) -> dict:
     """`talelab eval loss`: score a model on a text file, by the reference protocol or over all its documents."""
-    from talelab.models.storage import load_model
-
     path, documents = validation_documents(text, protocol, data_root)
-    model, tokenizer, _ = load_model(model_path)
+    model, tokenizer, _ = load_decoder(model_path, decode)
     return {"model": str(model_path), "text": str(path), "protocol": protocol,
             **score_documents(model, tokenizer, documents, batch_size=batch_size)}
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
-from talelab.config import EVAL_SUITES, EvalConfig, SamplingConfig, check_choices
+from talelab.config import EVAL_SUITES, DecodeConfig, EvalConfig, SamplingConfig, check_choices
 from talelab.data.sources import iter_texts, resolve_source
 from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
@@ -270,12 +270,12 @@ def prepare_out(out: Path) -> None:
         old.unlink()
 
 
-def run_eval(model_path, config: EvalConfig, judge=None, data_root=None) -> dict:
+def run_eval(model_path, config: EvalConfig, judge=None, data_root=None, decode: DecodeConfig = DecodeConfig()) \
+        -> dict:
     """Run the suites of `config` on a model and write report.md, report.json and the charts into the out folder."""
     from tqdm import tqdm
 
-    from talelab.generate import check_config
-    from talelab.models.storage import load_model
+    from talelab.generate import check_config, load_decoder
 
     check_choices(config)
     suites = parse_suites(config.suite)
@@ -290,7 +290,7 @@ def run_eval(model_path, config: EvalConfig, judge=None, data_root=None) -> dict
     out = Path(config.out) if config.out else default_out(model_path)
     check_out(out)
     started = time.perf_counter()
-    model, tokenizer, _ = load_model(model_path)
+    model, tokenizer, _ = load_decoder(model_path, decode)
     ev = Evaluation(model, tokenizer, config, out, judge, data_root)
     check_config(ev.sampling)
     prepare_out(out)

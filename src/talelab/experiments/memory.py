@@ -2,7 +2,9 @@
 
 Each cell runs in a fresh child process (`python -m talelab.experiments.memory PRESET BATCH ...`), so one cell's
 memory never inflates another's and an out-of-memory failure is a table entry, not a crash. CPU cells report the
-child's peak resident memory; CUDA cells report torch.cuda.max_memory_allocated.
+child's peak resident memory; CUDA cells report torch.cuda.max_memory_allocated / max_memory_reserved (what the
+caching allocator took from the GPU). --memory-limit-gb caps the child's address space on the CPU and the caching
+allocator's share of the GPU on CUDA.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def measure_in_this_process(preset_name: str, batch_size: int, vocab_size: int, 
 
     from talelab.config import TrainConfig, build_train_configs
     from talelab.models import build_model
-    from talelab.train.loop import autocast_context, train_step
+    from talelab.devices import autocast_context
+    from talelab.train.loop import train_step
     from talelab.train.optim import make_optimizer
 
     model_config, _ = build_train_configs(preset_name, overrides={"model": {"vocab_size": vocab_size}})
@@ -35,8 +38,11 @@ def measure_in_this_process(preset_name: str, batch_size: int, vocab_size: int, 
     for _ in range(STEPS):
         train_step(model, model, optimizer, scaler, autocast_context(device, dtype), config,
                    lambda: (tokens[:, :-1], tokens[:, 1:]))
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"parameters": model.num_parameters(), "cuda_peak_mb": peak}
+    cuda = device.type == "cuda"
+    return {"parameters": model.num_parameters(),
+            "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+            # what the caching allocator held: the memory the process really took from the GPU
+            "cuda_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None}
 
 
 def measure(preset_name: str, batch_size: int, vocab_size: int, device: str, dtype: str,
@@ -52,16 +58,22 @@ def measure(preset_name: str, batch_size: int, vocab_size: int, device: str, dty
             return "oom"
         raise RuntimeError(f"memory measurement of {preset_name} at batch {batch_size} failed: {err.strip()[-300:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    peak = result["cuda_peak_mb"] if result["cuda_peak_mb"] is not None else usage.ru_maxrss / 1024
-    return f"{peak:,.0f}"
+    if result["cuda_peak_mb"] is not None:
+        return f"{result['cuda_peak_mb']:,.0f} / {result['cuda_reserved_mb']:,.0f}"
+    return f"{usage.ru_maxrss / 1024:,.0f}"
 
 
 def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, device: str, dtype: str, out: str,
                  memory_limit_gb: float = 0, log=print) -> list[dict]:
     """Every preset x batch size; writes memory.md and memory.csv into `out`."""
+    import torch
+
     from talelab.config import preset
+    from talelab.devices import pick_device, training_dtype
     from talelab.errors import ConfigError
 
+    device = pick_device(device).type  # the child is told cpu or cuda, never auto
+    dtype = training_dtype(dtype, torch.device(device))
     for name in presets:
         preset(name)  # unknown names fail before any child starts
     if not presets or not batch_sizes or min(batch_sizes) <= 0:
@@ -75,7 +87,8 @@ def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, de
         rows.append(row)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    what = "peak resident memory of the process (MB)" if device == "cpu" else "torch.cuda.max_memory_allocated (MB)"
+    what = ("peak resident memory of the process (MB)" if device == "cpu" else
+            "torch.cuda.max_memory_allocated / max_memory_reserved (MB)")
     lines = [f"# Training memory: {what}, {dtype}, vocabulary {vocab_size}", "",
              "| model | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
              "|---|" + "---:|" * len(batch_sizes)]
@@ -89,9 +102,15 @@ def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, de
 
 if __name__ == "__main__":  # the child: python -m talelab.experiments.memory PRESET BATCH VOCAB DEVICE DTYPE LIMIT_GB
     name, batch, vocab, device_name, dtype_name, limit = sys.argv[1:7]
-    if float(limit) > 0:  # a ceiling on the address space makes an out-of-memory cell reproducible on any machine
+    cap = int(float(limit) * 2**30)
+    if cap and device_name == "cuda":
+        # CUDA reserves far more address space than it uses, so RLIMIT_AS would fail every cell: cap the caching
+        # allocator instead, whose refusal is a CUDA out-of-memory error
+        import torch
+
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / torch.cuda.get_device_properties(0).total_memory))
+    elif cap:  # a ceiling on the address space makes an out-of-memory cell reproducible on any machine
         import resource
 
-        cap = int(float(limit) * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     print(json.dumps(measure_in_this_process(name, int(batch), int(vocab), device_name, dtype_name)))

@@ -37,9 +37,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from talelab.config import SamplingConfig, ServeConfig
+from talelab.config import DecodeConfig, SamplingConfig, ServeConfig
 from talelab.data.tags import FEATURES, story_prompt
 from talelab.errors import ConfigError
+from talelab.generate import load_decoder
 from talelab.models.hf import HFCausalLM
 from talelab.models.transformer import Transformer
 from talelab.serve.batching import Batcher, Story, events
@@ -117,10 +118,8 @@ class Served:
     batcher: Batcher | None = None
 
 
-def load_models(specs: list[str], device: str = "cpu") -> dict[str, Served]:
-    """NAME=PATH (or a bare PATH, named after its folder) for each model to serve."""
-    from talelab.models.storage import load_model
-
+def load_models(specs: list[str], decode: DecodeConfig = DecodeConfig()) -> dict[str, Served]:
+    """NAME=PATH (or a bare PATH, named after its folder) for each model to serve, loaded as `decode` says."""
     if not specs:
         raise ConfigError("serve: name at least one model with --model NAME=PATH")
     served: dict[str, Served] = {}
@@ -132,8 +131,9 @@ def load_models(specs: list[str], device: str = "cpu") -> dict[str, Served]:
             raise ConfigError(f"--model {spec}: the name '{name}' must be 1 to 64 letters, digits, '.', '_' or '-'")
         if name in served:
             raise ConfigError(f"--model {spec}: the name '{name}' is given twice")
-        model, tokenizer, _ = load_model(path, device=device)
-        if not isinstance(model, (Transformer, HFCausalLM)):  # batched decoding needs per-row positions and a mask
+        model, tokenizer, _ = load_decoder(path, decode)
+        # batched decoding needs per-row positions and a mask (a compiled model: the module inside)
+        if not isinstance(getattr(model, "_orig_mod", model), (Transformer, HFCausalLM)):
             raise ConfigError(f"--model {spec}: a {type(model).__name__} model cannot be served yet (only talelab "
                               f"transformers and Hugging Face causal LMs decode in batches)")
         served[name] = Served(name, model, tokenizer)
@@ -347,9 +347,9 @@ def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
     return app
 
 
-def run_server(model_specs: list[str], config: ServeConfig, device: str = "cpu") -> None:
+def run_server(model_specs: list[str], config: ServeConfig, decode: DecodeConfig = DecodeConfig()) -> None:
     """Load the models and serve until interrupted."""
     import uvicorn
 
-    app = create_app(load_models(model_specs, device), config)
+    app = create_app(load_models(model_specs, decode), config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")

@@ -1,0 +1,56 @@
+"""Where a model runs and in which precision: one rule for training, decoding, evaluation and serving.
+
+`auto` means CUDA when a CUDA device is present, else the CPU. On CUDA the default precision is bfloat16 (autocast
+while training, bf16 weights while decoding), and fp32 matrix products may use TF32 tensor cores; on the CPU it is
+float32, so results there are the reference ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from talelab.errors import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:N) stands for; on CUDA, fp32 matrix products may use TF32."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but no CUDA device is available")
+        # TF32 keeps fp32's range with a 10-bit mantissa: ~8x the fp32 matmul rate on tensor cores, and the
+        # precision a float32 run on a GPU is expected to have (PyTorch's default is full fp32, which wastes them)
+        torch.set_float32_matmul_precision("high")
+    return torch.device(name)
+
+
+def training_dtype(name: str, device: torch.device) -> str:
+    """The autocast dtype `name` stands for on `device`: auto is bfloat16 on CUDA (float16 on GPUs without bf16),
+    float32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if name == "float16" and device.type != "cuda":
+        raise ConfigError("dtype=float16 needs CUDA (its grad scaler); use bfloat16 on CPU")
+    return name
+
+
+def decoding_dtype(name: str, device: torch.device) -> str:
+    """The weights' dtype `name` stands for while decoding on `device`: auto is bfloat16 on CUDA, float32 on the
+    CPU; int8 (weight-only, talelab.models.quantize) has a CPU kernel only."""
+    if name == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    if name == "int8" and device.type != "cpu":
+        raise ConfigError(f"dtype=int8 quantizes for the CPU's int8 kernel only; on {device.type} use bfloat16")
+    return name
+
+
+def autocast_context(device: torch.device, dtype: str):
+    """The autocast region of a training or scoring step in `dtype` (training_dtype's answer)."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
