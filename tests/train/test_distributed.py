@@ -63,6 +63,7 @@ def runs(tmp_path_factory, tiny_configs, prepared, bpe_dir):
     common = dict(batch_size=8, max_steps=12, schedule_steps=12, log_interval=1)
     model_config, one = tiny_configs(root / "one", **common)
     train(model_config, one, log=QUIET)
+    train(*tiny_configs(root / "one-accum", **common, grad_accum=2), log=QUIET)
     for name in ("one-to-fsdp", "one-to-ddp"):  # as if the one-process run had been killed after step 10
         shutil.copytree(root / "one", root / name)
         shutil.rmtree(root / name / "checkpoints" / "step-00000012")
@@ -77,6 +78,8 @@ def runs(tmp_path_factory, tiny_configs, prepared, bpe_dir):
             "--max-steps", 10, "--schedule-steps", 12, "--log-interval", 1, "--no-progress"]
     jobs = [[0, base + ["--out", root / "ddp"]],
             [0, base + ["--out", root / "fsdp", "--fsdp"]],
+            [0, base + ["--out", root / "ddp-accum", "--grad-accum", 2]],
+            [0, base + ["--out", root / "fsdp-accum", "--fsdp", "--grad-accum", 2]],
             [0, ["train", "--out", root / "one-to-fsdp", "--resume", "--fsdp", "--no-progress"]],
             [0, ["train", "--out", root / "one-to-ddp", "--resume", "--no-progress"]],
             [2, base + ["--out", root / "odd", "--batch-size", 7]],
@@ -104,6 +107,24 @@ def test_two_processes_with_batch_b_each_match_one_process_with_batch_2b(runs):
         assert list(run) == list(range(1, 13))  # 10 steps on two processes, 2 more in one after resuming
         assert [run[s] for s in range(1, 11)] == pytest.approx([one[s] for s in range(1, 11)], abs=1e-5), name
         assert_close(weights(root / name, 10), weights(root / "one", 10))
+
+
+def test_accumulated_micro_batches_sync_once_and_still_match_one_process(runs):
+    """Under --grad-accum, DDP (no_sync) and FSDP (set_requires_gradient_sync) only add the first micro-batch's
+    gradients up on each rank and average the sum with the last one: the same steps as one process."""
+    root = runs[0]
+    one = losses(root / "one-accum")
+    for name in ("ddp-accum", "fsdp-accum"):
+        run = losses(root / name)
+        assert [run[s] for s in range(1, 11)] == pytest.approx([one[s] for s in range(1, 11)], abs=1e-5), name
+        assert_close(weights(root / name, 10), weights(root / "one-accum", 10))
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_the_checkpoint_keeps_every_rank_s_generator(runs):
+    root = runs[0]
+    for name in ("ddp", "fsdp"):
+        generators = load_trainer_state(root / name / "checkpoints" / "step-00000010")["rank_rngs"]
+        assert len(generators) == 2 and not torch.equal(generators[0][0], generators[1][0]), name
 
 
 def test_an_fsdp_checkpoint_holds_whole_weights_and_optimizer_state_that_load_model_reads(runs):

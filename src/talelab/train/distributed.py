@@ -9,6 +9,7 @@ processes, with or without FSDP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -79,35 +80,91 @@ def leave(ranks: Ranks) -> None:
             dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, ranks: Ranks, fsdp: bool = False, compile: bool = False) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, ranks: Ranks, fsdp: bool = False, compile: bool = False,
+         dtype: str = "float32") -> torch.nn.Module:
     """What the training step calls: the model itself in one process; with DistributedDataParallel, which averages
-    gradients across ranks during backward; or, with `fsdp`, the model sharded in place by FSDP2."""
+    gradients across ranks during backward; or, with `fsdp`, the model sharded in place by FSDP2 (its all-gathers
+    in `dtype` when that is a 16-bit autocast dtype)."""
     if ranks.world_size > 1 and fsdp:
-        shard(model, ranks)  # the module itself now holds this rank's slices, so compile it after sharding
+        shard(model, ranks, dtype)  # the module itself now holds this rank's slices, so compile it after sharding
         return torch.compile(model) if compile else model
-    model = torch.compile(model) if compile else model
     if ranks.world_size == 1:
-        return model
+        return torch.compile(model) if compile else model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # The only buffers are position tables, the same on every rank: broadcasting them every step is wasted traffic.
+    ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # Compiled around DDP, not inside it: TorchDynamo then splits the graph at DDP's gradient buckets, so each
+    # bucket's all-reduce overlaps the rest of the backward pass.
+    return torch.compile(ddp) if compile else ddp
 
 
-def shard(model: torch.nn.Module, ranks: Ranks) -> None:
+@contextlib.contextmanager
+def gradient_sync(forward, model: torch.nn.Module, enabled: bool):
+    """A micro-batch's forward and backward; with `enabled` False (every micro-batch of an accumulated step but the
+    last) the gradients are only added up on each rank, which saves one all-reduce (DDP) or reduce-scatter (FSDP)
+    per micro-batch: the last one averages the sum."""
+    if enabled or not dist.is_initialized():
+        yield
+        return
+    ddp = getattr(forward, "_orig_mod", forward)  # a compiled DDP module: the DDP module inside
+    if hasattr(ddp, "no_sync"):
+        with ddp.no_sync():
+            yield
+    elif is_sharded(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def shard(model: torch.nn.Module, ranks: Ranks, dtype: str = "float32") -> None:
     """FSDP2: every rank keeps 1/N of each parameter, gradient and optimizer moment, and gathers a block's weights
     only while that block runs. Each block is one unit; the embeddings, final norm and output layer form the root
-    unit, which keeps tied input/output embeddings in one piece."""
+    unit, which keeps tied input/output embeddings in one piece. Under a 16-bit autocast the weights are gathered
+    in that dtype (half the traffic) and gradients reduced in fp32."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if model.config.family in ("rnn", "lstm", "gru"):  # nn.LSTM & co. keep private flat views of their weights
         raise ConfigError(f"--fsdp shards transformer blocks; the {model.config.family} family has none "
                           f"(train it with plain torchrun, which uses DistributedDataParallel)")
     mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
+    policy = MixedPrecisionPolicy()
+    if dtype in ("bfloat16", "float16"):
+        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
     for block in model.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def rank_rng_states(ranks: Ranks) -> list:
+    """Every rank's torch RNG state (and CUDA's), gathered on every rank: each rank draws its own dropout masks, so a
+    checkpoint keeps them all."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state() if ranks.device.type == "cuda" else None)
+    if ranks.world_size == 1:
+        return [mine]
+    states = [None] * ranks.world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def seed_rank(seed: int, ranks: Ranks, saved: list | None = None, step: int = 0) -> None:
+    """This rank's RNG for dropout: restored from a checkpoint of the same world size, else seeded apart from the
+    other ranks' (same seed, rank and step: rank 0 of a fresh run keeps `seed` itself), so that replicas do not all
+    drop the same units."""
+    if saved is not None and len(saved) == ranks.world_size:
+        cpu, cuda = saved[ranks.rank]
+        torch.set_rng_state(cpu)
+        if cuda is not None and ranks.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda)
+        return
+    if ranks.rank or step:
+        torch.manual_seed(seed + 1_000_003 * ranks.rank + step)
 
 
 def local_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
