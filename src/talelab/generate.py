@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from talelab.config import SamplingConfig
+from talelab.config import DecodeConfig, SamplingConfig
+from talelab.devices import decoding_dtype, pick_device
 from talelab.errors import ConfigError, MismatchError
+from talelab.models.storage import load_model
 
 
 def check_config(config: SamplingConfig) -> None:
@@ -48,8 +50,10 @@ def start(model, prompt_ids: list[int], config: SamplingConfig) -> tuple[int, to
         raise MismatchError(f"prompt holds token ids outside the model's vocabulary of {vocab}: wrong tokenizer?")
     # the whole sequence, prompt and story, must stay within the context so that the model can read it back
     steps = min(config.max_new_tokens, context - len(prompt_ids))
-    generator = torch.Generator(device=next(model.parameters()).device)
-    # a fresh seed from the OS leaves torch's global generator alone, so callers' own randomness is undisturbed
+    # On the CPU whatever the model's device: a draw there costs no kernel launch, the same seed gives the same
+    # stories on every device, and a fresh seed from the OS leaves torch's global generator alone, so callers' own
+    # randomness is undisturbed
+    generator = torch.Generator()
     generator.manual_seed(config.seed if config.seed >= 0 else int.from_bytes(os.urandom(8), "little") >> 1)
     return steps, generator
 
@@ -118,6 +122,17 @@ def keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
+def load_decoder(path, decode: DecodeConfig, **options):
+    """(model, tokenizer, raw config) of `load_model`, on `decode`'s device, in its dtype, compiled if it says so.
+    `options` go to load_model (tokenizer_path; Hugging Face attn_implementation)."""
+    device = pick_device(decode.device)
+    dtype = decoding_dtype(decode.dtype, device)
+    model, tokenizer, raw = load_model(path, device=device, **options)
+    if dtype != "float32" or decode.compile:
+        model = fast_decoder(model, dtype=dtype, compile=decode.compile)
+    return model, tokenizer, raw
+
+
 def fast_decoder(model, dtype: str = "float32", compile: bool = False):
     """The model ready for fast decoding: weights cast to `dtype`, and optionally its forward compiled.
 
@@ -131,6 +146,8 @@ def fast_decoder(model, dtype: str = "float32", compile: bool = False):
     """
     if dtype == "int8":
         from talelab.models.quantize import quantize_int8
+
+        decoding_dtype(dtype, next(model.parameters()).device)  # refuses a CUDA model: the kernel is the CPU's
         model = quantize_int8(model)
     else:
         model = model.to(getattr(torch, dtype)).eval()
@@ -148,7 +165,7 @@ def pick(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generato
     if config.temperature == 0:
         return logits.argmax(dim=-1)
     logits = keep_top_p(keep_top_k(logits / config.temperature, config.top_k), config.top_p)
-    uniforms = torch.rand(logits.size(0), 1, generator=generator, device=logits.device)
+    uniforms = torch.rand(logits.size(0), 1, generator=generator).to(logits.device)
     return draw(logits.softmax(dim=-1), uniforms)
 
 
@@ -228,7 +245,8 @@ def beam_search(model, prompt_ids: list[int], config: SamplingConfig, eos_id: in
             if sampled:
                 candidates = (scores[:, None] + log_probs).view(-1)  # (beams * vocab,)
                 probs = candidates.softmax(dim=-1)
-                index = torch.multinomial(probs, min(k, int((probs > 0).sum())), generator=generator)
+                index = torch.multinomial(probs.cpu(), min(k, int((probs > 0).sum())), generator=generator)
+                index = index.to(probs.device)
                 top, order = candidates[index].sort(descending=True)
                 index = index[order]
             else:
@@ -321,7 +339,7 @@ def pick_rows(logits: torch.Tensor, settings: dict, generators: list[torch.Gener
     drop = (rank >= settings["top_k"]) | (probs.cumsum(dim=-1) - probs >= settings["top_p"])
     drop[:, 0] = False  # the most likely token always stays
     # one uniform draw per row from that row's own generator: a request's seed fixes its story in any batch
-    uniforms = torch.stack([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    uniforms = torch.stack([torch.rand(1, generator=g) for g in generators]).to(logits.device)
     sampled = order.gather(1, draw(probs.masked_fill(drop, 0.0), uniforms)[:, None]).squeeze(1)
     return torch.where(temperature.squeeze(1) == 0, greedy, sampled)
 
@@ -371,16 +389,18 @@ def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig
             token = pick_rows(logits, settings, generators)
             if top_alternatives:
                 top = logits.softmax(dim=-1).topk(top_alternatives)
+                top_ids, top_probs = top.indices.tolist(), top.values.tolist()
+            chosen = token.tolist()  # one wait for the device per step, not one per row
             for r in range(rows):
                 if not active[r]:
                     continue
-                t = int(token[r])
+                t = chosen[r]
                 if t == eos[r] and configs[r].stop_at_eos:
                     results[r].finish_reason, active[r] = "stop", False
                     continue
                 results[r].tokens.append(t)
                 if top_alternatives:
-                    results[r].alternatives.append(list(zip(top.indices[r].tolist(), top.values[r].tolist())))
+                    results[r].alternatives.append(list(zip(top_ids[r], top_probs[r])))
                 if on_token is not None and on_token(r, t):
                     results[r].finish_reason, active[r] = "stop", False
                 elif len(results[r].tokens) >= limits[r]:

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from talelab.errors import InputError, MismatchError
+from talelab.models.transformer import check_fits_context
 from talelab.tokenizer import Tokenizer, _guess_kind
 from talelab.tokenizer.bpe import END_OF_TEXT
 
@@ -95,11 +96,10 @@ class HFCausalLM(nn.Module):
             # a DynamicCache only appends: talelab's callers always continue where the cache ends
             raise MismatchError(f"cache holds {cache.get_seq_length()} positions but the tokens start at {start}")
         if positions is None:
+            check_fits_context(self.config, start + T)
             positions = torch.arange(start, start + T, device=idx.device).expand(B, T)
-        last = int(positions.max()) + 1
-        if last > self.config.context_length:
-            raise MismatchError(f"sequence of {last} tokens exceeds the model's context_length "
-                                f"{self.config.context_length}")
+        elif positions.device.type == "cpu":  # elsewhere reading the largest back would wait for the device each
+            check_fits_context(self.config, int(positions.max()) + 1)  # step; batched decoding clamps positions itself
         out = self.hf(input_ids=idx, position_ids=positions,
                       attention_mask=key_mask.long() if key_mask is not None else None,
                       past_key_values=cache, use_cache=cache is not None)

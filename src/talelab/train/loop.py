@@ -6,7 +6,6 @@ checkpoint, so `resume=True` continues bit for bit where the run stopped.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -20,39 +19,26 @@ import torch
 
 from talelab.config import ModelConfig, TrainConfig
 from talelab.data.shards import Shard, load_shard, pretokenize
+from talelab.devices import autocast_context, pick_device, training_dtype
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import check_vocabulary, load_weights, read_config
 from talelab.models import build_model
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, unsharded_copy
-from talelab.train.distributed import (Ranks, all_finite, gathered_state, held_parameters, is_sharded, join, leave,
-                                      load_optimizer_state, wrap)
+from talelab.train.distributed import (Ranks, all_finite, gathered_state, gradient_sync, held_parameters, is_sharded,
+                                      join, leave, load_optimizer_state, rank_rng_states, seed_rank, wrap)
 from talelab.train.objectives import contrastive_loss, next_token_loss, shuffled_stories
 from talelab.train.optim import lr_multiplier, make_optimizer
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    if dtype == "float16" and device.type != "cuda":
-        raise ConfigError("dtype=float16 needs CUDA (its grad scaler); use bfloat16 on CPU")
-    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def random_windows(shard: Shard, batch_size: int, length: int, generator: torch.Generator, device,
                    rows: slice = slice(None)) -> tuple:
     """`rows` of `batch_size` windows of `length` + 1 tokens at random offsets: inputs and next-token targets."""
     starts = torch.randint(0, len(shard.tokens) - length - 1, (batch_size,), generator=generator).tolist()[rows]
-    rows = np.stack([shard.tokens[s:s + length + 1] for s in starts]).astype(np.int64)
-    batch = torch.from_numpy(rows).to(device, non_blocking=True)
+    batch = torch.from_numpy(np.stack([shard.tokens[s:s + length + 1] for s in starts]).astype(np.int64))
+    if torch.device(device).type == "cuda":  # a copy overlaps the device's work only from page-locked memory
+        batch = batch.pin_memory()
+    batch = batch.to(device, non_blocking=True)
     return batch[:, :-1], batch[:, 1:]
 
 
@@ -128,27 +114,25 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict]:
 
 
 def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig, next_batch,
-               average=lambda loss: loss, objective=next_token_loss) -> float | None:
-    """One optimizer step over `grad_accum` micro-batches; the mean loss (`average`d over processes), or None (and
-    no update) if it is not finite."""
+               average=lambda loss: loss, objective=next_token_loss) -> torch.Tensor:
+    """One optimizer step over `grad_accum` micro-batches; the mean loss (`average`d over processes) as a tensor on
+    the device. Reading it waits for the device to finish the step, so the loop reads it only when it logs; a
+    non-finite loss then stops training, and no checkpoint is written from non-finite weights."""
     loss_sum = 0.0
-    for _ in range(config.grad_accum):
+    for micro in range(config.grad_accum):
         batch = next_batch()
-        with autocast:
-            loss = objective(forward, batch)
-        scaler.scale(loss / config.grad_accum).backward()
+        with gradient_sync(forward, model, enabled=micro == config.grad_accum - 1):
+            with autocast:
+                loss = objective(forward, batch)
+            scaler.scale(loss / config.grad_accum).backward()
         loss_sum = loss_sum + loss.detach()
-    loss_value = float(average(loss_sum)) / config.grad_accum
-    if not math.isfinite(loss_value):
-        optimizer.zero_grad(set_to_none=True)
-        return None
     if config.grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_value
+    return average(loss_sum) / config.grad_accum
 
 
 def pretokenize_once(config: TrainConfig, tokenizer, ranks: Ranks) -> Path:
@@ -173,6 +157,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         torch.set_num_threads(config.threads)
     ranks = join(pick_device(config.device))
     device, rows = ranks.device, ranks.rows(config.batch_size)
+    config = dataclasses.replace(config, dtype=training_dtype(config.dtype, device))  # the run records what it used
     autocast = autocast_context(device, config.dtype)
     tokenizer = load_tokenizer(config.tokenizer)
     shard_dir = pretokenize_once(config, tokenizer, ranks)
@@ -211,7 +196,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
         load_weights(model, checkpoint / "model.safetensors")  # whole weights on every rank; FSDP then slices them
     # under FSDP `model` itself is sharded here, so the optimizer is made afterwards, over this rank's slices
-    forward = wrap(model, ranks, fsdp=config.fsdp, compile=config.compile)
+    forward = wrap(model, ranks, fsdp=config.fsdp, compile=config.compile, dtype=config.dtype)
     optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
     data_rng = torch.Generator().manual_seed(config.seed)
@@ -221,11 +206,11 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         load_optimizer_state(model, optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
         step, elapsed = state["step"], state["elapsed"]
+        seed_rank(config.seed, ranks, state.get("rank_rngs") or [(state["torch_rng"], state.get("cuda_rng"))], step)
         log(f"resuming {run_dir} from step {step}")
+    else:
+        seed_rank(config.seed, ranks)
     if not ranks.is_main:
         log = lambda *_: None  # noqa: E731  (one voice: rank 0 prints, records and saves)
 
@@ -256,11 +241,12 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         if not all_finite(model, ranks):  # never publish a broken checkpoint
             diverged(f"weights stopped being finite by step {step}")
         weights, optimizer_state = gathered_state(model, optimizer)
+        rngs = rank_rng_states(ranks)
         if not ranks.is_main:
             return None
         state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(), "data_rng": data_rng.get_state(),
-                 "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed,
-                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+                 "torch_rng": rngs[0][0], "cuda_rng": rngs[0][1], "rank_rngs": rngs, "step": step,
+                 "elapsed": elapsed}
         plain = unsharded_copy(model, weights) if weights is not None else model
         return save_checkpoint(run_dir, step, plain, tokenizer, state, extra, config.keep_checkpoints)
 
@@ -303,10 +289,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             lr = config.lr * lr_multiplier(step, progress, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_value = train_step(forward, model, optimizer, scaler, autocast, config, next_batch, ranks.mean,
-                                    objective)
-            if loss_value is None:
-                diverged(f"loss stopped being finite at step {step + 1}")
+            loss = train_step(forward, model, optimizer, scaler, autocast, config, next_batch, ranks.mean, objective)
             step += 1
             # the budget and the schedule run on one clock for all ranks: on its own clock each rank would stop at a
             # different step and leave the other waiting in a collective for ever
@@ -316,6 +299,9 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
             bar.update(min(step_seconds, bar.total - bar.n) if max_seconds else 1)
             finished = step >= config.max_steps or (max_seconds and elapsed >= max_seconds)
             if step % config.log_interval == 0 or finished:
+                loss_value = float(loss)  # waits for the device: once per log line, not once per step
+                if not math.isfinite(loss_value):
+                    diverged(f"loss stopped being finite by step {step}")
                 tokens_per_s = window_tokens / (time.perf_counter() - window_start)
                 window_start, window_tokens = time.perf_counter(), 0
                 record({"step": step, "loss": round(loss_value, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
