@@ -3,7 +3,7 @@ import torch
 
 from talelab.config import PRESETS, ModelConfig
 from talelab.errors import ConfigError, MismatchError
-from talelab.models.transformer import KVCache, Transformer
+from talelab.models.transformer import KVCache, Transformer, attend, cross_entropy
 
 VARIANTS = [
     dict(positions="rope", norm="rmsnorm", norm_position="pre", activation="swiglu"),
@@ -144,3 +144,35 @@ def test_attention_dropout_defaults_to_dropout_and_zero_leaves_only_residual_dro
     first = residual(x)[0]
     torch.manual_seed(1)
     assert not torch.equal(first, residual(x)[0])  # residual dropout still draws
+
+
+def test_the_fused_cross_entropy_for_accelerators_equals_the_chunked_one_in_value_and_gradient():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 300, (600,))
+    targets[::7] = -1
+    values, results = 3 * torch.randn(600, 300), []
+    for fused in (False, True):
+        logits = values.clone().requires_grad_()
+        loss = cross_entropy(logits, targets, fused=fused)
+        loss.backward()
+        results.append((loss.detach(), logits.grad))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_grouped_keys_repeated_to_every_head_attend_as_the_grouped_kernel_does(causal):
+    """CUDA repeats kv heads when a mask is given (some releases fall back to the math kernel for masked GQA); the
+    output must be what the grouped call gives, head for head."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    mask = None if causal else torch.rand(2, 1, 5, 5) > 0.3
+    if mask is not None:
+        mask |= torch.eye(5, dtype=torch.bool)  # every query sees at least itself
+    grouped = attend(q, k, v, mask, causal, 0.0, expand_kv=False)
+    repeated = attend(q, k, v, mask, causal, 0.0, expand_kv=True)
+    assert torch.allclose(grouped, repeated, atol=1e-6)
+    # and head h of the queries reads kv head h // 3, as repeat_interleave lays them out
+    alone = torch.nn.functional.scaled_dot_product_attention(q[:, 3:4], k[:, 1:2], v[:, 1:2], attn_mask=mask,
+                                                             is_causal=causal)
+    assert torch.allclose(grouped[:, 3:4], alone, atol=1e-6)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from talelab.config import ModelConfig
 from talelab.errors import ConfigError
-from talelab.models.transformer import (Block, ChunkedCrossEntropy, check_fits_context, check_vocabulary_set,
-                                        count_parameters, make_norm, rope_tables)
+from talelab.models.transformer import (Block, check_fits_context, check_vocabulary_set, count_parameters,
+                                        cross_entropy, make_norm, rope_tables)
 
 
 class TokenHistory:
@@ -97,4 +97,4 @@ class CompressorLM(nn.Module):
             logits = self.predictions(idx)
         if targets is None:
             return logits, None
-        return logits, ChunkedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from talelab.config import ModelConfig
 from talelab.errors import ConfigError
-from talelab.models.transformer import (ChunkedCrossEntropy, check_fits_context, check_vocabulary_set,
+from talelab.models.transformer import (check_fits_context, check_vocabulary_set, cross_entropy,
                                         count_parameters)
 
 LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -66,4 +66,4 @@ class RecurrentLM(nn.Module):
         logits = self.lm_head(self.drop(out))
         if targets is None:
             return logits, None
-        return logits, ChunkedCrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

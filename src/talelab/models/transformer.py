@@ -95,6 +95,16 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return grad.mul_(grad_loss.to(grad.dtype)).to(ctx.logits_dtype), None
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+    """Mean cross-entropy of (tokens, vocab) logits over targets that are not -1: chunked on the CPU, where it is
+    faster (ChunkedCrossEntropy); one fused kernel in fp32 elsewhere (`fused`), where the chunk loop would launch
+    thousands of small kernels a step. The fp32 copy's gradient reaches 16-bit logits already multiplied by the loss
+    scale."""
+    if not (logits.device.type != "cpu" if fused is None else fused):
+        return ChunkedCrossEntropy.apply(logits, targets)
+    return F.cross_entropy(logits.float(), targets, ignore_index=-1)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: (B, n_kv_heads, context_length, head_size) each."""
 
@@ -153,10 +163,22 @@ class Attention(nn.Module):
             elif mask is None and start > 0:
                 causal = False  # a chunk after a prefix: causal within the chunk, open to the prefix
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads)
+        # with a mask, grouped keys go to the fused kernels only when repeated to every head (some CUDA releases fall
+        # back to the math kernel for masked GQA); on the CPU the kernel takes them grouped
+        y = attend(q, k, v, mask, causal, self.dropout if self.training else 0.0,
+                   expand_kv=mask is not None and q.device.type == "cuda")
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_size))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+           dropout_p: float, expand_kv: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention of (B, heads, T, size) queries over (B, kv heads, S, size) keys and values, each
+    kv head serving the query heads of its group; `expand_kv` repeats them to every query head first."""
+    groups = q.size(1) // k.size(1)
+    if expand_kv and groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p,
+                                          enable_gqa=k.size(1) != q.size(1))
 
 
 class FeedForward(nn.Module):
@@ -261,9 +283,11 @@ class Transformer(nn.Module):
         each row's own token positions, and `key_mask` (B, start + T), True where a cache slot holds a real token.
         """
         B, T = idx.shape
-        check_fits_context(self.config, int(positions.max()) + 1 if positions is not None else start + T)
         if positions is None:
+            check_fits_context(self.config, start + T)
             positions = torch.arange(start, start + T, device=idx.device)  # (T,), shared by every row
+        elif positions.device.type == "cpu":  # elsewhere reading the largest back would wait for the device each
+            check_fits_context(self.config, int(positions.max()) + 1)  # step; batched decoding clamps positions itself
         x = self.embed(idx)  # (B, T, d_model)
         rope = None
         if self.config.positions == "learned":
@@ -285,5 +309,4 @@ class Transformer(nn.Module):
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits, None
-        loss = ChunkedCrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return logits, cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
