@@ -75,3 +75,12 @@ def test_resume_without_a_checkpoint_and_unknown_preset(stories260k_hf, quick, t
     assert main(["finetune", "--preset", "gpt5-tags", "--base", "x"]) == 2
     assert "unknown fine-tuning preset 'gpt5-tags' (choose from distilgpt2-tags, tinyllama-dolly)" in \
         capsys.readouterr().err
+
+
+def test_mixed_precision_flags_tell_trainer_it_runs_on_the_cpu_when_there_is_no_gpu():
+    """Trainer refuses bf16 without a GPU unless use_cpu is set: `talelab dpo --dtype bfloat16` stopped with a
+    ValueError traceback on CPU."""
+    from talelab.finetune.base import precision_flags
+
+    assert precision_flags("bf16") == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert precision_flags("auto") == {"bf16": False, "fp16": False, "use_cpu": True}

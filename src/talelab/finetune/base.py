@@ -235,3 +235,14 @@ def load_finetuned(directory: str | os.PathLike, dtype: str = "float32"):
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return PeftModel.from_pretrained(model, directory), tokenizer
+
+
+def precision_flags(precision: str) -> dict:
+    """Trainer's bf16/fp16 flags: mixed precision where the hardware supports it. Without a GPU, Trainer accepts
+    bf16 only when told it runs on the CPU (else it stops with a ValueError)."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("precision=fp16 needs a GPU (use bf16 or fp32 on CPU)")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}

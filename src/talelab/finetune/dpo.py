@@ -143,7 +143,7 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from talelab.finetune.base import load_base, lora_config, resolve_base
+    from talelab.finetune.base import load_base, lora_config, precision_flags, resolve_base
 
     check_config(config)
     pairs = read_pairs(config.data, data_root)
@@ -168,7 +168,8 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
         warmup_steps=config.warmup_ratio, eval_strategy="steps", eval_steps=config.eval_steps or max(1, steps // 10),
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         report_to=[], disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed,
-        bf16=config.dtype == "bfloat16", activation_checkpointing=config.gradient_checkpointing,
+        **precision_flags("bf16" if config.dtype == "bfloat16" else "fp32"),
+        activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         log_level="warning")
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,

@@ -21,7 +21,8 @@ from talelab.atomic import write_text_atomic
 from talelab.config import FINETUNE_PRESETS, FinetuneConfig, check_choices, dataclass_from_dict
 from talelab.data.tags import has_dialogue
 from talelab.errors import ConfigError, InputError
-from talelab.finetune.base import context_length, format_trainable, load_base, lora_config, trainable_summary
+from talelab.finetune.base import (context_length, format_trainable, load_base, lora_config, precision_flags,
+                                   trainable_summary)
 from talelab.finetune.formats import build_examples, words_used
 
 CHECKPOINTS = "checkpoints"
@@ -56,16 +57,6 @@ def quiet_libraries(progress: bool) -> None:
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-
-
-def precision_flags(precision: str) -> dict:
-    """Trainer's bf16/fp16 flags: mixed precision where the hardware supports it."""
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision == "fp16" and not cuda:
-        raise ConfigError("precision=fp16 needs a GPU (use bf16 or fp32 on CPU)")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
 def split_examples(examples: list[dict], config: FinetuneConfig, tokenizer,
