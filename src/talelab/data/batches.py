@@ -197,6 +197,15 @@ class Cleaned:
                     total[count] += more[count]
             total["examples"] = (total["examples"] + more["examples"])[:EXAMPLES_PER_RULE]
 
+    def compact(self) -> Cleaned:
+        """Each number's batches joined into one array (and the word counts merged): a range's result then crosses
+        to the main process as a few large arrays, not thousands of small ones that fragment its heap."""
+        for name in self.NUMBERS:
+            if len(self.parts[name]) > 1:
+                self.parts[name] = [np.concatenate(self.parts[name])]
+        self.words.compact()
+        return self
+
     def numbers(self, name: str) -> np.ndarray:
         """One number per kept document, in corpus order. Taken once: the parts are released as they are joined."""
         return np.concatenate(self.parts.pop(name))
@@ -264,4 +273,4 @@ def clean_range(task: tuple) -> Cleaned:
         for batch in batched(records, BATCH_DOCUMENTS):
             part.add(process_batch(batch), out)
     part.scratch_files.append(scratch)
-    return part
+    return part.compact()

@@ -185,13 +185,18 @@ def candidate_pairs(signatures: np.ndarray, candidates: np.ndarray, threshold: f
         return {}
     bands = np.ascontiguousarray(signatures).view(np.uint32)  # (n, 16): 4 slots per band, no copy
     pairs = defaultdict(set)
-    positions = np.arange(len(candidates), dtype=np.uint64)
     for band in range(bands.shape[1]):
         # One sort of (band key, position) orders by key and, within a key, by document: stable, and ~3x faster
-        # than a stable argsort of the keys.
-        ordered = np.sort((bands[candidates, band].astype(np.uint64) << np.uint64(32)) | positions)
+        # than a stable argsort of the keys. Built in place: this loop's arrays are the stage's largest.
+        ordered = bands[candidates, band].astype(np.uint64)
+        ordered <<= np.uint64(32)
+        ordered |= np.arange(len(candidates), dtype=np.uint64)
+        ordered.sort()
         members_in_order = candidates[(ordered & np.uint64(0xFFFFFFFF)).astype(np.int64)]
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(ordered >> np.uint64(32))) + 1, [len(ordered)]])
+        ordered >>= np.uint64(32)
+        bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        del ordered
+        bounds = np.concatenate([[0], bounds, [len(members_in_order)]])
         sizes = np.diff(bounds)
         two = bounds[:-1][sizes == 2]  # most shared bands join two documents: compare those all at once
         for chunk in range(0, len(two), GROUP_ROWS * GROUP_ROWS):

@@ -36,6 +36,11 @@ class WordCounts:
         for hashes, counts in [(other.hashes, other.counts), *other._pending]:
             self.add(hashes, counts)
 
+    def compact(self) -> None:
+        """Merge what is pending now."""
+        if self._pending:
+            self._merge()
+
     def _merge(self) -> None:
         hashes = np.concatenate([self.hashes] + [h for h, _ in self._pending])
         counts = np.concatenate([self.counts] + [c for _, c in self._pending])
