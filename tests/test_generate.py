@@ -137,7 +137,7 @@ def test_samples_come_only_from_the_top_k_and_the_nucleus():
 def test_pick_draws_in_proportion_to_the_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(20000, -1)
     generator = torch.Generator().manual_seed(0)
-    tokens = pick(logits, SamplingConfig(temperature=1.0), generator)
+    tokens = pick(logits, [SamplingConfig(temperature=1.0)], torch.rand(len(logits), 1, generator=generator))
     counts = torch.bincount(tokens, minlength=4) / len(tokens)
     assert torch.allclose(counts, logits[0].softmax(dim=-1), atol=0.015)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from talelab.config import ModelConfig, SamplingConfig
-from talelab.generate import generate, generate_batch
+from talelab.generate import generate, generate_batch, pick
 from talelab.models.transformer import Transformer
 
 PROMPTS = [[5, 9, 13], [7], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12]]
@@ -38,6 +38,29 @@ def test_a_seeded_request_tells_the_same_story_alone_and_in_any_batch():
                               [others[0], mine, others[1], others[2]], eos_ids=None)
     assert together[1].tokens == alone
     assert [len(r.tokens) for r in together] == [3, 15, 20, 9]
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.9), dict(temperature=0.8, top_p=0.9),
+                                      dict(temperature=1.2, top_k=5), dict(temperature=1.0, top_k=8, top_p=0.7),
+                                      dict(temperature=0.7, top_p=0.95, repetition_penalty=1.3)])
+def test_single_stream_and_batched_decoding_choose_the_same_tokens_for_a_seed_and_settings(settings):
+    """One sampler serves `talelab generate` (one stream) and batched decoding (serve, eval, prefs): a request is
+    the same story either way."""
+    model = model_with("rope")
+    mine = SamplingConfig(seed=11, max_new_tokens=15, **settings)
+    other = SamplingConfig(temperature=1.3, top_k=3, seed=2, max_new_tokens=15)
+    batch = generate_batch(model, [PROMPTS[2], PROMPTS[0]], [other, mine], eos_ids=None)
+    assert batch[1].tokens == generate(model, PROMPTS[0], mine, eos_id=None)[0]
+
+
+def test_the_nucleus_is_taken_over_the_renormalised_top_k_for_every_row():
+    """top_k=2, top_p=0.6 on probabilities 0.5/0.3/0.2: the top two renormalise to 0.625/0.375, so one token is
+    left (the two samplers talelab had disagreed here: one kept two)."""
+    logits = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]).log()
+    config = SamplingConfig(temperature=1.0, top_k=2, top_p=0.6)
+    uniforms = torch.tensor([[0.99], [0.99]])  # the top of the distribution: any second token would be chosen
+    assert pick(logits, [config], uniforms).tolist() == [0, 2]
+    assert pick(logits, [config, SamplingConfig(temperature=1.0)], uniforms).tolist() == [0, 2]  # row 1: no filter
 
 
 def test_each_row_keeps_its_own_settings():

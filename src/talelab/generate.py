@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -95,28 +95,42 @@ def penalize_repeats(logits: torch.Tensor, present: torch.Tensor | None, penalty
     return torch.where(present, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    if k <= 0 or k >= logits.size(-1):
+def keep_top_k(logits: torch.Tensor, k: int | Sequence[int]) -> torch.Tensor:
+    """Keep each row's k most likely tokens and any tied with the k-th (k: one for every row, or one per row;
+    0 or the vocabulary size or more: all)."""
+    vocab = logits.size(-1)
+    ks = [k] if isinstance(k, int) else list(k)
+    ks = [k if 0 < k < vocab else vocab for k in ks]
+    if min(ks) == vocab:
         return logits
-    kth = logits.topk(k, dim=-1).values[:, -1:]
+    top = logits.topk(max(ks), dim=-1).values
+    wanted = torch.tensor(ks, device=logits.device).view(-1, 1).expand(logits.size(0), 1)
+    kth = top.gather(1, (wanted - 1).clamp(max=top.size(1) - 1))
+    kth = kth.masked_fill(wanted == vocab, float("-inf"))  # rows without a top-k keep everything
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 TOP_P_SHORTLIST = 256  # most likely tokens examined before sorting a whole vocabulary
 
 
-def keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches p (always the most likely one)."""
-    if p >= 1.0:
+def keep_top_p(logits: torch.Tensor, p: float | Sequence[float]) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches p (always the most likely one), p for
+    every row or one per row (1 or more: all). The probabilities are the softmax of `logits` as given: after top-k,
+    the nucleus is taken over the renormalised top-k."""
+    ps = [p] if isinstance(p, (int, float)) else list(p)
+    if min(ps) >= 1.0:
         return logits
-    # Sorting 32k logits per token costs more than a small model's forward pass, and the nucleus is nearly always
-    # within the few hundred most likely tokens: rank those, and sort everything only when they fall short of p.
+    # a row without top-p never drops a token, even where rounding brings the mass before it to 1
+    limit = torch.tensor([q if q < 1.0 else float("inf") for q in ps], device=logits.device).view(-1, 1)
+    # Sorting 32k logits per token on a CPU costs more than a small model's forward pass, and the nucleus is nearly
+    # always within the few hundred most likely tokens: rank those, and sort everything only when they fall short
+    # of p. Elsewhere the whole sort is cheap and checking the shortlist would wait for the device.
     probs = logits.softmax(dim=-1)
     k = min(TOP_P_SHORTLIST, logits.size(-1))
     ranked, order = probs.topk(k, dim=-1)  # descending
-    if k < logits.size(-1) and bool((ranked.sum(dim=-1) < p).any()):
+    if k < logits.size(-1) and (logits.device.type != "cpu" or bool((ranked.sum(dim=-1, keepdim=True) < limit).any())):
         ranked, order = probs.sort(dim=-1, descending=True)
-    drop = ranked.cumsum(dim=-1) - ranked >= p  # the tokens before this one already reach p
+    drop = ranked.cumsum(dim=-1) - ranked >= limit  # the tokens before this one already reach p
     drop[:, 0] = False
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, ~drop)
     return logits.masked_fill(~keep, float("-inf"))
@@ -160,13 +174,20 @@ def fast_decoder(model, dtype: str = "float32", compile: bool = False):
     return model
 
 
-def pick(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
-    """One token per row (rows,) from penalised logits: argmax at temperature 0, else a filtered draw."""
-    if config.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = keep_top_p(keep_top_k(logits / config.temperature, config.top_k), config.top_p)
-    uniforms = torch.rand(logits.size(0), 1, generator=generator).to(logits.device)
-    return draw(logits.softmax(dim=-1), uniforms)
+def pick(logits: torch.Tensor, configs: Sequence[SamplingConfig], uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row (rows,) from penalised logits, under each row's own settings (or one config for every
+    row): argmax at temperature 0, else temperature, top-k, top-p over the renormalised top-k, and a draw at the
+    row's uniform (rows, 1). Every decoding path samples here, so a seed and settings give the same story alone, in
+    a batch, from generate, eval, serve or prefs."""
+    greedy = logits.argmax(dim=-1)
+    temperatures = [c.temperature for c in configs]
+    if max(temperatures) == 0:
+        return greedy
+    temperature = torch.tensor(temperatures, device=logits.device).view(-1, 1)
+    scaled = logits / temperature.clamp(min=1e-6)
+    filtered = keep_top_p(keep_top_k(scaled, [c.top_k for c in configs]), [c.top_p for c in configs])
+    sampled = draw(filtered.softmax(dim=-1), uniforms.to(logits.device))
+    return sampled if min(temperatures) > 0 else torch.where(temperature.squeeze(1) == 0, greedy, sampled)
 
 
 def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -192,7 +213,8 @@ def sample(model, prompt_ids: list[int], config: SamplingConfig, eos_id: int | N
         present = seen_tokens(prompt_ids, n, config, logits.size(-1), logits.device)
         finished = torch.zeros(n, dtype=torch.bool, device=logits.device)
         for step in range(steps):
-            token = pick(penalize_repeats(logits, present, config.repetition_penalty), config, generator)
+            uniforms = torch.rand(n, 1, generator=generator)
+            token = pick(penalize_repeats(logits, present, config.repetition_penalty), [config], uniforms)
             if stop is not None:
                 token = token.masked_fill(finished, stop)  # finished streams are padded with eos until all are
                 finished |= token == stop
@@ -328,22 +350,6 @@ class Generated:
     alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
-def pick_rows(logits: torch.Tensor, settings: dict, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row under each row's own temperature, top-k and top-p (tensors of shape (rows, 1))."""
-    greedy = logits.argmax(dim=-1)
-    temperature = settings["temperature"]
-    scaled = logits / temperature.clamp(min=1e-6)
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    rank = torch.arange(logits.size(-1), device=logits.device)
-    probs = sorted_logits.softmax(dim=-1)
-    drop = (rank >= settings["top_k"]) | (probs.cumsum(dim=-1) - probs >= settings["top_p"])
-    drop[:, 0] = False  # the most likely token always stays
-    # one uniform draw per row from that row's own generator: a request's seed fixes its story in any batch
-    uniforms = torch.stack([torch.rand(1, generator=g) for g in generators]).to(logits.device)
-    sampled = order.gather(1, draw(probs.masked_fill(drop, 0.0), uniforms)[:, None]).squeeze(1)
-    return torch.where(temperature.squeeze(1) == 0, greedy, sampled)
-
-
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig], eos_ids: int | None | list,
                    on_token: Callable[[int, int], bool | None] | None = None,
@@ -373,9 +379,7 @@ def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig
         key_mask[r, pads[r]:longest] = True
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     positions = (torch.arange(longest, device=device) - torch.tensor(pads, device=device)[:, None]).clamp(min=0)
-    settings = {name: torch.tensor([[float(getattr(c, name))] for c in configs], device=device)
-                for name in ("temperature", "top_p", "repetition_penalty")}
-    settings["top_k"] = torch.tensor([[c.top_k if c.top_k > 0 else 1 << 30] for c in configs], device=device)
+    penalties = torch.tensor([[c.repetition_penalty] for c in configs], device=device)
     results = [Generated() for _ in range(rows)]
     active = [limit > 0 for limit in limits]
     with evaluating(model):
@@ -385,8 +389,10 @@ def generate_batch(model, prompts: list[list[int]], configs: list[SamplingConfig
         for r, prompt in enumerate(prompts):
             present[r, prompt] = True
         for step in range(max(limits)):
-            logits = penalize_repeats(logits, present, settings["repetition_penalty"])  # (rows, 1) penalties
-            token = pick_rows(logits, settings, generators)
+            logits = penalize_repeats(logits, present, penalties)  # (rows, 1) penalties
+            # one uniform per row from that row's own generator: a request's seed fixes its story in any batch
+            uniforms = torch.stack([torch.rand(1, generator=g) for g in generators])
+            token = pick(logits, configs, uniforms)
             if top_alternatives:
                 top = logits.softmax(dim=-1).topk(top_alternatives)
                 top_ids, top_probs = top.indices.tolist(), top.values.tolist()
