@@ -114,6 +114,9 @@ if ((DRY)); then check "generate int8 (cpu)" "${GENERATE[@]}" --dtype int8; else
     check "generate int8 on cuda: one-line refusal" bash -c "! ${GENERATE[*]} --dtype int8 2>'$WORK/int8.err' &&
         [[ \$(wc -l <'$WORK/int8.err') == 1 ]] && grep -q 'int8 quantizes for the CPU' '$WORK/int8.err'"; fi
 check "eval loss --dtype auto" talelab eval loss --model "$WORK/fp32" --device "$DEVICE"
+check "interpret attention + neurons" bash -c "for what in attention neurons; do talelab interpret \$what \
+    --model '$WORK/fp32' --device '$DEVICE' --data '$DATA/data/tinystories/valid-head.txt' --samples 4 \
+    --out '$WORK/interpret-'\$what --no-progress || exit 1; done"
 if ((DRY)); then skip "generate --compile" "compiling takes 20-60 s on CPU"; else
     check "generate --compile (recompiles logged)" env TORCH_LOGS=recompiles "${GENERATE[@]}" --compile --num-samples 4; fi
 # padded prompts on a GQA model (masked attention repeats the kv heads on CUDA): each greedy row equals its

@@ -31,12 +31,14 @@ def test_decoding_on_cuda_defaults_to_bfloat16_and_refuses_int8():
         training_dtype("float16", torch.device("cpu"))
 
 
-def test_asking_for_cuda_without_it_is_one_line_for_every_decoding_command(capsys, stories260k):
+def test_asking_for_cuda_without_it_is_one_line_for_every_command_that_runs_a_model(capsys, stories260k):
     with pytest.raises(ConfigError, match="no CUDA device"):
         pick_device("cuda")
     for argv in (["generate", "--model", stories260k, "--device", "cuda"],
                  ["eval", "loss", "--model", stories260k, "--device", "cuda"],
-                 ["serve", "--model", f"s={stories260k}", "--device", "cuda"]):
+                 ["serve", "--model", f"s={stories260k}", "--device", "cuda"],
+                 ["interpret", "attention", "--model", stories260k, "--device", "cuda", "--samples", 2],
+                 ["interpret", "neurons", "--model", stories260k, "--device", "cuda", "--samples", 2]):
         assert main([str(a) for a in argv]) == 2  # a configuration error
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no CUDA device is available" in err[0], err

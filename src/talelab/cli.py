@@ -191,7 +191,7 @@ def cmd_interpret_attention(args) -> int:
                            protocol=args.protocol, layers=args.layers, heads=args.heads,
                            positional_threshold=args.positional_threshold, role_threshold=args.role_threshold,
                            window=args.window, map_tokens=args.map_tokens, batch_size=args.batch_size,
-                           data_root=args.data_root, progress=args.progress)
+                           data_root=args.data_root, progress=args.progress, device=args.device)
     print(heads_markdown(report))
     print(f"written {report['out']}: heads.md, heads.json, heads_overview.png, attention/layer*_head*.png")
     return 0
@@ -203,7 +203,7 @@ def cmd_interpret_neurons(args) -> int:
 
     report = run_neurons(args.model, args.out, data=args.data, samples=args.samples, protocol=args.protocol,
                          layers=args.layers, top=args.top, rank=args.rank, batch_size=args.batch_size,
-                         data_root=args.data_root, progress=args.progress)
+                         data_root=args.data_root, progress=args.progress, device=args.device)
     print(ranking_markdown(report))
     print(f"written {report['out']}: neurons.md, neurons.html, neurons.json")
     return 0
@@ -284,6 +284,8 @@ def add_interpret_inputs(parser: argparse.ArgumentParser, samples: int) -> None:
     parser.add_argument("--out", default=None, help="report directory (default: runs/interpret/<model name>)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar over batches")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="cuda when present, else cpu (default: "
+                        "auto); the scores add up on the CPU either way")
 
 
 def parser() -> argparse.ArgumentParser:

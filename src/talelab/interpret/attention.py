@@ -48,11 +48,11 @@ def forward_with_attention(subject: Subject, ids: torch.Tensor, on_layer: Callab
     """Run the model on `ids` and call on_layer(layer, weights (B, heads, T, T)) for every layer, in order."""
     if subject.family != "talelab":
         for layer, weights in enumerate(forward(subject, ids, output_attentions=True).attentions):
-            on_layer(layer, weights.float())
+            on_layer(layer, weights.float().cpu())
         return
 
     def hook(layer):
-        return lambda module, args: on_layer(layer, attention_weights(module, args[0], args[1]))
+        return lambda module, args: on_layer(layer, attention_weights(module, args[0], args[1]).cpu())
 
     handles = [block.attn.register_forward_pre_hook(hook(i)) for i, block in enumerate(subject.blocks())]
     try:
@@ -143,7 +143,7 @@ def run_attention(model: str | os.PathLike, out: str | os.PathLike | None = None
                   data: str = TINYSTORIES_VALID, samples: int = 100, protocol: str = "documents",
                   layers: list[int] | None = None, heads: list[int] | None = None, positional_threshold: float = 0.5,
                   role_threshold: float = 0.5, window: int = 4, map_tokens: int = 40, batch_size: int = 8,
-                  data_root=None, progress: bool = True) -> dict:
+                  data_root=None, progress: bool = True, device: str = "cpu") -> dict:
     """`talelab interpret attention`: heat maps of the first text, scores and labels of every chosen head over all
     texts; writes heads.md, heads.json, heads_overview.png and attention/layer{L}_head{H}.png into `out`."""
     from tqdm import tqdm
@@ -151,7 +151,7 @@ def run_attention(model: str | os.PathLike, out: str | os.PathLike | None = None
     from talelab.interpret.heatmaps import draw_head, draw_overview
 
     check_positive(window=window, batch_size=batch_size, map_tokens=map_tokens)
-    subject = load_subject(model)
+    subject = load_subject(model, device)
     layers = check_indices("layer", layers, subject.n_layers)
     heads = check_indices("head", heads, subject.n_heads)
     if text is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from talelab.devices import pick_device
 from talelab.errors import ConfigError, InputError, MismatchError
 from talelab.models.storage import load_model, read_config
 from talelab.tokenizer import Tokenizer
@@ -47,9 +48,10 @@ class Subject:
         return [attrgetter(name)(block) for block in self.blocks()]
 
 
-def load_subject(path: str | os.PathLike) -> Subject:
+def load_subject(path: str | os.PathLike, device: str = "cpu") -> Subject:
     """A talelab transformer (model or run directory), or a Hugging Face model directory or hub id (or a LoRA
-    adapter over one) of a supported type."""
+    adapter over one) of a supported type, on `device` (auto: CUDA when present). What the hooks collect comes back
+    to the CPU, where the scores add up."""
     from talelab.models.hf import HFCausalLM, looks_like_hub_id
 
     directory = Path(path)
@@ -58,7 +60,7 @@ def load_subject(path: str | os.PathLike) -> Subject:
     raw = read_config(directory) if (directory / "config.json").is_file() else {}
     check_hf_family(directory, raw.get("model_type"))  # before any weights load
     # eager attention: the fused kernels (sdpa, flash) never materialise the weights that output_attentions returns
-    model, tokenizer, _ = load_model(path, attn_implementation="eager")
+    model, tokenizer, _ = load_model(path, device=pick_device(device), attn_implementation="eager")
     if isinstance(model, HFCausalLM):
         check_hf_family(directory, model.config.model_type)  # an adapter's base
         hf = model.transformers_model  # hooks and output_attentions need transformers' own modules and outputs
@@ -148,7 +150,7 @@ def batches(subject: Subject, texts: list[str], batch_size: int) -> Iterator[tup
 @torch.no_grad()
 def forward(subject: Subject, ids: torch.Tensor, **kwargs):
     """Run the model on padded ids (padding read as token 0) and return its raw output."""
-    inputs = ids.clamp(min=0)
+    inputs = ids.clamp(min=0).to(next(subject.model.parameters()).device)
     if subject.family == "talelab":
         return subject.model(inputs)
     return subject.model(input_ids=inputs, use_cache=False, **kwargs)

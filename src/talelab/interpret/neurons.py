@@ -32,7 +32,7 @@ def forward_with_activations(subject: Subject, ids: torch.Tensor, layers: list[i
     modules = subject.mlp_outputs()
 
     def hook(layer):
-        return lambda module, args: on_layer(layer, args[0].float())
+        return lambda module, args: on_layer(layer, args[0].float().cpu())
 
     handles = [modules[layer].register_forward_pre_hook(hook(layer)) for layer in layers]
     try:
@@ -70,7 +70,7 @@ def context_windows(ids: torch.Tensor) -> torch.Tensor:
 
 def run_neurons(model: str | os.PathLike, out: str | os.PathLike | None = None, data: str = TINYSTORIES_VALID,
                 samples: int = 200, protocol: str = "documents", layers: list[int] | None = None, top: int = 10,
-                rank: int = 20, batch_size: int = 8, data_root=None, progress: bool = True) -> dict:
+                rank: int = 20, batch_size: int = 8, data_root=None, progress: bool = True, device: str = "cpu") -> dict:
     """`talelab interpret neurons`: top-K activations of every neuron of the chosen layers with their word classes,
     and the most class-selective neurons; writes neurons.md, neurons.html and neurons.json into `out`."""
     from tqdm import tqdm
@@ -78,7 +78,7 @@ def run_neurons(model: str | os.PathLike, out: str | os.PathLike | None = None, 
     from talelab.interpret.neuron_report import neurons_html, neurons_markdown
 
     check_positive(top=top, batch_size=batch_size)
-    subject = load_subject(model)
+    subject = load_subject(model, device)
     layers = check_indices("layer", layers, subject.n_layers)
     texts = read_texts(data, samples, protocol, data_root)
     best: dict[int, TopActivations] = {}
