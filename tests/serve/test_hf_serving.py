@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from talelab.config import SamplingConfig
-from talelab.errors import ConfigError
 from talelab.generate import generate_text
 from talelab.models.storage import load_model
 from talelab.serve.app import load_models
@@ -93,18 +92,3 @@ def test_a_served_adapter_writes_what_it_writes_through_load_model(hf_client, ad
     expected = generate_text(model, tokenizer, SamplingConfig(prompt=ONCE, max_new_tokens=40, temperature=0))[0]
     text = complete(hf_client, "lora", ONCE, max_tokens=40)
     assert ONCE + text == expected and text != complete(hf_client, "hf", ONCE, max_tokens=40)
-
-
-def test_a_model_that_cannot_decode_in_batches_is_still_refused(shared, tmp_path):
-    from talelab import paths
-    from talelab.config import ModelConfig
-    from talelab.models import build_model
-    from talelab.models.storage import save_model
-    from talelab.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(shared / paths.STORIES260K_TOKENIZER)
-    lstm = build_model(ModelConfig(family="lstm", vocab_size=tokenizer.vocab_size, d_model=16, n_layers=1,
-                                   context_length=32))
-    save_model(tmp_path, lstm, tokenizer)
-    with pytest.raises(ConfigError, match="cannot be served yet"):
-        load_models([f"lstm={tmp_path}"])

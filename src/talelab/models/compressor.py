@@ -26,14 +26,18 @@ from talelab.models.transformer import (Block, check_fits_context, check_vocabul
 
 
 class TokenHistory:
-    """What the compressor 'caches' while generating: the tokens so far."""
+    """What the compressor 'caches' while generating: the tokens so far, as one (B, L) tensor, or for a left-padded
+    batch each row's real tokens on their own."""
 
     def __init__(self):
         self.tokens: torch.Tensor | None = None
+        self.rows: list[torch.Tensor] | None = None
 
     def reorder(self, index: torch.Tensor, filled: int | None = None) -> None:
         if self.tokens is not None:
             self.tokens = self.tokens.index_select(0, index)
+        if self.rows is not None:
+            self.rows = [self.rows[i] for i in index.tolist()]
 
 
 class CompressorLM(nn.Module):
@@ -87,9 +91,9 @@ class CompressorLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: TokenHistory | None = None,
                 start: int = 0, positions: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
-        if key_mask is not None:
-            raise ConfigError("the compressor model cannot decode left-padded batches; generate one prompt at a time")
-        check_fits_context(self.config, start + idx.shape[1])
+        check_fits_context(self.config, start + idx.shape[1], positions)
+        if cache is not None and (key_mask is not None or cache.rows is not None):
+            return self.decode_rows(idx, cache, start, key_mask), None
         if cache is not None:  # generation: append the new tokens and read the whole story again
             cache.tokens = idx if cache.tokens is None else torch.cat([cache.tokens, idx], dim=1)
             logits = self.predictions(cache.tokens)[:, -idx.shape[1]:]
@@ -98,3 +102,19 @@ class CompressorLM(nn.Module):
         if targets is None:
             return logits, None
         return logits, cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    def decode_rows(self, idx: torch.Tensor, cache: TokenHistory, start: int, key_mask: torch.Tensor | None):
+        """A left-padded batch (generate_batch): each row keeps its real tokens (key_mask True) on its own and is
+        read again alone, so no pair ever holds another row's padding; logits at padding are 0."""
+        B, T = idx.shape
+        if cache.rows is None:
+            cache.rows = [idx.new_zeros(0)] * B if cache.tokens is None else list(cache.tokens)
+            cache.tokens = None
+        real = key_mask[:, start:start + T] if key_mask is not None else torch.ones_like(idx, dtype=torch.bool)
+        logits = torch.zeros(B, T, self.config.vocab_size, device=idx.device, dtype=self.lm_head.weight.dtype)
+        for r in range(B):
+            new = idx[r, real[r]]
+            cache.rows[r] = torch.cat([cache.rows[r], new])
+            if len(new):
+                logits[r, real[r]] = self.predictions(cache.rows[r][None])[0, -len(new):]
+        return logits

@@ -95,11 +95,9 @@ class HFCausalLM(nn.Module):
         if cache is not None and cache.get_seq_length() != start:
             # a DynamicCache only appends: talelab's callers always continue where the cache ends
             raise MismatchError(f"cache holds {cache.get_seq_length()} positions but the tokens start at {start}")
+        check_fits_context(self.config, start + T, positions)
         if positions is None:
-            check_fits_context(self.config, start + T)
             positions = torch.arange(start, start + T, device=idx.device).expand(B, T)
-        elif positions.device.type == "cpu":  # elsewhere reading the largest back would wait for the device each
-            check_fits_context(self.config, int(positions.max()) + 1)  # step; batched decoding clamps positions itself
         out = self.hf(input_ids=idx, position_ids=positions,
                       attention_mask=key_mask.long() if key_mask is not None else None,
                       past_key_values=cache, use_cache=cache is not None)

@@ -221,7 +221,14 @@ def check_vocabulary_set(config: ModelConfig) -> None:
         raise MismatchError("model config: vocab_size must be set (from the tokenizer) before building a model")
 
 
-def check_fits_context(config: ModelConfig, length: int) -> None:
+def check_fits_context(config: ModelConfig, length: int, positions: torch.Tensor | None = None) -> None:
+    """MismatchError for a sequence longer than the context: `length` tokens, or with `positions` (each row's own
+    positions, left-padded batches) the largest of them + 1. Positions are read back only from the CPU: elsewhere
+    that would wait for the device each step, and batched decoding clamps them itself."""
+    if positions is not None:
+        if positions.device.type != "cpu":
+            return
+        length = int(positions.max()) + 1
     if length > config.context_length:
         raise MismatchError(f"sequence of {length} tokens exceeds the model's context_length {config.context_length}")
 
@@ -283,11 +290,9 @@ class Transformer(nn.Module):
         each row's own token positions, and `key_mask` (B, start + T), True where a cache slot holds a real token.
         """
         B, T = idx.shape
+        check_fits_context(self.config, start + T, positions)
         if positions is None:
-            check_fits_context(self.config, start + T)
             positions = torch.arange(start, start + T, device=idx.device)  # (T,), shared by every row
-        elif positions.device.type == "cpu":  # elsewhere reading the largest back would wait for the device each
-            check_fits_context(self.config, int(positions.max()) + 1)  # step; batched decoding clamps positions itself
         x = self.embed(idx)  # (B, T, d_model)
         rope = None
         if self.config.positions == "learned":

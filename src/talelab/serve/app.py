@@ -30,6 +30,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -41,8 +42,6 @@ from talelab.config import DecodeConfig, SamplingConfig, ServeConfig
 from talelab.data.tags import FEATURES, story_prompt
 from talelab.errors import ConfigError
 from talelab.generate import load_decoder
-from talelab.models.hf import HFCausalLM
-from talelab.models.transformer import Transformer
 from talelab.serve.batching import Batcher, Story, events
 from talelab.tokenizer import Tokenizer
 
@@ -113,7 +112,7 @@ class Served:
     """A model offered under a name, its tokenizer, and (while the app runs) its batching worker."""
 
     name: str
-    model: Transformer | HFCausalLM
+    model: torch.nn.Module  # any family: every one decodes left-padded batches
     tokenizer: Tokenizer
     batcher: Batcher | None = None
 
@@ -132,10 +131,6 @@ def load_models(specs: list[str], decode: DecodeConfig = DecodeConfig()) -> dict
         if name in served:
             raise ConfigError(f"--model {spec}: the name '{name}' is given twice")
         model, tokenizer, _ = load_decoder(path, decode)
-        # batched decoding needs per-row positions and a mask (a compiled model: the module inside)
-        if not isinstance(getattr(model, "_orig_mod", model), (Transformer, HFCausalLM)):
-            raise ConfigError(f"--model {spec}: a {type(model).__name__} model cannot be served yet (only talelab "
-                              f"transformers and Hugging Face causal LMs decode in batches)")
         served[name] = Served(name, model, tokenizer)
     return served
 
