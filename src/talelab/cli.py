@@ -172,7 +172,8 @@ def cmd_memory(args) -> int:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     except ValueError:
         raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers") from None
-    memory_table(args.presets, batch_sizes, args.vocab_size, args.device, args.dtype, args.out, args.memory_limit_gb)
+    memory_table(args.presets, batch_sizes, args.vocab_size, args.device, args.dtype, args.out, args.memory_limit_gb,
+                 grid=args.grid, base_preset=args.base_preset)
     print((Path(args.out) / "memory.md").read_text(encoding="utf-8"))
     return 0
 
@@ -334,8 +335,12 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--dtype", default="auto", choices=TRAINING_DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     sw.set_defaults(run=cmd_sweep)
 
-    mem = sub.add_parser("memory", help="peak training memory per preset and batch size ('oom' where it fails)")
-    mem.add_argument("presets", nargs="+", help=f"presets to measure ({', '.join(PRESETS)})")
+    mem = sub.add_parser("memory", help="peak training memory per model and batch size ('oom' where it fails): "
+                         "presets and/or a grid, as sweep takes them")
+    mem.add_argument("presets", nargs="*", help=f"presets to measure ({', '.join(PRESETS)})")
+    mem.add_argument("--grid", default=None, help="configurations to measure, as sweep's --grid: e.g. "
+                     "'family=transformer,compressor' or 'd_model=128,256 n_layers=4,8'")
+    mem.add_argument("--base-preset", default=None, help="preset the grid's values override")
     mem.add_argument("--batch-sizes", default="2,4,8,16,32", help="comma-separated batch sizes")
     mem.add_argument("--vocab-size", type=int, default=2048, help="vocabulary size of the models")
     mem.add_argument("--device", default="cpu", choices=DEVICES)

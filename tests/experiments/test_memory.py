@@ -11,6 +11,18 @@ def test_memory_table_reports_peaks_and_oom_instead_of_crashing(tmp_path):
     assert "| 110m | oom |" in (tmp_path / "memory.md").read_text()
 
 
+def test_a_grid_over_families_measures_each_configuration_of_the_base_preset(tmp_path, capsys):
+    assert main(["memory", "--grid", "family=transformer,compressor", "--base-preset", "tiny", "--batch-sizes",
+                 "2,4", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "memory.md").read_text()
+    for row in ("| tiny-familytransformer |", "| tiny-familycompressor |"):
+        line = next(line for line in table.splitlines() if line.startswith(row))
+        assert all(100 < float(cell.replace(",", "")) < 2048 for cell in line.strip("|").split("|")[1:]), line
+    assert main(["memory", "--grid", "family=transformer,compressor", "--base-preset", "tiny", "--grid",
+                 "widthh=3", "--out", str(tmp_path)]) == 2  # an unknown key fails before any child starts
+    assert "widthh" in capsys.readouterr().err
+
+
 def test_memory_command_rejects_unknown_presets_and_bad_batch_sizes(capsys, tmp_path):
     assert main(["memory", "ts-99m", "--out", str(tmp_path)]) == 2
     assert main(["memory", "tiny", "--batch-sizes", "2,x", "--out", str(tmp_path)]) == 2

@@ -1,6 +1,8 @@
 """`talelab memory`: peak memory of training steps per model and batch size, `oom` where it does not fit.
 
-Each cell runs in a fresh child process (`python -m talelab.experiments.memory PRESET BATCH ...`), so one cell's
+Rows are presets and/or a grid over any model or training key (families, widths, depths), planned and checked as
+`talelab sweep` plans them. Each cell runs in a fresh child process (`python -m talelab.experiments.memory RUN
+BATCH ...`, RUN being the row's preset and overrides as JSON), so one cell's
 memory never inflates another's and an out-of-memory failure is a table entry, not a crash. CPU cells report the
 child's peak resident memory; CUDA cells report torch.cuda.max_memory_allocated / max_memory_reserved (what the
 caching allocator took from the GPU). --memory-limit-gb caps the child's address space on the CPU and the caching
@@ -18,18 +20,19 @@ from pathlib import Path
 STEPS = 2  # the second step has the optimizer's moments allocated: the steady-state peak
 
 
-def measure_in_this_process(preset_name: str, batch_size: int, vocab_size: int, device: str, dtype: str) -> dict:
-    """Build the preset's model, train STEPS steps on random tokens, report the peak (run inside the child)."""
+def measure_in_this_process(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str) -> dict:
+    """Build the row's model (run: {"preset": name or None, "overrides": {key: value}}), train STEPS steps on random
+    tokens, report the peak (run inside the child)."""
     import torch
 
-    from talelab.config import TrainConfig, build_train_configs
-    from talelab.models import build_model
     from talelab.devices import autocast_context
+    from talelab.experiments.sweep import configurations
+    from talelab.models import build_model
     from talelab.train.loop import train_step
     from talelab.train.optim import make_optimizer
 
-    model_config, _ = build_train_configs(preset_name, overrides={"model": {"vocab_size": vocab_size}})
-    config = TrainConfig(batch_size=batch_size, dtype=dtype)
+    model_config, config = configurations(run["preset"], {**run["overrides"], "vocab_size": vocab_size},
+                                          {"batch_size": batch_size, "dtype": dtype})
     device = torch.device(device)
     model = build_model(model_config).to(device).train()
     optimizer = make_optimizer(model, config, device)
@@ -45,10 +48,9 @@ def measure_in_this_process(preset_name: str, batch_size: int, vocab_size: int, 
             "cuda_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None}
 
 
-def measure(preset_name: str, batch_size: int, vocab_size: int, device: str, dtype: str,
-            memory_limit_gb: float = 0) -> str:
-    """The cell's text: peak MB, or 'oom'."""
-    command = [sys.executable, "-m", "talelab.experiments.memory", preset_name, str(batch_size), str(vocab_size),
+def measure(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str, memory_limit_gb: float = 0) -> str:
+    """The cell's text: peak MB (CUDA: allocated / reserved), or 'oom'."""
+    command = [sys.executable, "-m", "talelab.experiments.memory", json.dumps(run), str(batch_size), str(vocab_size),
                device, dtype, str(memory_limit_gb)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(child.pid, 0)
@@ -56,7 +58,7 @@ def measure(preset_name: str, batch_size: int, vocab_size: int, device: str, dty
     if os.waitstatus_to_exitcode(status) != 0:
         if "out of memory" in err.lower() or "cannot allocate" in err.lower() or os.WIFSIGNALED(status):
             return "oom"
-        raise RuntimeError(f"memory measurement of {preset_name} at batch {batch_size} failed: {err.strip()[-300:]}")
+        raise RuntimeError(f"memory measurement of {run} at batch {batch_size} failed: {err.strip()[-300:]}")
     result = json.loads(out.strip().splitlines()[-1])
     if result["cuda_peak_mb"] is not None:
         return f"{result['cuda_peak_mb']:,.0f} / {result['cuda_reserved_mb']:,.0f}"
@@ -64,25 +66,27 @@ def measure(preset_name: str, batch_size: int, vocab_size: int, device: str, dty
 
 
 def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, device: str, dtype: str, out: str,
-                 memory_limit_gb: float = 0, log=print) -> list[dict]:
-    """Every preset x batch size; writes memory.md and memory.csv into `out`."""
+                 memory_limit_gb: float = 0, grid: str | None = None, base_preset: str | None = None,
+                 log=print) -> list[dict]:
+    """Every row (presets, then the grid's configurations over `base_preset`) x batch size; writes memory.md and
+    memory.csv into `out`."""
     import torch
 
-    from talelab.config import preset
     from talelab.devices import pick_device, training_dtype
     from talelab.errors import ConfigError
+    from talelab.experiments.sweep import plan_runs
 
     device = pick_device(device).type  # the child is told cpu or cuda, never auto
     dtype = training_dtype(dtype, torch.device(device))
-    for name in presets:
-        preset(name)  # unknown names fail before any child starts
-    if not presets or not batch_sizes or min(batch_sizes) <= 0:
-        raise ConfigError("memory: name at least one preset and positive --batch-sizes")
+    if not batch_sizes or min(batch_sizes) <= 0:
+        raise ConfigError("memory: --batch-sizes must be positive integers")
+    runs = plan_runs(presets, grid, base_preset)  # unknown presets, keys or shapes fail before any child starts
     rows = []
-    for name in presets:
+    for name, preset_name, overrides in runs:
         row = {"model": name}
         for batch in batch_sizes:
-            row[str(batch)] = measure(name, batch, vocab_size, device, dtype, memory_limit_gb)
+            row[str(batch)] = measure({"preset": preset_name, "overrides": overrides}, batch, vocab_size, device,
+                                      dtype, memory_limit_gb)
             log(f"{name} batch {batch}: {row[str(batch)]}")
         rows.append(row)
     out = Path(out)
@@ -100,8 +104,8 @@ def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, de
     return rows
 
 
-if __name__ == "__main__":  # the child: python -m talelab.experiments.memory PRESET BATCH VOCAB DEVICE DTYPE LIMIT_GB
-    name, batch, vocab, device_name, dtype_name, limit = sys.argv[1:7]
+if __name__ == "__main__":  # the child: python -m talelab.experiments.memory RUN BATCH VOCAB DEVICE DTYPE LIMIT_GB
+    run, batch, vocab, device_name, dtype_name, limit = sys.argv[1:7]
     cap = int(float(limit) * 2**30)
     if cap and device_name == "cuda":
         # CUDA reserves far more address space than it uses, so RLIMIT_AS would fail every cell: cap the caching
@@ -113,4 +117,4 @@ if __name__ == "__main__":  # the child: python -m talelab.experiments.memory PR
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    print(json.dumps(measure_in_this_process(name, int(batch), int(vocab), device_name, dtype_name)))
+    print(json.dumps(measure_in_this_process(json.loads(run), int(batch), int(vocab), device_name, dtype_name)))
