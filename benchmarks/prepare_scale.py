@@ -160,7 +160,8 @@ def run_stage(name: str, argv: list[str], logs: Path, label: str) -> dict:
         sys.exit(f"{name} failed with exit code {process.returncode}: {' '.join(command)}\n"
                  f"last lines of {err_log}:\n" + "\n".join(lines[-20:]))
     return {"stage": name, "command": command, "seconds": seconds, "peak_pss_bytes": peak,
-            "peak_anon_bytes": peak_anon, "rss_fallback": fallback, "max_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports KiB
+            "peak_anon_bytes": peak_anon, "rss_fallback": fallback,
+            "max_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports KiB
 
 
 def stage_commands(corpus: Path, outputs: dict[str, Path]) -> list[tuple[str, list[str]]]:
@@ -204,7 +205,8 @@ def print_table(results: dict) -> None:
         mb = f"{s['input_bytes'] / 1e6:,.1f}" if s["input_bytes"] is not None else "-"
         rate = f"{s['mb_per_s']:.1f}" if s["mb_per_s"] is not None else "-"
         print(f"{s['stage']:<13} {mb:>9} {s['seconds']:>8.1f} {rate:>7} {s['peak_pss_bytes'] / 1e9:>12.3f} "
-              f"{s.get('peak_anon_bytes', 0) / 1e9:>8.3f} {s['peak_over_corpus']:>9.2f} {s['max_rss_bytes'] / 1e9:>11.3f}")
+              f"{s.get('peak_anon_bytes', 0) / 1e9:>8.3f} {s['peak_over_corpus']:>9.2f} "
+              f"{s['max_rss_bytes'] / 1e9:>11.3f}")
     print("input: the corpus file for prepare, train.jsonl + val.jsonl + test.jsonl for tokenizer and pretokenize; "
           "seconds include each process's start; peak PSS: the whole process tree, polled every 0.1 s; "
           "anon: its anonymous and shared-memory part (the rest is pages of memory-mapped files, which the kernel can "

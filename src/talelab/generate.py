@@ -128,7 +128,8 @@ def keep_top_p(logits: torch.Tensor, p: float | Sequence[float]) -> torch.Tensor
     probs = logits.softmax(dim=-1)
     k = min(TOP_P_SHORTLIST, logits.size(-1))
     ranked, order = probs.topk(k, dim=-1)  # descending
-    if k < logits.size(-1) and (logits.device.type != "cpu" or bool((ranked.sum(dim=-1, keepdim=True) < limit).any())):
+    short = logits.device.type != "cpu" or bool((ranked.sum(dim=-1, keepdim=True) < limit).any())
+    if k < logits.size(-1) and short:
         ranked, order = probs.sort(dim=-1, descending=True)
     drop = ranked.cumsum(dim=-1) - ranked >= limit  # the tokens before this one already reach p
     drop[:, 0] = False

@@ -70,7 +70,8 @@ def context_windows(ids: torch.Tensor) -> torch.Tensor:
 
 def run_neurons(model: str | os.PathLike, out: str | os.PathLike | None = None, data: str = TINYSTORIES_VALID,
                 samples: int = 200, protocol: str = "documents", layers: list[int] | None = None, top: int = 10,
-                rank: int = 20, batch_size: int = 8, data_root=None, progress: bool = True, device: str = "cpu") -> dict:
+                rank: int = 20, batch_size: int = 8, data_root=None, progress: bool = True,
+                device: str = "cpu") -> dict:
     """`talelab interpret neurons`: top-K activations of every neuron of the chosen layers with their word classes,
     and the most class-selective neurons; writes neurons.md, neurons.html and neurons.json into `out`."""
     from tqdm import tqdm
