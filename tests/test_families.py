@@ -1,18 +1,15 @@
-"""Every model family decodes through the same code: batched rows equal single streams, and each family goes through
-generate, the generating evaluation suites, batched serving and `prefs build` (recurrent and compressor models
-once stopped at generate_batch: "cannot decode left-padded batches")."""
+"""Every model family goes through generate, the evaluation suites, batched serving and `prefs build` (recurrent and
+compressor models once stopped at generate_batch; tests/test_generate_batch.py checks their batched rows)."""
 
 import json
 import urllib.request
 
 import pytest
-import torch
 
-from talelab.config import ModelConfig, PrefsConfig, SamplingConfig
+from talelab.config import PrefsConfig, SamplingConfig
 from talelab.evaluate.report import failures, run_eval
 from talelab.finetune.prefs import build_pairs
-from talelab.generate import generate, generate_batch, generate_text
-from talelab.models import build_model
+from talelab.generate import generate_text
 from talelab.models.storage import load_model
 from talelab.train.loop import train
 
@@ -20,30 +17,6 @@ from .evaluate.test_report import small
 from .serve.conftest import live_server
 
 FAMILIES = ["transformer", "rnn", "lstm", "gru", "compressor"]
-PROMPTS = [[5, 9, 13], [7], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12]]
-
-
-def random_model(family: str):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(family=family, vocab_size=61, d_model=32, n_layers=2, n_heads=4,
-                                    context_length=40))
-    with torch.no_grad():  # large weights: confident, varied predictions, so a mistake would show
-        for p in model.parameters():
-            p.mul_(4.0)
-    return model.eval()
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_batched_rows_equal_single_streams_for_every_family(family):
-    model = random_model(family)
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
-    batch = generate_batch(model, PROMPTS, [greedy] * len(PROMPTS), eos_ids=None)
-    for prompt, row in zip(PROMPTS, batch):
-        assert row.tokens == generate(model, prompt, greedy, eos_id=None)[0]
-    sampled = [SamplingConfig(temperature=0.9, top_p=0.9, seed=s, max_new_tokens=10) for s in range(len(PROMPTS))]
-    batch = generate_batch(model, PROMPTS, sampled, eos_ids=None)
-    for prompt, config, row in zip(PROMPTS, sampled, batch):
-        assert row.tokens == generate(model, prompt, config, eos_id=None)[0]
 
 
 @pytest.fixture(scope="module")

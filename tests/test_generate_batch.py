@@ -1,32 +1,38 @@
-"""Batched generation: left-padded prompts of different lengths, each row under its own settings."""
+"""Batched generation: left-padded prompts of different lengths, each row under its own settings, for every model
+family (recurrent and compressor models once stopped here: "cannot decode left-padded batches")."""
 
 import pytest
 import torch
 
 from talelab.config import ModelConfig, SamplingConfig
 from talelab.generate import generate, generate_batch, pick
-from talelab.models.transformer import Transformer
+from talelab.models import build_model
 
 PROMPTS = [[5, 9, 13], [7], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12]]
 
 
-def model_with(positions: str) -> Transformer:
+def model_with(positions: str, family: str = "transformer"):
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, context_length=40,
-                                    positions=positions))
+    model = build_model(ModelConfig(family=family, vocab_size=61, d_model=32, n_layers=2, n_heads=4,
+                                    context_length=40, positions=positions))
     with torch.no_grad():  # large weights: confident, varied predictions, so mistakes would show
         for p in model.parameters():
             p.mul_(8.0)
     return model.eval()
 
 
-@pytest.mark.parametrize("positions", ["rope", "learned", "sinusoidal"])
-def test_greedy_rows_in_a_padded_batch_equal_each_prompt_on_its_own(positions):
-    model = model_with(positions)
+@pytest.mark.parametrize("family, positions", [("transformer", "rope"), ("transformer", "learned"),
+                                               ("transformer", "sinusoidal"), ("rnn", "rope"), ("lstm", "rope"),
+                                               ("gru", "rope"), ("compressor", "rope")])
+def test_rows_in_a_padded_batch_equal_each_prompt_on_its_own(family, positions):
+    model = model_with(positions, family)
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
     batch = generate_batch(model, PROMPTS, [greedy] * len(PROMPTS), eos_ids=None)
     for prompt, row in zip(PROMPTS, batch):
         assert row.tokens == generate(model, prompt, greedy, eos_id=None)[0]
+    sampled = [SamplingConfig(temperature=0.9, top_p=0.9, seed=s, max_new_tokens=10) for s in range(len(PROMPTS))]
+    for prompt, config, row in zip(PROMPTS, sampled, generate_batch(model, PROMPTS, sampled, eos_ids=None)):
+        assert row.tokens == generate(model, prompt, config, eos_id=None)[0]
 
 
 def test_a_seeded_request_tells_the_same_story_alone_and_in_any_batch():
