@@ -8,7 +8,8 @@ import json
 import pytest
 
 from talelab.finetune.base import load_tokenizer_of
-from talelab.finetune.formats import build_examples, parse_instruct_story, story_prompt, words_used
+from talelab.data.tags import story_prompt
+from talelab.finetune.formats import build_examples, parse_instruct_story, words_used
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,8 @@ def test_story_prompt_in_the_instruct_form():
     assert story_prompt(["Dialogue", "Twist"], ["hang", "foot", "cute"], "A cat hangs a sock.", "<s>") == (
         "<s>Features: Dialogue, Twist\nWords: hang, foot, cute\nSummary: A cat hangs a sock.\nStory:")
     assert story_prompt([]) == "Story:"
+    # what serving and the tags suite send is the training prompt, then the story's beginning
+    assert story_prompt(["Dialogue"], beginning="Once") == story_prompt(["Dialogue"]) + " Once"
 
 
 def test_words_used_counts_required_words_and_their_inflections():

@@ -99,12 +99,13 @@ def test_logprobs_report_the_top_five_alternatives_of_each_token(client):
 
 
 def test_features_enter_the_prompt_in_tinystories_instruct_form(client, stories260k):
-    assert story_prompt(ONCE, []) == ONCE
-    assert story_prompt(ONCE, ["Dialogue", "Twist"]) == "Features: Dialogue, Twist\nStory: Once upon a time"
+    assert story_prompt([], beginning=ONCE) == ONCE
+    assert story_prompt(["Dialogue", "Twist"], beginning=ONCE) == "Features: Dialogue, Twist\nStory: Once upon a time"
     _, tokenizer, _ = load_model(stories260k)
     answer = client.completions.create(model="stories260K", prompt=ONCE, max_tokens=5, temperature=0,
                                        extra_body={"features": ["Dialogue", "Twist"]})
-    assert answer.usage.prompt_tokens == len(tokenizer.encode(story_prompt(ONCE, ["Dialogue", "Twist"]), bos=True))
+    prompt = story_prompt(["Dialogue", "Twist"], beginning=ONCE)
+    assert answer.usage.prompt_tokens == len(tokenizer.encode(prompt, bos=True))
 
 
 def test_health_reports_each_models_batching_counters(server, client):

@@ -46,11 +46,21 @@ def rule_features(story: str) -> list[str]:
     return [name for name in RULE_FEATURES if RULES[name](story)]
 
 
-def story_prompt(beginning: str, features: list[str]) -> str:
-    """The text a model continues: the beginning alone, or after its features in TinyStories Instruct form."""
-    if not features:
-        return beginning
-    return f"Features: {', '.join(dict.fromkeys(features))}\nStory: {beginning}"
+def story_prompt(features: list[str], words: list[str] = (), summary: str = "", bos: str = "",
+                 beginning: str | None = None) -> str:
+    """The TinyStoriesInstruct prompt: Features, Words and Summary lines, then 'Story:'; the story follows after a
+    space (the space belongs to the story's first token, so the prompt's tokens are a prefix of prompt + story).
+
+    With `beginning`, the text a model continues (serving, the tags suite): that prompt, a space and the beginning,
+    or the beginning alone when nothing conditions it. Fine-tuning writes the same prompt, so what it learns to
+    follow is what serving sends."""
+    lines = [f"Features: {', '.join(dict.fromkeys(features))}"] if features else []
+    lines += [f"Words: {', '.join(words)}"] if words else []
+    lines += [f"Summary: {summary}"] if summary else []
+    if beginning is not None and not lines:
+        return bos + beginning
+    prompt = bos + "".join(line + "\n" for line in lines) + "Story:"
+    return prompt if beginning is None else f"{prompt} {beginning}"
 
 
 def check_features(names, where: str) -> list[str]:

@@ -214,7 +214,7 @@ def tags_section(complete: Complete, out_dir: Path, stories_per_feature: int = 1
     groups = {"baseline": []} | {name: [name] for name in FEATURES}
     stories = {}
     for group, requested in tqdm(groups.items(), desc="tags", unit="feature", disable=not progress):
-        prompt = story_prompt(BEGINNING, requested)
+        prompt = story_prompt(requested, beginning=BEGINNING)
         continuations = complete([prompt] * stories_per_feature, config or TAGS_SAMPLING)
         stories[group] = [BEGINNING + text for text in continuations]
     predicted = {group: predict_features(model, texts) for group, texts in stories.items()} if model else {}

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from talelab.data.sources import read_documents, read_jsonl, read_text
-from talelab.data.tags import RULE_FEATURES, check_features, labels_of, rule_features, story_rows
+from talelab.data.tags import RULE_FEATURES, check_features, labels_of, rule_features, story_prompt, story_rows
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
 
@@ -59,15 +59,6 @@ def data_file(data: str, data_root=None, split: str = "train") -> Path:
 
 
 # ---------------------------------------------------------------- stories-tags
-
-
-def story_prompt(features: list[str], words: list[str] = (), summary: str = "", bos: str = "") -> str:
-    """The TinyStoriesInstruct prompt; the story follows ' ' after 'Story:' (the space belongs to the story's first
-    token, so the prompt's tokens are a prefix of prompt + story)."""
-    lines = [f"Features: {', '.join(features)}"] if features else []
-    lines += [f"Words: {', '.join(words)}"] if words else []
-    lines += [f"Summary: {summary}"] if summary else []
-    return bos + "".join(line + "\n" for line in lines) + "Story:"
 
 
 def pick_words(story: str, count: int) -> list[str]:

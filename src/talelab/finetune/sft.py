@@ -179,7 +179,8 @@ def complete(model, tokenizer, prompts: list, max_new_tokens: int, temperature: 
 def tag_adherence(model, tokenizer, held_out: list[dict], samples: int, max_new_tokens: int, temperature: float,
                   seed: int = 0) -> dict:
     """Dialogue rate with and without Dialogue requested, and the share of required words each story uses."""
-    from talelab.finetune.formats import bos_text, story_prompt
+    from talelab.data.tags import story_prompt
+    from talelab.finetune.formats import bos_text
 
     bos = bos_text(tokenizer)
     result = {}

@@ -262,7 +262,7 @@ def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
         if len(beginning) > config.max_prompt_chars:
             raise APIError(400, f"the prompt has {len(beginning)} characters, over this server's limit of "
                            f"{config.max_prompt_chars}", prompt_param)
-        prompt_ids = s.tokenizer.encode(story_prompt(beginning, request.features), bos=True)
+        prompt_ids = s.tokenizer.encode(story_prompt(request.features, beginning=beginning), bos=True)
         context = s.model.config.context_length
         if len(prompt_ids) >= context:  # the story needs room for at least one token
             raise APIError(400, f"model '{s.name}' reads at most {context} tokens and the prompt has "
