@@ -5,7 +5,6 @@ held-out story, let it write the rest, and compare that with the true ending by 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import statistics
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from talelab.config import SamplingConfig
 from talelab.data.sentences import split_sentences
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.overlap import ROUGE_TYPES, rouge
+from talelab.evaluate.render import draw_histogram
 
 Complete = Callable[[list[str], "SamplingConfig | None"], list[str]]
 
@@ -139,25 +139,3 @@ def quote(text: str, limit: int = 600) -> str:
     """One paragraph of markdown: line breaks flattened, long texts clipped."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[:limit] + " …"
-
-
-def draw_histogram(values: list[float], xlabel: str, title: str, path: Path, bins: int = 20) -> None:
-    """A histogram of scores in [0, 1] as a PNG (own Agg canvas: no display, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    finite = [v for v in values if not math.isnan(v)]
-    ax.hist(finite, bins=bins, range=(0.0, 1.0), color="#4c72b0", edgecolor="white")
-    if finite:
-        mean = sum(finite) / len(finite)
-        ax.axvline(mean, color="#c44e52", linestyle="--", label=f"mean {mean:.3f}")
-        ax.legend()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("texts")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from talelab.errors import InputError
 from talelab.evaluate.overlap import bleu
-from talelab.evaluate.render import cell
+from talelab.evaluate.render import cell, draw_histogram
 
 CANDIDATES = 10  # TF-IDF neighbours per generation on which ROUGE-2 and the classification are computed
 NOVELTY_SAMPLE, NOVELTY_SEED = 100, 0
@@ -414,7 +414,9 @@ def memorization_section(generations: list[str], train_stories: Sequence[str], o
                 "template_match_share": round(counts["template match"] / len(records), 4)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    draw_histogram([r["cosine"] for r in records], out_dir / "memorization_cosine.png", len(train_stories))
+    draw_histogram([r["cosine"] for r in records], "TF-IDF cosine to the nearest training story",
+                   f"Nearest of {len(train_stories):,} training stories", out_dir / "memorization_cosine.png",
+                   ylabel="generated stories")
     ranked = sorted(range(len(records)), key=lambda i: -records[i]["cosine"])[:top]
     top_pairs = [{"generation": generations[i], "training_story": train_stories[records[i]["nearest"]],
                   **records[i]} for i in ranked]
@@ -451,23 +453,3 @@ def render_markdown(section: dict) -> str:
         lines.append(f"| {cell(pair['generation'], 600)} | {cell(pair['training_story'], 600)} | "
                      f"{pair['cosine']:.4f} | {pair['rouge2_precision']:.4f} | {pair['label']} |")
     return "\n".join(lines) + "\n"
-
-
-def draw_histogram(values: list[float], path: Path, n_stories: int) -> None:
-    """Distribution of the nearest-story cosines as a PNG (own Agg canvas: no display, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.hist(values, bins=20, range=(0.0, 1.0), color="#4c72b0", edgecolor="white")
-    ax.axvline(sum(values) / len(values), color="#c44e52", linestyle="--", label=f"mean {np.mean(values):.3f}")
-    ax.legend()
-    ax.set_xlabel("TF-IDF cosine to the nearest training story")
-    ax.set_ylabel("generated stories")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"Nearest of {n_stories:,} training stories", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)

@@ -1,7 +1,9 @@
-"""How report sections draw: text safe for a markdown table cell, and grouped bar charts (probes, tags, judge)."""
+"""How report sections draw: text safe for a markdown table cell, grouped bar charts (probes, tags, judge) and
+histograms of scores in [0, 1] (completion, diversity, memorization)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -47,3 +49,27 @@ def bar_chart(path: Path, labels: list[str], series: dict[str, list[float | None
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def draw_histogram(values: list[float], xlabel: str, title: str, path: Path, bins: int = 20,
+                   ylabel: str = "texts") -> None:
+    """A histogram of scores in [0, 1] with their mean, as a PNG (own Agg canvas: no display, no pyplot state); NaN
+    scores are left out."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    finite = [v for v in values if not math.isnan(v)]
+    ax.hist(finite, bins=bins, range=(0.0, 1.0), color="#4c72b0", edgecolor="white")
+    if finite:
+        mean = sum(finite) / len(finite)
+        ax.axvline(mean, color="#c44e52", linestyle="--", label=f"mean {mean:.3f}")
+        ax.legend()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -31,9 +31,9 @@ from talelab.config import EVAL_SUITES, DecodeConfig, EvalConfig, SamplingConfig
 from talelab.data.sources import iter_texts, resolve_source
 from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
-from talelab.evaluate.completion import (Complete, completer, completion_section, draw_histogram, held_out_texts,
-                                        quote)
+from talelab.evaluate.completion import Complete, completer, completion_section, held_out_texts, quote
 from talelab.evaluate.overlap import TOKENIZERS_NOTE, diversity
+from talelab.evaluate.render import draw_histogram
 
 DEFAULT_SUITES = tuple(s for s in EVAL_SUITES if s != "judge")
 TITLES = {"likelihood": "Likelihood", "completion": "Completion protocol", "diversity": "Diversity",
