@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from talelab.errors import ConfigError, InputError
 from talelab.models.hf import TOKENIZER_FILES, has_tokenizer_files, is_adapter_dir, read_adapter_config
@@ -246,3 +247,16 @@ def precision_flags(precision: str) -> dict:
     if precision == "fp16" and not cuda:
         raise ConfigError("precision=fp16 needs a GPU (use bf16 or fp32 on CPU)")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every logged record (training steps and evaluations) to metrics.jsonl as it happens."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        record = {"step": state.global_step, **(logs or {})}  # the trainer's logs carry the epoch
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 
 from talelab.atomic import write_text_atomic
 from talelab.config import PreferenceConfig, check_choices
@@ -125,25 +125,12 @@ def check_config(config: PreferenceConfig) -> None:
             raise ConfigError(f"dpo: {message}")
 
 
-class MetricsLog(TrainerCallback):
-    """Appends every logged record (training steps and evaluations) to metrics.jsonl as it happens."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        record = {"step": state.global_step, **(logs or {})}  # the trainer's logs carry the epoch
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None):
     """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from talelab.finetune.base import load_base, lora_config, precision_flags, resolve_base
+    from talelab.finetune.base import MetricsLog, load_base, lora_config, precision_flags, resolve_base
 
     check_config(config)
     pairs = read_pairs(config.data, data_root)

@@ -21,8 +21,8 @@ from talelab.atomic import write_text_atomic
 from talelab.config import FINETUNE_PRESETS, FinetuneConfig, check_choices, dataclass_from_dict
 from talelab.data.tags import has_dialogue
 from talelab.errors import ConfigError, InputError
-from talelab.finetune.base import (context_length, format_trainable, load_base, lora_config, precision_flags,
-                                   trainable_summary)
+from talelab.finetune.base import (MetricsLog, context_length, format_trainable, load_base, lora_config,
+                                   precision_flags, trainable_summary)
 from talelab.finetune.formats import build_examples, words_used
 
 CHECKPOINTS = "checkpoints"
@@ -103,21 +103,18 @@ def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
         **precision_flags(config.precision))
 
 
-def make_callbacks(config: FinetuneConfig, metrics_path: Path):
-    """Log every metrics row to metrics.jsonl as it comes, and stop at --stop-at-step after a checkpoint."""
+def make_callbacks(config: FinetuneConfig, metrics_path: Path) -> list:
+    """Log every metrics row to metrics.jsonl as it comes (the log DPO keeps too), and stop at --stop-at-step after
+    a checkpoint."""
     from transformers import TrainerCallback
 
-    class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            with metrics_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
-
+    class StopAtStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if config.stop_at_step and state.global_step >= config.stop_at_step:
                 control.should_save = True
                 control.should_training_stop = True
 
-    return [Record()]
+    return [MetricsLog(metrics_path), StopAtStep()]
 
 
 def plot_losses(history: list[dict], path: Path, title: str) -> None:
