@@ -24,6 +24,7 @@ from talelab.errors import ConfigError, InputError
 from talelab.finetune.base import (MetricsLog, context_length, format_trainable, load_base, lora_config,
                                    precision_flags, trainable_summary)
 from talelab.finetune.formats import build_examples, words_used
+from talelab.plots import loss_chart
 
 CHECKPOINTS = "checkpoints"
 
@@ -115,28 +116,6 @@ def make_callbacks(config: FinetuneConfig, metrics_path: Path) -> list:
                 control.should_training_stop = True
 
     return [MetricsLog(metrics_path), StopAtStep()]
-
-
-def plot_losses(history: list[dict], path: Path, title: str) -> None:
-    """Training and held-out loss against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    held = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for points, label, style in ((train, "training loss", "-"), (held, "held-out loss", "o--")):
-        if points:
-            ax.plot(*zip(*points), style, label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
@@ -294,7 +273,8 @@ def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
         note(f"held-out loss after: {summary['eval_loss']:.4f} (perplexity {summary['perplexity']:.2f})")
     history = trainer.state.log_history
     write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    plot_losses(history, out / "loss.png", f"{config.task} fine-tuning of {Path(config.base).name}")
+    loss_chart(history, out / "loss.png", "eval_loss", "held-out loss",
+               title=f"{config.task} fine-tuning of {Path(config.base).name}")
     stopped_early = bool(config.stop_at_step) and trainer.state.global_step < trainer.state.max_steps
     if not stopped_early:
         trainer.save_model(str(out))  # adapter (or full model) + tokenizer

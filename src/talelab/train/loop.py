@@ -23,6 +23,7 @@ from talelab.devices import autocast_context, pick_device, training_dtype
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import check_vocabulary, load_weights, read_config
 from talelab.models import build_model
+from talelab.plots import loss_chart
 from talelab.tokenizer import load_tokenizer
 from talelab.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, unsharded_copy
 from talelab.train.distributed import (Ranks, all_finite, gathered_state, gradient_sync, held_parameters, is_sharded,
@@ -69,32 +70,6 @@ def windowed_loss(model, windows: np.ndarray, batch_size: int, device, autocast)
         count += len(batch)
     model.train(was_training)
     return total / count
-
-
-def plot_losses(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, clock) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
-    train = [r for r in records if "loss" in r]
-    val = [r for r in records if "val_loss" in r]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    # time to quality: what a budget of minutes buys, comparable across tokenizers
-    clock.plot([r["elapsed_s"] / 60 for r in val], [r["val_bpb"] for r in val], "o-", color="C1", ms=3)
-    clock.set_xlabel("training time (minutes)")
-    clock.set_ylabel("validation bits per byte")
-    clock.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_metrics_csv(records: list[dict], path: Path) -> None:
@@ -323,7 +298,7 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
         metrics.close()
     if ranks.is_main:
         write_metrics_csv(records, run_dir / "metrics.csv")
-        plot_losses(records, run_dir / "loss.png")
+        loss_chart(records, run_dir / "loss.png", "val_loss", "validation loss", bits_per_byte=True)
     leave(ranks)
     summary.update(step=step, elapsed_s=elapsed, checkpoint=str(last_saved or latest_checkpoint(run_dir)))
     return summary
