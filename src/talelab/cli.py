@@ -160,7 +160,9 @@ def cmd_sweep(args) -> int:
     from talelab.experiments.sweep import sweep
 
     common = {"data": args.data, "tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
-    sweep(args.presets, args.grid, args.budget, args.out, common, base_preset=args.base_preset)
+    every_run = {k: v for k, v in {**given(args, ModelConfig), **given(args, TrainConfig)}.items()
+                 if k not in common and k != "out"}  # the sweep's own flags are not per-run settings
+    sweep(args.presets, args.grid, args.budget, args.out, common, base_preset=args.base_preset, every_run=every_run)
     print(f"results in {args.out}/results.md")
     return 0
 
@@ -333,6 +335,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="runs/sweep", help="sweep directory (re-run to resume)")
     sw.add_argument("--device", default="auto", choices=DEVICES)
     sw.add_argument("--dtype", default="auto", choices=TRAINING_DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
+    add_dataclass_flags(sw, ModelConfig, "model (every run; a --grid value wins)")
+    add_dataclass_flags(sw, TrainConfig, "training (every run; a --grid value wins; the budget sets the steps)",
+                        skip=("data", "tokenizer", "out", "device", "dtype", "max_steps", "max_minutes",
+                              "schedule_steps", "epochs", "progress"))
     sw.set_defaults(run=cmd_sweep)
 
     mem = sub.add_parser("memory", help="peak training memory per model and batch size ('oom' where it fails): "

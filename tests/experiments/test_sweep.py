@@ -1,6 +1,7 @@
 import csv
 
 import pytest
+import yaml
 
 from talelab.cli import main
 from talelab.errors import ConfigError
@@ -78,3 +79,16 @@ def test_a_time_budget_stops_each_run_by_the_clock(tmp_path, prepared, bpe_dir):
     (row,) = sweep(["tiny"], None, "2s", tmp_path / "timed", common, log=lambda *_: None)
     assert row["tokens_seen"] > 0 and row["tokens_seen"] % (8 * 64) == 0  # whole steps of the tiny preset
     assert row["wall_time_s"] < 30
+
+
+def test_model_and_training_flags_apply_to_every_run_under_its_grid_values(tmp_path, prepared, bpe_dir, capsys):
+    out = tmp_path / "flags"
+    assert main(["sweep", "tiny", "--grid", "d_model=32,48 lr=0.002", "--base-preset", "tiny", "--budget", "2k",
+                 "--data", str(prepared), "--tokenizer", str(bpe_dir), "--out", str(out), "--lr", "0.005",
+                 "--dropout", "0.05", "--n-layers", "1"]) == 0
+    configs = {run: yaml.safe_load((out / run / "sweep-config.yaml").read_text())
+               for run in ("tiny", "tiny-d_model32-lr0.002", "tiny-d_model48-lr0.002")}
+    assert {run: (c["model"]["d_model"], c["model"]["n_layers"], c["model"]["dropout"], c["train"]["lr"])
+            for run, c in configs.items()} == {"tiny": (32, 1, 0.05, 0.005),
+                                               "tiny-d_model32-lr0.002": (32, 1, 0.05, 0.002),
+                                               "tiny-d_model48-lr0.002": (48, 1, 0.05, 0.002)}

@@ -68,13 +68,16 @@ def grid_product(grid: str) -> list[dict]:
     return [dict(c) for c in itertools.product(*axes)] if axes else []
 
 
-def plan_runs(presets: list[str], grid: str | None, base_preset: str | None) -> list[tuple[str, str | None, dict]]:
-    """(run name, preset, overrides) for every configuration of the sweep, each checked before any of them trains."""
-    runs = [(name, name, {}) for name in presets]
+def plan_runs(presets: list[str], grid: str | None, base_preset: str | None,
+              every_run: dict | None = None) -> list[tuple[str, str | None, dict]]:
+    """(run name, preset, overrides) for every configuration of the sweep, each checked before any of them trains.
+    `every_run`: model or train settings (the command's flags) under each run's grid values."""
+    every_run = every_run or {}
+    runs = [(name, name, dict(every_run)) for name in presets]
     if grid:
         for combination in parse_grid(grid):
             name = "-".join(f"{k}{v}" for k, v in combination.items())
-            runs.append((f"{base_preset}-{name}" if base_preset else name, base_preset, combination))
+            runs.append((f"{base_preset}-{name}" if base_preset else name, base_preset, {**every_run, **combination}))
     if not runs:
         raise ConfigError("sweep: name presets and/or give --grid")
     for name, preset, overrides in runs:  # an unknown preset or an impossible shape fails now, not hours later
@@ -128,10 +131,12 @@ def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common
 
 
 def sweep(presets: list[str], grid: str | None, budget: str, out: str | Path, common: dict,
-          base_preset: str | None = None, log=print) -> list[dict]:
-    """Run every configuration not yet finished, then write results.md, results.csv and the plots into `out`."""
+          base_preset: str | None = None, every_run: dict | None = None, log=print) -> list[dict]:
+    """Run every configuration not yet finished, then write results.md, results.csv and the plots into `out`.
+    `common`: where the data is and what runs it (data, tokenizer, device, dtype); `every_run`: model and train
+    settings applied to every run, under its grid values."""
     limits = parse_budget(budget)
-    runs = plan_runs(presets, grid, base_preset)
+    runs = plan_runs(presets, grid, base_preset, every_run)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
