@@ -67,19 +67,19 @@ class BatchResult:
 
 
 _settings: WorkerSettings | None = None
-_tokenizer = None
+_encoder = None  # the statistics tokenizer's corpus encoder, when there is one
 
 
 def configure_worker(settings: WorkerSettings) -> None:
     """Keep the settings (and load the statistics tokenizer) for process_batch, in a worker or in-process."""
-    global _settings, _tokenizer
+    global _settings, _encoder
     _settings = settings
     if settings.tokenizer:
         from talelab.tokenizer import load_tokenizer  # only statistics with a tokenizer need it
 
-        _tokenizer = load_tokenizer(settings.tokenizer)
+        _encoder = load_tokenizer(settings.tokenizer).corpus_encoder()
     else:
-        _tokenizer = None
+        _encoder = None  # the statistics tokenizer's corpus encoder, when there is one
 
 
 def split_position(text: str) -> float:
@@ -126,11 +126,10 @@ def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
     ids, lengths = word_hashes(texts)
     distinct, occurrences = np.unique(ids, return_counts=True)
     token_counts, token_ids = np.zeros(len(texts), np.int32), np.zeros(0, np.int64)
-    if _tokenizer is not None:
-        encoded = _tokenizer.encode_batch(texts)
-        token_counts = np.array([len(ids) for ids in encoded], np.int32)
-        flat = np.fromiter((i for ids in encoded for i in ids), np.int64)
-        token_ids = np.bincount(flat, minlength=_tokenizer.vocab_size)
+    if _encoder is not None:  # the ids pretokenize will write, each distinct piece encoded once
+        lengths_in_tokens, flat = _encoder.encode_flat(texts)
+        token_counts = lengths_in_tokens.astype(np.int32)
+        token_ids = np.bincount(flat, minlength=_encoder.tokenizer.vocab_size)
     lines = [json_line(text, record) for text, record in kept]
     return BatchResult(
         lines=lines,
