@@ -24,7 +24,7 @@ def ordered_map(function: Callable, batches: Iterable, workers: int, setup: Call
 
     `setup(*setup_args)` runs once in each worker (or here, for a small input or one worker) before any batch:
     the place to keep settings or load a tokenizer. Both callables must be module-level functions (picklable)."""
-    workers = workers or os.cpu_count() or 1
+    workers = worker_count(workers)
     batches = iter(batches)
     head = list(itertools.islice(batches, IN_PROCESS_BATCHES))
     if workers == 1 or len(head) < IN_PROCESS_BATCHES:
@@ -41,6 +41,11 @@ def ordered_map(function: Callable, batches: Iterable, workers: int, setup: Call
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def worker_count(workers: int) -> int:
+    """The number of worker processes `workers` asks for (0: one per core)."""
+    return workers or os.cpu_count() or 1
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

@@ -11,8 +11,8 @@ and scores batches of records and keeps, per kept document, its JSON line in a s
 A large local file is cut into ranges between documents that the workers read themselves; any other source (hub,
 gzip, JSON array, parquet, several files, or a filter that needs every record in order) streams through this
 process in batches. Once the corpus is read, duplicates and splits are decided on the numbers alone and the scratch
-files are copied line by line into the splits. The same input gives the same splits, whatever the number of
-workers or ranges.
+files are copied into the splits, each run of lines bound for one split as one byte range (the line lengths are one
+more number a document). The same input gives the same splits, whatever the number of workers or ranges.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from talelab.data.batches import (BATCH_DOCUMENTS, Cleaned, Scratch, WorkerSetti
 from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
                                  near_duplicate_reason, pair_members, word_hashes)
-from talelab.data.parallel import batched, ordered_map
+from talelab.data.parallel import batched, ordered_map, worker_count
 from talelab.data.recase import learn_recasing
 from talelab.data.sources import iter_records, split_file
 from talelab.data.statistics import WordCounts, corpus_statistics, draw_statistics, statistics_markdown
@@ -144,7 +144,7 @@ def clean_in_workers(source: Source, settings: WorkerSettings, partial: Path, pr
     A large local file is cut into ranges between documents that the workers read themselves (split_file): this
     process then only collects numbers. Any other source streams through this process in batches."""
     config = source.config
-    workers = config.workers or os.cpu_count() or 1
+    workers = worker_count(config.workers)
     split = None if source.filtered else split_file(config.source, config.format, source.data_root, 4 * workers)
     cleaned = Cleaned(settings)
     # disable=None: a bar on a terminal only, so logs and captured stderr keep one line per message.
@@ -202,8 +202,8 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
                          "training; use a larger corpus or lower --val-fraction/--test-fraction")
     dropped = Dropped(config.stats_tokenizer, cleaned.words)
     write_splits(scratch, partial, split, matches, exact, near, dropped)
-    for scratch in cleaned.scratch_files:
-        scratch.unlink()
+    for path in cleaned.scratch_files:
+        path.unlink()
     words = cleaned.words.frequencies()
     word_counts = cleaned.numbers("word_counts")[keep]
     token_ids = None if cleaned.token_ids is None else cleaned.token_ids - dropped.token_ids

@@ -9,7 +9,6 @@ where every story ends. Bytes are kept so that losses convert to bits per byte.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from talelab.data.parallel import batched, ordered_map
+from talelab.data.parallel import batched, ordered_map, worker_count
 from talelab.data.sources import FileRange, iter_range_records, iter_texts, split_file
 from talelab.errors import InputError, MismatchError
 
@@ -104,7 +103,7 @@ def encode_in_workers(texts: Path | Iterable[str], tokenizer, workers: int) -> I
     themselves (split_file), so that this process neither parses nor sends the texts; any other input is batched
     here."""
     if isinstance(texts, Path):
-        split = split_file(str(texts), "jsonl", parts=4 * (workers or os.cpu_count() or 1), range_bytes=RANGE_BYTES)
+        split = split_file(str(texts), "jsonl", parts=4 * worker_count(workers), range_bytes=RANGE_BYTES)
         if split:
             return ordered_map(encode_range, split[0], workers, start_encoder, (tokenizer,))
         texts = iter_texts(str(texts), format="jsonl")
