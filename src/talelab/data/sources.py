@@ -121,9 +121,9 @@ _RANGE_END = {"eot": re.compile(rb"^[ \t]*<\|endoftext\|>[ \t]*(?:\n|\Z)", re.MU
 def split_file(source: str, format: str, data_root=None, parts: int = 1, range_bytes: int = 0) \
         -> tuple[list[FileRange], str] | None:
     """(ranges of about `range_bytes` (0: RANGE_BYTES), at least `parts` of them, and the format) for one local,
-    uncompressed file of
-    MIN_SPLIT_BYTES or more in a format whose separators are whole lines (eot, blank-line, jsonl): each range can be
-    read on its own, and its documents are those the whole file gives there. None for any other source."""
+    uncompressed file of MIN_SPLIT_BYTES or more in a format whose separators are whole lines (eot, blank-line,
+    jsonl): each range can be read on its own, and its documents are those the whole file gives there. None for any
+    other source."""
     if "," in source:
         return None
     path = resolve_source(source.strip(), data_root)

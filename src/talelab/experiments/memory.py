@@ -70,14 +70,12 @@ def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, de
                  log=print) -> list[dict]:
     """Every row (presets, then the grid's configurations over `base_preset`) x batch size; writes memory.md and
     memory.csv into `out`."""
-    import torch
-
     from talelab.devices import pick_device, training_dtype
     from talelab.errors import ConfigError
     from talelab.experiments.sweep import plan_runs
 
-    device = pick_device(device).type  # the child is told cpu or cuda, never auto
-    dtype = training_dtype(dtype, torch.device(device))
+    picked = pick_device(device)
+    device, dtype = picked.type, training_dtype(dtype, picked)  # the child is told cpu or cuda, never auto
     if not batch_sizes or min(batch_sizes) <= 0:
         raise ConfigError("memory: --batch-sizes must be positive integers")
     runs = plan_runs(presets, grid, base_preset)  # unknown presets, keys or shapes fail before any child starts

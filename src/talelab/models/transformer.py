@@ -100,7 +100,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, fused: bool | Non
     faster (ChunkedCrossEntropy); one fused kernel in fp32 elsewhere (`fused`), where the chunk loop would launch
     thousands of small kernels a step. The fp32 copy's gradient reaches 16-bit logits already multiplied by the loss
     scale."""
-    if not (logits.device.type != "cpu" if fused is None else fused):
+    if fused is None:
+        fused = logits.device.type != "cpu"
+    if not fused:
         return ChunkedCrossEntropy.apply(logits, targets)
     return F.cross_entropy(logits.float(), targets, ignore_index=-1)
 
