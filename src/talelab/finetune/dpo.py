@@ -183,7 +183,7 @@ def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=
     from transformers.trainer_utils import get_last_checkpoint
 
     from talelab.finetune.base import format_trainable
-    from talelab.train.loop import read_metrics
+    from talelab.train.metrics import read_metrics
 
     out = Path(config.out)
     checkpoints = out / "checkpoints"
