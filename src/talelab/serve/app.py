@@ -24,13 +24,15 @@ import math
 import re
 import time
 import uuid
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -42,7 +44,7 @@ from talelab.config import DecodeConfig, SamplingConfig, ServeConfig
 from talelab.data.tags import FEATURES, story_prompt
 from talelab.errors import ConfigError
 from talelab.generate import load_decoder
-from talelab.serve.batching import Batcher, Story, events
+from talelab.serve.batching import Batcher, Job, Story, events
 from talelab.tokenizer import Tokenizer
 
 Feature = Literal[FEATURES]
@@ -174,86 +176,49 @@ def sse(payload) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
-    """The API and the playground over already loaded models; each model's batching worker runs while the app does."""
+@dataclass(frozen=True)
+class Shape:
+    """How an endpoint words its answers: OpenAI's completions form or its chat form."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        rows, window = (config.max_batch, config.batch_window_ms / 1000) if config.batching else (1, 0.0)
-        for s in served.values():
-            s.batcher = Batcher(s.name, s.model, s.tokenizer, rows, window)
-        yield
-        for s in served.values():
-            s.batcher.close()
+    id_prefix: str
+    object: str
+    chunk_object: str
+    logprobs: Callable[[Story], dict]
+    message: Callable[[str], dict]  # a finished story's text as a choice's fields
+    delta: Callable[[str | None], dict]  # a streamed piece as a chunk choice's fields (None: the closing chunk)
+    opening: dict | None = None  # the fields of a chunk sent for each story before its text
 
-    app = FastAPI(title="talelab", summary="OpenAI-compatible story models", lifespan=lifespan)
-    started = int(time.time())
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError):
-        return error_response(e.status, e.message, e.param, e.code, e.kind)
+COMPLETION = Shape("cmpl", "text_completion", "text_completion", completion_logprobs,
+                   message=lambda text: {"text": text}, delta=lambda text: {"text": text or ""})
+CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", chat_logprobs,
+             message=lambda text: {"message": {"role": "assistant", "content": text}},
+             delta=lambda text: {"delta": {} if text is None else {"content": text}},
+             opening={"delta": {"role": "assistant", "content": ""}})  # OpenAI's chat streams open with the role
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, e: RequestValidationError):
-        first = e.errors()[0]
-        if first["type"] == "json_invalid":
-            return error_response(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error')})",
-                                  code="invalid_json")
-        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
-        return error_response(400, f"{param or 'body'}: {first['msg']}", param)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException):
-        return error_response(e.status_code, str(e.detail), kind="not_found_error" if e.status_code == 404 else
-                              "invalid_request_error")
+@dataclass
+class ServerState:
+    """What every route reads, kept on `app.state.server`: the models by name, the limits, the start time."""
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, e: Exception):
-        return error_response(500, "the server failed on this request; its log has the details", kind="server_error")
+    served: dict[str, Served]
+    config: ServeConfig
+    started: int = field(default_factory=lambda: int(time.time()))
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            return error_response(413, f"the request body is over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
-
-    def find(name: str) -> Served:
-        if name not in served:
-            raise APIError(404, f"model '{name}' is not served here (served: {', '.join(served)})", "model",
+    def find(self, name: str) -> Served:
+        if name not in self.served:
+            raise APIError(404, f"model '{name}' is not served here (served: {', '.join(self.served)})", "model",
                            "model_not_found")
-        return served[name]
+        return self.served[name]
 
-    def card(s: Served) -> dict:
-        return {"id": s.name, "object": "model", "created": started, "owned_by": "talelab",
+    def card(self, s: Served) -> dict:
+        return {"id": s.name, "object": "model", "created": self.started, "owned_by": "talelab",
                 "context_length": s.model.config.context_length, "parameters": s.model.num_parameters()}
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "models": {name: {**s.batcher.stats, "pending": s.batcher.pending}
-                                           for name, s in served.items()}}
-
-    @app.get("/v1/models")
-    async def list_models():
-        return {"object": "list", "data": [card(s) for s in served.values()]}
-
-    @app.get("/v1/models/{name}")
-    async def get_model(name: str):
-        return card(find(name))
-
-    @app.post("/v1/completions")
-    async def completions(request: CompletionRequest):
-        return await answer(request, request.prompt, "prompt", request.max_tokens, request.logprobs or 0, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatRequest):
-        top = (request.top_logprobs or 0) if request.logprobs else 0
-        return await answer(request, story_beginning(request.messages), "messages",
-                            request.max_completion_tokens or request.max_tokens, top, chat=True)
-
-    async def answer(request: Sampling, beginning: str, prompt_param: str, max_tokens: int | None, top: int,
-                     chat: bool):
-        s = find(request.model)
-        max_tokens = max_tokens or min(config.default_max_tokens, config.max_tokens)
+    def checked_prompt_ids(self, s: Served, request: Sampling, beginning: str, prompt_param: str,
+                           max_tokens: int) -> list[int]:
+        """The prompt's tokens, once the request is within every limit of the server and the model."""
+        config = self.config
         if max_tokens > config.max_tokens:
             raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {config.max_tokens}",
                            "max_tokens")
@@ -267,84 +232,172 @@ def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
         if len(prompt_ids) >= context:  # the story needs room for at least one token
             raise APIError(400, f"model '{s.name}' reads at most {context} tokens and the prompt has "
                            f"{len(prompt_ids)}; shorten it", prompt_param, "context_length_exceeded")
-        if sum(other.batcher.pending for other in served.values()) + request.n > config.max_concurrent:
+        if sum(other.batcher.pending for other in self.served.values()) + request.n > config.max_concurrent:
             raise APIError(429, f"the server is writing {config.max_concurrent} stories already; retry shortly",
                            kind="rate_limit_error", code="too_many_requests")
-        configs = [SamplingConfig(max_new_tokens=max_tokens, temperature=request.temperature, top_k=request.top_k,
-                                  top_p=request.top_p, repetition_penalty=request.repetition_penalty,
-                                  seed=-1 if request.seed is None else request.seed + i) for i in range(request.n)]
-        jobs = s.batcher.submit(prompt_ids, configs, request.stop, top)
-        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-                "model": s.name}
-        if request.stream:
-            return StreamingResponse(stream(jobs, head, top, chat), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        stories: dict[int, Story] = {}
-        try:
-            async for index, kind, value in events(jobs):
-                if kind == "error":
-                    raise APIError(500, value, kind="server_error")
-                if kind == "done":
-                    stories[index] = value
-        finally:
-            for job in jobs:  # ends rows still decoding when this request was abandoned
-                job.cancelled = True
-        choices = []
-        for index in range(request.n):
-            story = stories[index]
-            if chat:
-                choice = {"message": {"role": "assistant", "content": story.text},
-                          "logprobs": chat_logprobs(story) if top else None}
+        return prompt_ids
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+@asynccontextmanager
+async def run_batchers(app: FastAPI):
+    """Each model's batching worker runs while the app does."""
+    state: ServerState = app.state.server
+    config = state.config
+    rows, window = (config.max_batch, config.batch_window_ms / 1000) if config.batching else (1, 0.0)
+    for s in state.served.values():
+        s.batcher = Batcher(s.name, s.model, s.tokenizer, rows, window)
+    yield
+    for s in state.served.values():
+        s.batcher.close()
+
+
+async def api_error(request: Request, e: APIError):
+    return error_response(e.status, e.message, e.param, e.code, e.kind)
+
+
+async def invalid_request(request: Request, e: RequestValidationError):
+    first = e.errors()[0]
+    if first["type"] == "json_invalid":
+        return error_response(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error')})",
+                              code="invalid_json")
+    param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+    return error_response(400, f"{param or 'body'}: {first['msg']}", param)
+
+
+async def http_error(request: Request, e: HTTPException):
+    return error_response(e.status_code, str(e.detail), kind="not_found_error" if e.status_code == 404 else
+                          "invalid_request_error")
+
+
+async def server_error(request: Request, e: Exception):
+    return error_response(500, "the server failed on this request; its log has the details", kind="server_error")
+
+
+async def refuse_large_bodies(request: Request, call_next):
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        return error_response(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+    return await call_next(request)
+
+
+async def health(request: Request):
+    return {"status": "ok", "models": {name: {**s.batcher.stats, "pending": s.batcher.pending}
+                                       for name, s in server_state(request).served.items()}}
+
+
+async def list_models(request: Request):
+    state = server_state(request)
+    return {"object": "list", "data": [state.card(s) for s in state.served.values()]}
+
+
+async def get_model(request: Request, name: str):
+    state = server_state(request)
+    return state.card(state.find(name))
+
+
+async def completions(request: Request, body: CompletionRequest):
+    return await answer(server_state(request), body, body.prompt, "prompt", body.max_tokens, body.logprobs or 0,
+                        COMPLETION)
+
+
+async def chat_completions(request: Request, body: ChatRequest):
+    top = (body.top_logprobs or 0) if body.logprobs else 0
+    return await answer(server_state(request), body, story_beginning(body.messages), "messages",
+                        body.max_completion_tokens or body.max_tokens, top, CHAT)
+
+
+async def playground():
+    return FileResponse(STATIC / "index.html")
+
+
+async def answer(state: ServerState, request: Sampling, beginning: str, prompt_param: str, max_tokens: int | None,
+                 top: int, shape: Shape):
+    """Write the request's n stories: one response when they are done, or a stream as they are written."""
+    s = state.find(request.model)
+    max_tokens = max_tokens or min(state.config.default_max_tokens, state.config.max_tokens)
+    prompt_ids = state.checked_prompt_ids(s, request, beginning, prompt_param, max_tokens)
+    configs = [SamplingConfig(max_new_tokens=max_tokens, temperature=request.temperature, top_k=request.top_k,
+                              top_p=request.top_p, repetition_penalty=request.repetition_penalty,
+                              seed=-1 if request.seed is None else request.seed + i) for i in range(request.n)]
+    jobs = s.batcher.submit(prompt_ids, configs, request.stop, top)
+    head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": s.name}
+    if request.stream:
+        return StreamingResponse(stream(jobs, head, top, shape), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stories = await finished_stories(jobs)
+    choices = [{"index": index, **shape.message(story.text), "logprobs": shape.logprobs(story) if top else None,
+                "finish_reason": story.finish_reason} for index, story in enumerate(stories)]
+    completion_tokens = sum(len(story.tokens) for story in stories)
+    return {**head, "object": shape.object, "choices": choices,
+            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                      "total_tokens": len(prompt_ids) + completion_tokens}}
+
+
+@contextmanager
+def cancelled_after(jobs: list[Job]):
+    """Ends the rows still decoding once their request is answered, failed or abandoned by its client."""
+    try:
+        yield
+    finally:
+        for job in jobs:
+            job.cancelled = True
+
+
+async def finished_stories(jobs: list[Job]) -> list[Story]:
+    """The jobs' stories in index order, once every one is done."""
+    stories: dict[int, Story] = {}
+    with cancelled_after(jobs):
+        async for index, kind, value in events(jobs):
+            if kind == "error":
+                raise APIError(500, value, kind="server_error")
+            if kind == "done":
+                stories[index] = value
+    return [stories[index] for index in range(len(jobs))]
+
+
+async def stream(jobs: list[Job], head: dict, top: int, shape: Shape):
+    """Server-sent events: a chunk per piece of text, each story's finish reason, then [DONE]."""
+    head = {**head, "object": shape.chunk_object}
+
+    def chunk(index: int, fields: dict, finish: str | None = None, logprobs=None) -> str:
+        return sse({**head, "choices": [{"index": index, **fields, "logprobs": logprobs, "finish_reason": finish}]})
+
+    with cancelled_after(jobs):
+        if shape.opening:
+            for job in jobs:
+                yield chunk(job.index, shape.opening)
+        async for index, kind, value in events(jobs):
+            if kind == "text":
+                yield chunk(index, shape.delta(value))
+            elif kind == "done":
+                yield chunk(index, shape.delta(None), value.finish_reason, shape.logprobs(value) if top else None)
             else:
-                choice = {"text": story.text, "logprobs": completion_logprobs(story) if top else None}
-            choices.append({"index": index, **choice, "finish_reason": story.finish_reason})
-        completion_tokens = sum(len(story.tokens) for story in stories.values())
-        return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
-                "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                          "total_tokens": len(prompt_ids) + completion_tokens}}
+                yield sse({"error": {"message": value, "type": "server_error", "param": None, "code": None}})
+        yield "data: [DONE]\n\n"
 
-    async def stream(jobs, head: dict, top: int, chat: bool):
-        """Server-sent events: a chunk per piece of text, each story's finish reason, then [DONE]."""
-        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
 
-        def chunk(index: int, text: str | None, finish: str | None = None, logprobs=None) -> str:
-            if chat:
-                delta = {} if text is None else {"content": text}
-                choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            else:
-                choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
-            return sse({**head, "choices": [choice]})
-
-        try:
-            if chat:  # OpenAI's streams open each message with its role
-                for job in jobs:
-                    yield sse({**head, "choices": [{"index": job.index, "delta": {"role": "assistant", "content": ""},
-                                                    "logprobs": None, "finish_reason": None}]})
-            async for index, kind, value in events(jobs):
-                if kind == "text":
-                    yield chunk(index, value)
-                elif kind == "done":
-                    logprobs = (chat_logprobs(value) if chat else completion_logprobs(value)) if top else None
-                    yield chunk(index, None, value.finish_reason, logprobs)
-                else:
-                    yield sse({"error": {"message": value, "type": "server_error", "param": None, "code": None}})
-            yield "data: [DONE]\n\n"
-        finally:
-            for job in jobs:  # the client went away: its rows end at their next token
-                job.cancelled = True
-
+def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
+    """The API and the playground over already loaded models; each model's batching worker runs while the app does."""
+    app = FastAPI(title="talelab", summary="OpenAI-compatible story models", lifespan=run_batchers)
+    app.state.server = ServerState(served, config)
+    for error, handler in [(APIError, api_error), (RequestValidationError, invalid_request),
+                           (HTTPException, http_error), (Exception, server_error)]:
+        app.add_exception_handler(error, handler)
+    app.middleware("http")(refuse_large_bodies)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{name}", get_model, methods=["GET"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def playground():
-        return FileResponse(STATIC / "index.html")
-
+    app.add_api_route("/", playground, methods=["GET"], include_in_schema=False)
     return app
 
 
 def run_server(model_specs: list[str], config: ServeConfig, decode: DecodeConfig = DecodeConfig()) -> None:
     """Load the models and serve until interrupted."""
-    import uvicorn
-
     app = create_app(load_models(model_specs, decode), config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
