@@ -9,9 +9,10 @@ import pytest
 from talelab import paths
 from talelab.config import PrepareConfig
 from talelab.data.prepare import prepare
-from talelab.data.quality import (WEIGHTS, length_component, quality_components, quality_score, quality_section)
+from talelab.data.quality import WEIGHTS, length_component, quality_components, quality_score
 from talelab.data.sources import read_documents
 from talelab.errors import ConfigError, InputError
+from talelab.evaluate.quality import quality_section
 
 JUNK = "$$$ ### @@@ click here http://x.y/z?q=1 &&& {{}} <<>> ~~~ buy now buy now buy now ^^^ %%% ||| ==="
 

@@ -39,8 +39,9 @@ from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates
 from talelab.data.parallel import batched, ordered_map, worker_count
 from talelab.data.recase import learn_recasing
 from talelab.data.sources import iter_records, split_file
-from talelab.data.statistics import WordCounts, corpus_statistics, draw_statistics, statistics_markdown
+from talelab.data.statistics import WordCounts, corpus_statistics, coverage_curve, statistics_markdown
 from talelab.errors import ConfigError, InputError
+from talelab.plots import coverage_chart, length_histogram
 
 SPLITS = ("train", "val", "test")
 MIN_DOCUMENTS_FOR_EVERY_SPLIT = 10
@@ -209,7 +210,8 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
     token_ids = None if cleaned.token_ids is None else cleaned.token_ids - dropped.token_ids
     statistics = corpus_statistics(word_counts, words, cleaned.numbers("token_counts")[keep], token_ids,
                                    config.stats_tokenizer)
-    draw_statistics(word_counts, words, partial, dropped.word_level_vocabulary)
+    length_histogram(word_counts, partial / "lengths.png")
+    coverage_chart(coverage_curve(words), partial / "coverage.png", dropped.word_level_vocabulary)
     chars = cleaned.numbers("char_counts")
     return {
         "source": config.source,

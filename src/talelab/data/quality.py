@@ -1,4 +1,5 @@
-"""A transparent quality score for children's stories in [0, 1], in the spirit of seed 000's.
+"""A transparent quality score for children's stories in [0, 1], in the spirit of seed 000's: prepare's
+--min-quality drops documents by it, and `talelab eval`'s quality section (evaluate/quality.py) reports it.
 
 Every component is a number in [0, 1] that a person can recompute by hand; the score is their weighted mean.
 Words are runs of letters and digits, with an apostrophe inside (don't); sentences come from split_sentences.
@@ -21,11 +22,9 @@ and they use no markup. "Other characters" are all but letters, digits, whitespa
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from talelab.data.sentences import split_sentences
 from talelab.data.tags import has_dialogue
-from talelab.errors import InputError
 
 WEIGHTS = {"vocabulary": 2, "sentence_variety": 1, "dialogue": 1, "length": 2, "repetition": 2, "long_words": 1,
            "special_characters": 1}
@@ -81,67 +80,3 @@ def quality_too_low(text: str, min_quality: float) -> str | None:
     """A prepare drop rule: why the document goes (its score is below min_quality), or None to keep it."""
     score = quality_score(text)
     return f"quality {score:.3f} < {min_quality}" if score < min_quality else None
-
-
-def summarize(texts: list[str]) -> dict:
-    """Mean score and mean components over texts, plus every score (for the histogram)."""
-    components = [quality_components(t) for t in texts]
-    scores = [weighted_score(c) for c in components]
-    means = {name: round(sum(c[name] for c in components) / len(texts), 4) for name in WEIGHTS}
-    return {"texts": len(texts), "quality": round(sum(scores) / len(scores), 4), "components": means,
-            "scores": [round(s, 4) for s in scores]}
-
-
-def quality_section(generations: list[str], reference: list[str], out_dir: Path) -> dict:
-    """Quality of the generated stories next to reference stories: means, per-component means and a histogram."""
-    if not generations:
-        raise InputError("quality: no generated stories to score")
-    ours = summarize(generations)
-    theirs = summarize(reference) if reference else None
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    draw_histograms(ours["scores"], theirs["scores"] if theirs else [], out_dir / "quality_scores.png")
-    reference_mean = theirs["quality"] if theirs else float("nan")
-    section = {"headline": {"quality": ours["quality"], "reference_quality": reference_mean},
-               "generations": ours, "reference": theirs, "weights": WEIGHTS, "charts": ["quality_scores.png"]}
-    section["markdown"] = render_markdown(ours, theirs)
-    return section
-
-
-def render_markdown(ours: dict, theirs: dict | None) -> str:
-    def figure(summary, name=None):
-        if summary is None:
-            return "n/a"
-        return f"{summary['components'][name] if name else summary['quality']:.3f}"
-
-    lines = [f"Quality score in [0, 1] (talelab.data.quality): a weighted mean of the components below, over "
-             f"{ours['texts']} generated stories and {theirs['texts'] if theirs else 0} reference stories.", "",
-             "| component | weight | generated | reference |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {weight} | {figure(ours, name)} | {figure(theirs, name)} |"
-              for name, weight in WEIGHTS.items()]
-    lines += [f"| **quality score** | | **{figure(ours)}** | **{figure(theirs)}** |", "",
-              "vocabulary: distinct/total words in the first 200, /0.5; sentence_variety: distinct two-word "
-              "openings per sentence; dialogue: quoted speech; length: 1 for 80-400 words; repetition: distinct "
-              "word 3-grams per 3-gram; long_words: words over 15 characters; special_characters: characters "
-              "outside letters, digits, spaces and story punctuation.", "",
-              "![quality scores](quality_scores.png)", ""]
-    return "\n".join(lines)
-
-
-def draw_histograms(generated: list[float], reference: list[float], path: Path) -> None:
-    """Both score distributions on one PNG, as shares so that sets of different sizes compare."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for values, label, color in ((reference, "reference", "#999999"), (generated, "generated", "#4c72b0")):
-        if values:
-            ax.hist(values, bins=40, range=(0.0, 1.0), weights=[1 / len(values)] * len(values), alpha=0.6,
-                    color=color, label=f"{label} (mean {sum(values) / len(values):.3f})")
-    ax.set_xlabel("quality score")
-    ax.set_ylabel("share of stories")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)

@@ -1,4 +1,5 @@
-"""Dataset statistics of a prepared corpus, as the from-scratch study tabulates them, and their two charts.
+"""Dataset statistics of a prepared corpus, as the from-scratch study tabulates them (prepare draws their two charts
+with talelab.plots).
 
 Words are dedupe.word_hashes' words (lowercased runs of letters, digits and underscores, curly quotes and dashes
 between them), counted by their 64-bit hashes: what is kept is 16 bytes per distinct word, never the words. Tokens are
@@ -8,12 +9,9 @@ bos/eos.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 COVERAGE_POINTS = (500, 1000, 2048, 5000, 10000, 20000)
-HISTOGRAM_BINS = 50
 
 
 class WordCounts:
@@ -76,38 +74,6 @@ def corpus_statistics(word_counts: np.ndarray, frequencies: np.ndarray, token_co
     if tokenizer:
         stats.update(tokenizer=tokenizer, tokens=int(token_counts.sum()), unique_tokens=int((token_ids > 0).sum()))
     return stats
-
-
-def draw_statistics(word_counts: np.ndarray, frequencies: np.ndarray, out: Path, vocab_size: int | None = None) \
-        -> list[str]:
-    """lengths.png (histogram of words per document) and coverage.png (share of running words covered by the N most
-    frequent words, with the word-level vocabulary size marked when given); returns the file names."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib is slow to import
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 3.5))
-    axes = figure.add_subplot()
-    axes.hist(word_counts, bins=HISTOGRAM_BINS, color="tab:blue")
-    axes.set(xlabel="words per document", ylabel="documents",
-             title=f"{len(word_counts):,} documents, mean {word_counts.mean():.0f} ± {word_counts.std():.0f} words")
-    figure.tight_layout()
-    FigureCanvasAgg(figure).print_png(out / "lengths.png")
-
-    covered = coverage_curve(frequencies)
-    figure = Figure(figsize=(6, 3.5))
-    axes = figure.add_subplot()
-    axes.plot(np.arange(1, len(covered) + 1), covered, color="tab:green")
-    axes.set_xscale("log")
-    axes.set(xlabel="N most frequent words", ylabel="share of running words", ylim=(0, 1.01),
-             title=f"Vocabulary coverage ({len(frequencies):,} distinct words)")
-    if vocab_size:
-        share = covered[min(vocab_size, len(covered)) - 1]
-        axes.axvline(vocab_size, color="tab:red", linestyle="--", label=f"vocabulary {vocab_size:,}: {share:.1%}")
-        axes.legend(loc="lower right")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    FigureCanvasAgg(figure).print_png(out / "coverage.png")
-    return ["lengths.png", "coverage.png"]
 
 
 def statistics_markdown(stats: dict) -> list[str]:

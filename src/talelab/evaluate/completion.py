@@ -14,7 +14,7 @@ from talelab.config import SamplingConfig
 from talelab.data.sentences import split_sentences
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.overlap import ROUGE_TYPES, rouge
-from talelab.evaluate.render import draw_histogram
+from talelab.plots import score_histogram
 
 Complete = Callable[[list[str], "SamplingConfig | None"], list[str]]
 
@@ -115,9 +115,9 @@ def completion_section(complete: Complete, texts: list[str], fraction: float, un
     endings = complete([beginning for beginning, _ in pairs])
     scores = [rouge(generated, true) for generated, (_, true) in zip(endings, pairs)]
     means = {name: sum(s[name] for s in scores) / len(scores) for name in ROUGE_TYPES}
-    draw_histogram([s["rouge2"] for s in scores], "ROUGE-2 F1 of generated vs true ending",
-                   f"completion protocol: {len(texts)} held-out texts, first {fraction:.0%} of the {unit} given",
-                   out_dir / "completion_rouge2.png")
+    score_histogram({"": [s["rouge2"] for s in scores]}, out_dir / "completion_rouge2.png",
+                    "ROUGE-2 F1 of generated vs true ending", "texts",
+                    f"completion protocol: {len(texts)} held-out texts, first {fraction:.0%} of the {unit} given")
     where = f" ({source})" if source else ""
     lines = [f"{len(texts)} held-out texts{where}; the model is given the first {fraction:.0%} of the {unit} (after "
              f"its beginning-of-story token) and writes the rest; its ending is compared with the true one.", "",

@@ -28,8 +28,9 @@ import yaml
 from talelab.config import JudgeConfig
 from talelab.data.sources import json_lines
 from talelab.errors import ConfigError, InputError
-from talelab.evaluate.render import bar_chart, cell
+from talelab.evaluate.render import cell
 from talelab.paths import resolve_input
+from talelab.plots import grouped_bar_chart
 
 DEFAULT_RUBRIC = Path(__file__).parent / "judge_rubric.yaml"
 DEFAULT_ANCHORS = Path(__file__).parent / "judge_anchors.yaml"
@@ -290,9 +291,9 @@ def judge_section(stories: list[str], config: JudgeConfig, out_dir: Path, progre
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(categories)
-    bar_chart(out_dir / "judge.png", names, {"judge": [statistics[c]["mean"] for c in names]},
-              "mean score (1-10)", f"LLM judge {config.model}: mean and 95 % t-interval", ylim=(0, 10),
-              errors={"judge": [tuple(statistics[c]["ci95"] or (statistics[c]["mean"],) * 2) for c in names]})
+    grouped_bar_chart(names, {"judge": [statistics[c]["mean"] for c in names]}, out_dir / "judge.png",
+                      "mean score (1-10)", f"LLM judge {config.model}: mean and 95 % t-interval", ylim=(0, 10),
+                      errors={"judge": [tuple(statistics[c]["ci95"] or (statistics[c]["mean"],) * 2) for c in names]})
     result = {"endpoint": config.base_url, "model": config.model, "samples_per_story": config.samples,
               "stories_graded": len(stories), "invalid_replies_retried": invalid,
               "interval": ("95 % Student-t over per-story means" if len(stories) > 1 else

@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from talelab.errors import InputError
 from talelab.evaluate.overlap import bleu
-from talelab.evaluate.render import cell, draw_histogram
+from talelab.evaluate.render import cell
+from talelab.plots import score_histogram
 
 CANDIDATES = 10  # TF-IDF neighbours per generation on which ROUGE-2 and the classification are computed
 NOVELTY_SAMPLE, NOVELTY_SEED = 100, 0
@@ -414,9 +415,9 @@ def memorization_section(generations: list[str], train_stories: Sequence[str], o
                 "template_match_share": round(counts["template match"] / len(records), 4)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    draw_histogram([r["cosine"] for r in records], "TF-IDF cosine to the nearest training story",
-                   f"Nearest of {len(train_stories):,} training stories", out_dir / "memorization_cosine.png",
-                   ylabel="generated stories")
+    score_histogram({"": [r["cosine"] for r in records]}, out_dir / "memorization_cosine.png",
+                    "TF-IDF cosine to the nearest training story", "generated stories",
+                    f"Nearest of {len(train_stories):,} training stories")
     ranked = sorted(range(len(records)), key=lambda i: -records[i]["cosine"])[:top]
     top_pairs = [{"generation": generations[i], "training_story": train_stories[records[i]["nearest"]],
                   **records[i]} for i in ranked]

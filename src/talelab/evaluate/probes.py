@@ -18,7 +18,8 @@ from talelab.config import SamplingConfig
 from talelab.data.sentences import split_sentences
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.completion import Complete
-from talelab.evaluate.render import bar_chart, cell
+from talelab.evaluate.render import cell
+from talelab.plots import grouped_bar_chart
 
 PROBE_DIR = Path(__file__).parent / "probes"
 DEFAULT_SETS = ("factual", "reasoning", "context")
@@ -88,8 +89,8 @@ def probes_section(complete: Complete, out_dir: Path, sets: list[str] | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     results = run_probes(complete, sets, config)
     names = [s["name"] for s in results]
-    bar_chart(out_dir / "probes.png", names, {"accuracy": [s["accuracy"] for s in results]}, "share of probes passed",
-              "Probes: accepted answer in the first words", ylim=(0, 1))
+    grouped_bar_chart(names, {"accuracy": [s["accuracy"] for s in results]}, out_dir / "probes.png",
+                      "share of probes passed", "Probes: accepted answer in the first words", ylim=(0, 1))
     lines = ["## Probes", "",
              "Greedy completions of short prompts. A probe passes when an accepted answer appears, as whole words "
              "and ignoring case, in the completion's first sentence cut to its first few words (`max_words`).", "",

@@ -33,7 +33,8 @@ from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
 from talelab.evaluate.completion import Complete, completer, completion_section, held_out_texts, quote
 from talelab.evaluate.overlap import TOKENIZERS_NOTE, diversity
-from talelab.evaluate.render import draw_histogram
+from talelab.evaluate.quality import quality_section
+from talelab.plots import score_histogram
 
 DEFAULT_SUITES = tuple(s for s in EVAL_SUITES if s != "judge")
 TITLES = {"likelihood": "Likelihood", "completion": "Completion protocol", "diversity": "Diversity",
@@ -144,9 +145,9 @@ def completion(ev: Evaluation) -> dict:
 
 def diversity_section(ev: Evaluation) -> dict:
     scores = diversity(ev.samples)
-    draw_histogram(scores["max_rouge2_to_others"], "max ROUGE-2 F1 against the other generations",
-                   f"similarity across {len(ev.samples)} generations from {ev.config.prompt!r}",
-                   ev.out / "diversity_similarity.png")
+    score_histogram({"": scores["max_rouge2_to_others"]}, ev.out / "diversity_similarity.png",
+                    "max ROUGE-2 F1 against the other generations", "texts",
+                    f"similarity across {len(ev.samples)} generations from {ev.config.prompt!r}")
     lines = [f"{len(ev.samples)} stories sampled from {ev.config.prompt!r} (prompt included).", "",
              "| Self-BLEU | distinct-1 | distinct-2 | distinct-3 | max ROUGE-2 to others: mean | max |",
              "|---:|---:|---:|---:|---:|---:|",
@@ -171,8 +172,6 @@ def memorization(ev: Evaluation) -> dict:
 
 
 def quality(ev: Evaluation) -> dict:
-    from talelab.data.quality import quality_section
-
     return quality_section(ev.samples, ev.train_stories[:QUALITY_REFERENCE_STORIES], ev.out)
 
 
@@ -207,7 +206,7 @@ def sweep(ev: Evaluation) -> dict:
 
 
 def sweep_scorers(ev: Evaluation, scratch: Path) -> dict:
-    """Novelty BLEU (memorization) and quality columns for the sweep, where those sections are installed."""
+    """Novelty BLEU (memorization, where that section is installed) and quality columns for the sweep."""
     scorers = {}
     try:
         from talelab.evaluate.memorization import memorization_section
@@ -216,12 +215,7 @@ def sweep_scorers(ev: Evaluation, scratch: Path) -> dict:
             stories, ev.train_stories, scratch, progress=False), "novelty")
     except ImportError:
         pass
-    try:
-        from talelab.data.quality import quality_section
-
-        scorers["quality"] = lambda stories: first_number(quality_section(stories, [], scratch), "quality")
-    except ImportError:
-        pass
+    scorers["quality"] = lambda stories: first_number(quality_section(stories, [], scratch), "quality")
     return scorers
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from talelab.config import SamplingConfig, grid_axis
 from talelab.errors import ConfigError
 from talelab.evaluate.overlap import diversity
+from talelab.plots import bars_per_setting
 
 SWEEP_KEYS = {"temperature": float, "top_k": int, "top_p": float, "num_beams": int, "repetition_penalty": float}
 COLUMNS = ("self_bleu", "distinct_1", "distinct_2", "distinct_3", "max_rouge2_to_others_mean")
@@ -69,7 +70,11 @@ def sweep_section(complete, base: SamplingConfig, settings: list[dict], samples:
         writer.writeheader()
         writer.writerows(rows)
     metrics = [*COLUMNS, *scorers]
-    draw_sweep(rows, list(settings[0]), ["self_bleu", "distinct_2", *scorers], out_dir / "sweep.png")
+    keys = list(settings[0])
+    charted = {LABELS.get(m, m): [row[m] if isinstance(row[m], (int, float)) else math.nan for row in rows]
+               for m in ("self_bleu", "distinct_2", *scorers)}
+    bars_per_setting([" / ".join(str(row[k]) for k in keys) for row in rows], charted, out_dir / "sweep.png",
+                     " / ".join(keys))
     header = ["setting", *(LABELS.get(m, m) for m in metrics)]
     lines = [f"{samples} stories from {base.prompt!r} per setting; other settings: temperature {base.temperature}, "
              f"top-k {base.top_k}, top-p {base.top_p}, beams {base.num_beams}, repetition penalty "
@@ -92,23 +97,3 @@ def number(value) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4f}"
     return str(value)
-
-
-def draw_sweep(rows: list[dict], keys: list[str], metrics: list[str], path: Path) -> None:
-    """One panel per metric, one bar per setting, labelled by the setting's values."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(3.4, 0.5 * len(rows) + 1.5) * len(metrics), 3.8))
-    FigureCanvasAgg(fig)
-    labels = [" / ".join(str(row[k]) for k in keys) for row in rows]
-    for i, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), i + 1)
-        values = [row[metric] if isinstance(row[metric], (int, float)) else float("nan") for row in rows]
-        ax.bar(range(len(rows)), [0.0 if math.isnan(v) else v for v in values], color="#4c72b0")
-        ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=30 if len(rows) > 4 else 0)
-        ax.set_xlabel(" / ".join(keys), fontsize=8)
-        ax.set_title(LABELS.get(metric, metric), fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)

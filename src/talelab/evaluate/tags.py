@@ -27,8 +27,9 @@ from talelab.config import SamplingConfig, TagClassifierConfig
 from talelab.data.tags import FEATURES, RULE_FEATURES, RULES, check_features, labels_of, story_prompt, story_rows
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.completion import Complete
-from talelab.evaluate.render import bar_chart, cell
+from talelab.evaluate.render import cell
 from talelab.paths import resolve_input
+from talelab.plots import grouped_bar_chart
 
 CLASSIFIER_FILE = "classifier.json"
 CLASSIFIER_FORMAT = "talelab-tag-classifier/1"
@@ -136,8 +137,8 @@ def train_tag_classifier(config: TagClassifierConfig, data_root=None) -> dict:
               "config": vars(config), "features": features, "charts": ["f1.png"]}
     f1 = {"classifier": [(r["classifier"] or {}).get("f1") for r in features.values()],
           "rule": [(r["rule"] or {}).get("f1") for r in features.values()]}
-    bar_chart(out / "f1.png", list(FEATURES), f1, "F1 on held-out labels", "Tag classifier vs rules", ylim=(0, 1),
-              notes=["" if r["classifier"] else "not trained" for r in features.values()])
+    grouped_bar_chart(list(FEATURES), f1, out / "f1.png", "F1 on held-out labels", "Tag classifier vs rules",
+                      ylim=(0, 1), notes=["" if r["classifier"] else "not trained" for r in features.values()])
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     write_text_atomic(out / "report.md", classifier_markdown(report))
     return report
@@ -233,10 +234,10 @@ def tags_section(complete: Complete, out_dir: Path, stories_per_feature: int = 1
                           **{f"{k}_ci95": wilson(v, n) for k, v in hits.items()}}
     labels = list(FEATURES)
     values = {k: [features[f].get(k) for f in labels] for k in ("requested", "baseline")}
-    bar_chart(out_dir / "tags.png", labels, values, "share of stories with the feature",
-              f"Tag adherence ({n} stories each; bars: Wilson 95 % interval)", ylim=(0, 1),
-              errors={k: [features[f].get(f"{k}_ci95", (0, 0)) for f in labels] for k in values},
-              notes=["" if features[f]["method"] else "not measured" for f in labels])
+    grouped_bar_chart(labels, values, out_dir / "tags.png", "share of stories with the feature",
+                      f"Tag adherence ({n} stories each; bars: Wilson 95 % interval)", ylim=(0, 1),
+                      errors={k: [features[f].get(f"{k}_ci95", (0, 0)) for f in labels] for k in values},
+                      notes=["" if features[f]["method"] else "not measured" for f in labels])
     return {"markdown": tags_markdown(features, stories, n), "charts": ["tags.png"], "features": features,
             "stories_per_feature": n, "classifier": str(classifier) if classifier else None, "stories": stories}
 

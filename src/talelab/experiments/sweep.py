@@ -23,6 +23,7 @@ import yaml
 from talelab.config import ModelConfig, TrainConfig, build_train_configs, grid_axis
 from talelab.errors import ConfigError, TalelabError
 from talelab.models.storage import read_config, resolve_model_dir
+from talelab.plots import bits_per_byte_against_parameters, validation_loss_curves
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -174,38 +175,22 @@ def write_results(rows: list[dict], out: Path, budget: str) -> None:
     lines += ["", "Sorted by validation loss (windows of the prepared val split); bits per byte make runs with "
               "different tokenizers comparable. Plots: bpb_vs_parameters.png, loss_curves.png."]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    plot_results(rows, out, by_tokens="max_tokens" in parse_budget(budget))
+    bits_per_byte_against_parameters({r["name"]: (r["parameters"], r["val_bpb"]) for r in rows},
+                                     out / "bpb_vs_parameters.png")
+    by_tokens = "max_tokens" in parse_budget(budget)
+    validation_loss_curves(validation_curves(rows, out, by_tokens), out / "loss_curves.png",
+                           "tokens seen" if by_tokens else "training time (s)")
 
 
-def plot_results(rows: list[dict], out: Path, by_tokens: bool) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for r in rows:
-        ax.scatter(r["parameters"], r["val_bpb"])
-        ax.annotate(r["name"], (r["parameters"], r["val_bpb"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("validation bits per byte")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "bpb_vs_parameters.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+def validation_curves(rows: list[dict], out: Path, by_tokens: bool) -> dict[str, tuple[list[float], list[float]]]:
+    """Each run's validation losses from its metrics.jsonl, against tokens seen (steps times the run's tokens per
+    step) or against training seconds."""
+    curves = {}
     for r in rows:
         lines = (out / r["name"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines]
         val = [v for v in records if "val_loss" in v]
         tokens_per_step = r["tokens_seen"] / max(t["step"] for t in records if "loss" in t)
         x = [v["step"] * tokens_per_step for v in val] if by_tokens else [v["elapsed_s"] for v in val]
-        ax.plot(x, [v["val_loss"] for v in val], "o-", ms=3, label=r["name"])
-    ax.set_xlabel("tokens seen" if by_tokens else "training time (s)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png")
-    plt.close(fig)
+        curves[r["name"]] = (x, [v["val_loss"] for v in val])
+    return curves

@@ -29,6 +29,7 @@ from talelab.atomic import write_text_atomic
 from talelab.config import PreferenceConfig, check_choices
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
+from talelab.plots import reward_chart
 
 HH_ASSISTANT = "\n\nAssistant:"
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -220,36 +221,13 @@ def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=
     trainer.model.save_pretrained(out / "adapter")
     trainer.processing_class.save_pretrained(out / "adapter")
     records = read_metrics(metrics_path, trainer.state.global_step)
-    plot_dpo(records, out / "dpo.png")
+    reward_chart(records, out / "dpo.png")
     summary = {**facts, "out": str(out), "steps": trainer.state.global_step, "heldout_before": before,
                "heldout_after": after, "wall_seconds": round(time.perf_counter() - started, 1),
                "config": dataclasses.asdict(config)}
     write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "report.md", render_report(summary, format_trainable(trainer.model)))
     return summary
-
-
-def plot_dpo(records: list[dict], path: Path) -> None:
-    """Two panels over steps: reward margin and reward accuracy, training (per log) and held-out (per evaluation)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    heldout = {r["step"]: r for r in records if "eval_rewards/margins" in r}  # last evaluation of a step wins
-    train = [r for r in records if "rewards/margins" in r]
-    for ax, key, title in zip(fig.subplots(1, 2), ("rewards/margins", "rewards/accuracies"),
-                              ("reward margin (chosen - rejected)", "reward accuracy")):
-        ax.plot([r["step"] for r in train], [r[key] for r in train], alpha=0.5, label="training batches")
-        ax.plot(list(heldout), [r["eval_" + key] for r in heldout.values()], "o-", label="held-out pairs")
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if train or heldout:
-        fig.axes[1].axhline(0.5, color="grey", linestyle=":", linewidth=1)  # chance
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def render_report(summary: dict, trainable: str) -> str:

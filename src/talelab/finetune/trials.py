@@ -17,6 +17,7 @@ from talelab.atomic import write_text_atomic
 from talelab.config import FinetuneConfig, grid_axis
 from talelab.errors import ConfigError
 from talelab.finetune.sft import build_finetune_config, finetune
+from talelab.plots import ranked_bars
 
 # Short grid keys for the LoRA knobs; any other FinetuneConfig field may be named in full.
 ALIASES = {"rank": "lora_rank", "r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout",
@@ -112,23 +113,5 @@ def write_results(rows: list[dict], out: Path, common: dict) -> None:
     lines += ["", "Sorted by held-out loss. Perplexity = exp(held-out loss per answer token); BLEU (sacrebleu, corpus) "
               "of greedy answers to held-out prompts against their references; wall time includes evaluation."]
     write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
-    plot_results(ranked, out / "results.png")
-
-
-def plot_results(rows: list[dict], path: Path) -> None:
-    """Held-out loss and BLEU per trial, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["trial"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(rows) + 2))
-    for ax, key, label in ((axes[0], "val_loss", "held-out loss"), (axes[1], "bleu", "BLEU")):
-        ax.barh(names, [r[key] or 0.0 for r in rows])
-        ax.set_xlabel(label)
-        ax.invert_yaxis()
-    axes[1].set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    charted = {"held-out loss": [r["val_loss"] for r in ranked], "BLEU": [r["bleu"] for r in ranked]}
+    ranked_bars([r["trial"] for r in ranked], charted, out / "results.png")

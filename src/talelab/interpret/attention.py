@@ -30,6 +30,7 @@ from talelab.interpret.inputs import (Subject, batches, check_indices, check_pos
                                       forward, load_subject, read_texts, token_label, token_pieces)
 from talelab.models.transformer import Attention
 from talelab.paths import TINYSTORIES_VALID
+from talelab.plots import attention_heat_map, attention_overview
 
 SCORES = ("distance_correlation", "previous_token", "first_token", "duplicate_token", "local_window")
 
@@ -148,8 +149,6 @@ def run_attention(model: str | os.PathLike, out: str | os.PathLike | None = None
     texts; writes heads.md, heads.json, heads_overview.png and attention/layer{L}_head{H}.png into `out`."""
     from tqdm import tqdm
 
-    from talelab.interpret.heatmaps import draw_head, draw_overview
-
     check_positive(window=window, batch_size=batch_size, map_tokens=map_tokens)
     subject = load_subject(model, device)
     layers = check_indices("layer", layers, subject.n_layers)
@@ -171,7 +170,7 @@ def run_attention(model: str | os.PathLike, out: str | os.PathLike | None = None
         def on_layer(layer, weights):  # called during this forward pass, so ids and lengths are this batch's
             stats.add(layer, weights, ids, lengths)
             if n == 0 and layer in layers:
-                maps.update({(layer, h): weights[0, h, :shown, :shown].clone() for h in heads})
+                maps.update({(layer, h): weights[0, h, :shown, :shown].numpy().copy() for h in heads})
 
         forward_with_attention(subject, ids, on_layer)
 
@@ -185,9 +184,9 @@ def run_attention(model: str | os.PathLike, out: str | os.PathLike | None = None
              for layer in layers for head in heads]
     for row in table:
         title = f"layer {row['layer']} head {row['head']}: {', '.join(row['labels'])}"
-        draw_head(maps[row["layer"], row["head"]], tokens, title,
-                  out / "attention" / f"layer{row['layer']}_head{row['head']}.png")
-    draw_overview(maps, {(r["layer"], r["head"]): r["labels"] for r in table}, out / "heads_overview.png")
+        attention_heat_map(maps[row["layer"], row["head"]], tokens, title,
+                           out / "attention" / f"layer{row['layer']}_head{row['head']}.png")
+    attention_overview(maps, {(r["layer"], r["head"]): r["labels"] for r in table}, out / "heads_overview.png")
     report = {"model": str(model), "family": subject.family, "out": str(out), "texts": len(texts),
               "tokens": int(stats.rows[0].item()), "heat_map_tokens": tokens,
               "settings": {"positional_threshold": positional_threshold, "role_threshold": role_threshold,
