@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from talelab.config import PRESETS, ModelConfig, SamplingConfig
+from talelab.config import ModelConfig, SamplingConfig
+from talelab.presets import PRESETS
 from talelab.generate import fast_decoder, generate
 from talelab.models.convert import export_llama2c, to_hf_llama
 from talelab.models.transformer import Transformer

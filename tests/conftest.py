@@ -38,6 +38,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # whatever reads the shared data, through any fixture, says so: `-m "not needs_shared"`
+        if "shared" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_shared)
     if not torch.cuda.is_available():
         why = "needs a CUDA device" + ("" if "cuda" in (config.option.markexpr or "") else " (run with -m cuda)")
         for item in items:

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from talelab.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_reports_both_models(tmp_path, capsys, shared):
     summary = run_demo(out=str(tmp_path / "demo"), minutes=0.05)
     out = capsys.readouterr().out

@@ -37,7 +37,7 @@ def test_every_family_goes_through_generate_eval_serve_and_prefs(family, runs, p
     assert generate_text(model, tokenizer, SamplingConfig(max_new_tokens=8, num_samples=2, seed=1))
 
     suites = ("likelihood", "completion", "diversity", "memorization", "quality", "tags", "probes")
-    report = run_eval(run, small(tmp_path / "eval", suite=",".join(suites), data=str(prepared),
+    report = run_eval(small(run, tmp_path / "eval", suite=",".join(suites), data=str(prepared),
                                  train_data=str(prepared), min_words=20, max_new_tokens=16))
     assert not failures(report), failures(report)
     assert set(report["sections"]) >= set(suites)

@@ -173,6 +173,7 @@ def test_bfloat16_decoder_keeps_logits_within_rounding_of_float32():
     assert (rounded - exact).abs().max() < 0.05 * exact.abs().max()
 
 
+@pytest.mark.slow
 def test_compiled_decoder_writes_the_same_greedy_story():
     model = random_model()
     fast = fast_decoder(random_model(), compile=True)

@@ -1,34 +1,27 @@
-"""Every configuration as a dataclass, named presets, and YAML / CLI overrides.
+"""Every stage's configuration as a dataclass (talelab.settings says how they are declared and layered; the named
+presets are in talelab.presets, the commands' own settings in talelab.commands).
 
-A field's `help` metadata becomes its `--help` text; `choices` restricts its values. Presets are plain
-dictionaries of overrides so that a newcomer can read them as a table.
+A field's `help` metadata becomes its `--help` text; `choices` restricts its values.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import yaml
+from dataclasses import dataclass
 
 from talelab.errors import ConfigError
+from talelab.presets import PRESETS
+from talelab.settings import Layer, Settings, option, preset_layer, require, resolve, section
 
-
-# One vocabulary of devices and precisions for every command (talelab.devices says what auto means).
+# One vocabulary of devices and precisions for every command (talelab.devices says what auto means); each field
+# takes the subset that makes sense for it, spelled the same way.
 DEVICES = ("auto", "cpu", "cuda")
 TRAINING_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODING_DTYPES = ("auto", "float32", "bfloat16", "int8")
-
-
-def option(default, help: str, choices: tuple | None = None):
-    """A dataclass field that documents itself on the command line."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(Settings):
     source: str = option("data/tinystories/train-head.txt", "corpus: a file path (absolute, relative, or under the "
                          "data root), or a Hugging Face dataset id such as roneneldan/TinyStories; several "
                          "separated by commas are read in turn")
@@ -65,9 +58,25 @@ class PrepareConfig:
     val_fraction: float = option(0.02, "share of documents for validation (deterministic by content hash)")
     test_fraction: float = option(0.02, "share of documents for test (deterministic by content hash)")
 
+    def check(self):
+        fractions = (self.val_fraction, self.test_fraction)
+        if not (all(0 <= f < 1 for f in fractions) and sum(fractions) < 1):
+            raise ConfigError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction}: each must be in "
+                              "[0, 1) and together below 1, leaving documents for training")
+        require("prepare", [
+            (0 <= self.near_duplicate_threshold <= 1,
+             f"near_duplicate_threshold {self.near_duplicate_threshold}: must be in [0, 1] (0 disables)"),
+            (0 <= self.min_chars <= self.max_chars,
+             f"min_chars {self.min_chars}, max_chars {self.max_chars}: need 0 <= min <= max"),
+            (0 <= self.max_non_ascii <= 1, f"max_non_ascii {self.max_non_ascii}: must be a share in [0, 1]"),
+            (0 <= self.min_quality <= 1,
+             f"min_quality {self.min_quality}: must be a quality score in [0, 1] (0 disables)"),
+            *[(getattr(self, name) >= 0, f"{name} {getattr(self, name)}: must be >= 0 (0 reads all)")
+              for name in ("max_documents", "sample", "workers")]])
+
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(Settings):
     data: str = option("runs/prepared", "prepared directory (train.jsonl) or a text/JSONL file to train on")
     out: str = option("runs/tokenizer", "output directory for tokenizer.json + tokenizer_config.json")
     kind: str = option("bpe", "byte-level BPE or word-level (most frequent words + <unk>)", ("bpe", "words"))
@@ -79,63 +88,8 @@ class TokenizerConfig:
                                "settled long before 200 MB of stories")
 
 
-def check_keys(cls, values: dict[str, Any], where: str) -> None:
-    """Reject keys that are not fields of `cls`, naming `where` and the key."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(known))})")
-
-
-def check_choices(config) -> None:
-    """Reject a value outside a field's `choices`, naming the field."""
-    for f in dataclasses.fields(config):
-        choices = f.metadata.get("choices")
-        if choices and getattr(config, f.name) not in choices:
-            raise ConfigError(f"{type(config).__name__}.{f.name}={getattr(config, f.name)!r} is not one of "
-                              f"{', '.join(map(str, choices))}")
-
-
-# How a command-line grid value becomes a field's type (field types are strings here: postponed annotations)
-VALUE_CASTS = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
-
-
-def grid_axis(flag: str, key: str, values: list[str], kind) -> list[tuple[str, Any]]:
-    """One axis of a command-line grid, (key, value) per non-empty value typed as `kind` (a field type name or a
-    callable); a value that does not convert is a ConfigError naming the flag and the key. Sweeps, trials and
-    decoding sweeps share it."""
-    cast = VALUE_CASTS.get(kind, str) if isinstance(kind, str) else kind
-    try:
-        return [(key, cast(v)) for v in values if v]
-    except ValueError:
-        name = kind if isinstance(kind, str) else kind.__name__
-        raise ConfigError(f"{flag}: values of '{key}' must be {name}s, got '{','.join(values)}'") from None
-
-
-def dataclass_from_dict(cls, values: dict[str, Any], where: str):
-    """Build `cls` from a mapping, rejecting unknown keys with a message that names `where` and the key."""
-    check_keys(cls, values, where)
-    return cls(**values)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a mapping; a one-line error when it is missing or not a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return values
-
-
 @dataclass
-class ModelConfig:
+class ModelConfig(Settings):
     family: str = option("transformer", "model family: a decoder-only transformer, the pair-compressing transformer "
                          "(compressor), or a recurrent baseline (tanh RNN, LSTM, GRU)",
                          ("transformer", "compressor", "rnn", "lstm", "gru"))
@@ -161,7 +115,7 @@ class ModelConfig:
     norm_eps: float = option(1e-5, "epsilon of the normalisation layers")
     rope_theta: float = option(10000.0, "RoPE base frequency")
 
-    def __post_init__(self):
+    def check(self):
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.d_ff == 0:
@@ -185,7 +139,6 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"model config: {message}")
-        check_choices(self)
 
     @property
     def head_size(self) -> int:
@@ -193,7 +146,7 @@ class ModelConfig:
 
 
 @dataclass
-class SamplingConfig:
+class SamplingConfig(Settings):
     prompt: str = option("Once upon a time", "text the story starts with (after the beginning-of-story token)")
     max_new_tokens: int = option(256, "most tokens to generate (fewer when the context is full or the story ends)")
     temperature: float = option(0.8, "softmax temperature; 0 means greedy decoding")
@@ -208,9 +161,22 @@ class SamplingConfig:
     seed: int = option(-1, "random seed for sampling; -1 draws a fresh one")
     stop_at_eos: bool = option(True, "stop a story at the end-of-story token")
 
+    def check(self):
+        require("sampling config", [
+            (self.max_new_tokens >= 0, f"max_new_tokens={self.max_new_tokens} must be 0 or more"),
+            (self.temperature >= 0, f"temperature={self.temperature} must be 0 (greedy) or more"),
+            (self.top_k >= 0, f"top_k={self.top_k} must be 0 (off) or more"),
+            (0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]"),
+            (self.repetition_penalty > 0, f"repetition_penalty={self.repetition_penalty} must be positive"),
+            (self.num_beams >= 1, f"num_beams={self.num_beams} must be 1 or more"),
+            (self.num_samples >= 1, f"num_samples={self.num_samples} must be 1 or more"),
+            (self.num_beams == 1 or self.num_samples <= self.num_beams,
+             f"num_samples={self.num_samples} exceeds num_beams={self.num_beams}: beam search returns at most "
+             f"num_beams stories; raise num_beams or lower num_samples")])
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     data: str = option("runs/prepared", "prepared data directory (from `talelab prepare`)")
     tokenizer: str = option("runs/tokenizer", "tokenizer directory (from `talelab tokenizer train`) or file")
     out: str = option("runs/train", "run directory: checkpoints, metrics.jsonl, metrics.csv, loss.png")
@@ -255,14 +221,34 @@ class TrainConfig:
     seed: int = option(1337, "seed for initialisation, data order and dropout")
     progress: bool = option(True, "show a progress bar")
 
-    def __post_init__(self):
-        check_choices(self)
+    def check(self):
         if self.epochs < 0:
             raise ConfigError(f"epochs: {self.epochs} is negative (0 lets max_steps decide)")
 
 
 @dataclass
-class DecodeConfig:
+class TrainRun(Settings):
+    """`talelab train`: the model and how to train it (YAML sections `model:` and `train:`)."""
+
+    model: ModelConfig = section(ModelConfig, "model")
+    train: TrainConfig = section(TrainConfig, "training")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint", saved=False)
+
+
+def build_train_configs(preset_name: str | None = None, overrides: dict[str, dict] | None = None,
+                        base: Layer | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """`base` (e.g. a saved run), then a preset, then `overrides` ({'model': ..., 'train': ...}), later winning."""
+    layers = [base] if base else []
+    if preset_name:
+        layers.append(preset_layer(PRESETS, preset_name))
+    if overrides:
+        layers.append(("overrides", overrides))
+    run = resolve(TrainRun, layers, "train")
+    return run.model, run.train
+
+
+@dataclass
+class DecodeConfig(Settings):
     """How a trained model runs while it writes or is scored: generate, eval and serve share it."""
 
     device: str = option("auto", "cuda when present, else cpu", DEVICES)
@@ -272,12 +258,9 @@ class DecodeConfig:
     compile: bool = option(False, "compile the decoding step (TorchInductor, frozen weights): faster per token "
                            "after a 20-60 s first call")
 
-    def __post_init__(self):
-        check_choices(self)
-
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Settings):
     host: str = option("127.0.0.1", "address to bind; the default answers this machine only, 0.0.0.0 answers anyone")
     port: int = option(8000, "TCP port")
     max_prompt_chars: int = option(8000, "longest prompt accepted, in characters (the model's context caps tokens)")
@@ -291,102 +274,36 @@ class ServeConfig:
     batch_window_ms: float = option(10.0, "how long a batch waits for more requests after the first arrives")
 
 
-SEED_TRANSFORMER = dict(activation="gelu", norm="layernorm", bias=True, tie_embeddings=False)
-SEED_TRAINING = dict(batch_size=64, warmup_steps=0, weight_decay=0.01)  # StepLR from the first step, AdamW defaults
+@dataclass
+class LoraConfig(Settings):
+    """A LoRA adapter's shape, the same for finetune, dpo and trials."""
 
-# Presets: overrides of ModelConfig ("model") and TrainConfig ("train"). The llama2.c shapes are Karpathy's
-# TinyStories models (dim / layers / heads / kv heads / context); their vocabulary comes from the tokenizer.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {  # seconds on one core: for tests
-        "model": dict(d_model=32, n_layers=2, n_heads=4, context_length=64),
-        "train": dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2,
-                      checkpoint_interval=10),
-    },
-    "demo": {  # the 10-minute CPU run of `talelab demo`
-        "model": dict(d_model=192, n_layers=6, n_heads=6, context_length=256, dropout=0.0),
-        "train": dict(max_steps=100000, max_minutes=7.5, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
-                      decay_fraction=0.3, min_lr_ratio=0.05, weight_decay=0.1, eval_interval=100, eval_batches=4,
-                      checkpoint_interval=200, dtype="bfloat16"),
-    },
-    # seed 002's transformer table: word-level vocabulary of 2,048, GELU, LayerNorm, biases, untied output, batch 64
-    "ts-1m": {"model": dict(d_model=128, n_heads=8, n_layers=3, d_ff=355, dropout=0.08, positions="rope",
-                            norm_position="post", **SEED_TRANSFORMER),
-              "train": dict(lr=0.004902, schedule="step", step_size=5000, gamma=0.7997, **SEED_TRAINING)},
-    "ts-5m": {"model": dict(d_model=256, n_heads=8, n_layers=5, d_ff=1028, dropout=0.1, positions="rope",
-                            norm_position="post", **SEED_TRANSFORMER),
-              "train": dict(lr=0.0013, schedule="step", step_size=12500, gamma=0.5551, **SEED_TRAINING)},
-    "ts-10m": {"model": dict(d_model=384, n_heads=8, n_layers=5, d_ff=1422, dropout=0.1, positions="sinusoidal",
-                             norm_position="pre", **SEED_TRANSFORMER),
-               "train": dict(lr=0.0009, schedule="step", step_size=12000, gamma=0.5, **SEED_TRAINING)},
-    # The seed's two largest rows, with its shapes as published. They count 23.1M and 88.2M parameters, not 15M and
-    # 35M: the three rows above match their names only with the standard count (untied, biased, 2-matrix MLP), and
-    # no reading fits these two, since 8 layers of width-1024 attention alone (4 x 1024^2 each) make 33.6M before
-    # any embedding or feed-forward weight. (Both names would fit 3 layers: 14.7M and 35.7M.)
-    "ts-15m": {"model": dict(d_model=512, n_heads=8, n_layers=5, d_ff=3072, dropout=0.1007, positions="sinusoidal",
-                             norm_position="pre", **SEED_TRANSFORMER),
-               "train": dict(lr=0.0012, schedule="step", step_size=12000, gamma=0.5, **SEED_TRAINING)},
-    "ts-35m": {"model": dict(d_model=1024, n_heads=16, n_layers=8, d_ff=3072, dropout=0.1007, positions="sinusoidal",
-                             norm_position="post", **SEED_TRANSFORMER),
-               "train": dict(lr=0.00065, schedule="step", step_size=11500, gamma=0.555, **SEED_TRAINING)},
-    # seed 002's recurrent table: word-level vocabulary of 2,048, untied output layer with bias, StepLR every 2,500
-    "rnn-5m": {"model": dict(family="rnn", d_model=512, n_layers=4, hidden_size=590, dropout=0.1005,
-                             tie_embeddings=False, bias=True),
-               "train": dict(lr=0.0006, schedule="step", step_size=2500, gamma=0.75, **SEED_TRAINING)},
-    "lstm-5m": {"model": dict(family="lstm", d_model=384, n_layers=2, hidden_size=464, dropout=0.1005,
-                              tie_embeddings=False, bias=True),
-                "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, **SEED_TRAINING)},
-    "gru-5m": {"model": dict(family="gru", d_model=384, n_layers=2, hidden_size=546, dropout=0.1005,
-                             tie_embeddings=False, bias=True),
-               "train": dict(lr=0.0011, schedule="step", step_size=2500, gamma=0.78, **SEED_TRAINING)},
-    "260k": {"model": dict(d_model=64, n_layers=5, n_heads=8, n_kv_heads=4, d_ff=172, context_length=512)},
-    "15m": {"model": dict(d_model=288, n_layers=6, n_heads=6, n_kv_heads=6, d_ff=768, context_length=256)},
-    "42m": {"model": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_ff=1376, context_length=1024)},
-    "110m": {"model": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, d_ff=2048, context_length=1024)},
-}
+    rank: int = option(8, "LoRA rank")
+    alpha: float = option(0.0, "LoRA alpha (scaling alpha / rank); 0 means 2 x rank")
+    dropout: float = option(0.05, "dropout on the LoRA path")
+    target_modules: str = option("auto", "modules LoRA adapts: 'auto' (the architecture's preset), a preset name "
+                                 "(llama, gpt2) or names separated by commas")
 
+    def check(self):
+        require("lora", [(self.rank >= 1, f"rank={self.rank} must be 1 or more"),
+                         (self.alpha >= 0, f"alpha={self.alpha} must be 0 (2 x rank) or more"),
+                         (0 <= self.dropout < 1, f"dropout={self.dropout} must be in [0, 1)")])
 
-def preset(name: str) -> dict[str, dict[str, Any]]:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
-    return PRESETS[name]
-
-
-def build_train_configs(preset_name: str | None = None, yaml_path: str | None = None,
-                        overrides: dict[str, dict[str, Any]] | None = None,
-                        base: tuple[str, dict[str, dict[str, Any]]] | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """`base` (e.g. a saved run), then preset, then YAML file (sections `model:` and `train:`), then command-line
-    overrides, later winning."""
-    layers: list[tuple[str, dict]] = [base] if base else []
-    if preset_name:
-        layers.append((f"preset '{preset_name}'", preset(preset_name)))
-    if yaml_path:
-        values = load_yaml(yaml_path)
-        unknown = sorted(set(values) - {"model", "train"})
-        if unknown:
-            raise ConfigError(f"{yaml_path}: unknown section '{unknown[0]}' (expected 'model' and/or 'train')")
-        layers.append((str(yaml_path), values))
-    if overrides:
-        layers.append(("command line", overrides))
-    merged: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for where, layer in layers:
-        for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
-            values = layer.get(section) or {}
-            if not isinstance(values, dict):
-                raise ConfigError(f"{where}: section '{section}' must be a mapping")
-            check_keys(cls, values, f"{where}, section '{section}'")
-            merged[section].update(values)
-    return (dataclass_from_dict(ModelConfig, merged["model"], "model config"),
-            dataclass_from_dict(TrainConfig, merged["train"], "train config"))
+    @property
+    def effective_alpha(self) -> float:
+        """alpha as peft gets it; 0 stays 0 in saved configs so that a trial's other rank doubles it too."""
+        return self.alpha or 2.0 * self.rank
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(Settings):
     """`talelab dpo`: LoRA DPO (trl) on preference pairs; the reference is the base with the adapter disabled."""
 
     base: str = option("", "model to align (usually an SFT model): Hugging Face directory or hub id, talelab model "
-                       "or run directory, or a merged model")
+                       "or run directory, or a merged model", required=True)
     data: str = option("", "preference pairs: JSONL (.gz too) with prompt/chosen/rejected, or Anthropic HH rows "
-                       "whose chosen/rejected dialogues share a prompt up to the last '\\n\\nAssistant:'")
+                       "whose chosen/rejected dialogues share a prompt up to the last '\\n\\nAssistant:'",
+                       required=True)
     out: str = option("runs/dpo", "output: adapter/, checkpoints/, metrics.jsonl, dpo.png, report.md, summary.json")
     beta: float = option(0.1, "DPO temperature: how far the policy may move from the reference")
     lr: float = option(5e-5, "peak learning rate (linear decay after warmup)")
@@ -397,22 +314,31 @@ class PreferenceConfig:
     max_length: int = option(512, "longest prompt + completion in tokens (the prompt's start is kept)")
     max_pairs: int = option(0, "use at most this many pairs of the file, in file order (0: all)")
     heldout_fraction: float = option(0.1, "share of the pairs held out to measure reward accuracy and margins")
-    rank: int = option(8, "LoRA rank")
-    alpha: float = option(16.0, "LoRA alpha (scaling alpha / rank)")
-    lora_dropout: float = option(0.0, "dropout on the LoRA path")
-    target_modules: str = option("auto", "modules LoRA adapts: 'auto' (the architecture's preset), a preset name "
-                                 "(llama, gpt2) or names separated by commas")
+    lora: LoraConfig = section(LoraConfig, "LoRA", prefix="lora_", dropout=0.0)
     eval_steps: int = option(0, "evaluate on the held-out pairs every this many steps (0: about 10 times a run)")
     save_steps: int = option(50, "write a resumable checkpoint every this many steps")
     logging_steps: int = option(1, "log training metrics every this many steps")
-    dtype: str = option("float32", "weights and compute precision", ("float32", "bfloat16"))
+    dtype: str = option("float32", "weights and compute precision", WEIGHT_DTYPES[:2])
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, slower)")
     seed: int = option(42, "seed for the held-out split, LoRA initialisation and data order")
     progress: bool = option(True, "show a progress bar")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint", saved=False)
+
+    def check(self):
+        require("dpo", [
+            (self.beta > 0, f"beta={self.beta} must be positive"),
+            (self.lr > 0, f"lr={self.lr} must be positive"),
+            (self.epochs > 0, f"epochs={self.epochs} must be positive"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be 1 or more"),
+            (self.max_length >= 8, f"max_length={self.max_length} must be 8 tokens or more"),
+            (0 < self.heldout_fraction < 1, f"heldout_fraction={self.heldout_fraction} must be in (0, 1)"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio} must be in [0, 1)"),
+            (self.save_steps >= 1 and self.logging_steps >= 1, "save_steps and logging_steps must be >= 1"),
+            (self.eval_steps >= 0 and self.max_pairs >= 0, "eval_steps and max_pairs must be 0 or more")])
 
 
 @dataclass
-class PrefsConfig:
+class PrefsConfig(Settings):
     """`talelab prefs build`: story preference pairs from a corpus (prompt = a story's beginning)."""
 
     data: str = option("runs/prepared", "stories: a prepared directory, a text file or a JSONL file (path or under "
@@ -435,143 +361,22 @@ class PrefsConfig:
     seed: int = option(1337, "seed of the shuffles and samples (story i uses seed + i)")
     progress: bool = option(True, "show a progress bar while sampling")
 
-
-EVAL_SUITES = ("likelihood", "completion", "diversity", "memorization", "quality", "tags", "probes", "judge")
-
-
-@dataclass
-class EvalConfig:
-    """`talelab eval MODEL`: which suites run on what, how stories are generated, and where the report goes."""
-
-    suite: str = option("default", "comma-separated suites: " + ", ".join(EVAL_SUITES) + "; 'default' is all but "
-                        "judge (it needs --judge-base-url), 'all' is every one")
-    out: str = option("", "report directory for report.md, report.json and the charts, replaced on each run "
-                      "(empty: runs/eval/<model directory name>)")
-    text: str = option("data/tinystories/valid-head.txt", "likelihood: validation text (path or under the data root)")
-    protocol: str = option("reference", "likelihood: reference (blank-line pieces 2..301, shared/README.md) or "
-                           "documents (every document of --text)", ("reference", "documents"))
-    data: str = option("data/tinystories/valid-head.txt", "completion: held-out stories: a prepared directory (its "
-                       "val.jsonl), a text or JSONL file")
-    stories: int = option(32, "completion: held-out texts to complete")
-    min_words: int = option(40, "completion: use only held-out texts of at least this many words")
-    fraction: float = option(0.4, "completion: share of each held-out text given to the model")
-    cut: str = option("words", "completion: measure that share in words or in sentences", ("words", "sentences"))
-    samples: int = option(32, "stories generated from --prompt for diversity, memorization, quality, judge and "
-                          "each sweep setting")
-    prompt: str = option("Once upon a time", "beginning of the --samples stories")
-    train_data: str = option("data/tinystories/train-head.txt", "memorization: training stories (a prepared "
-                             "directory's train.jsonl, a text or JSONL file); quality: its first 200 are the reference")
-    max_new_tokens: int = option(200, "most tokens generated per story or ending")
-    temperature: float = option(0.8, "sampling temperature (0: greedy)")
-    top_k: int = option(0, "top-k sampling (0: off)")
-    top_p: float = option(1.0, "nucleus sampling threshold (1: off)")
-    repetition_penalty: float = option(1.0, "CTRL repetition penalty (1: off)")
-    num_beams: int = option(1, "beam search with this many beams (1: sampling; beams decode one prompt at a time)")
-    seed: int = option(1234, "story i is drawn with seed + i, so a report is reproducible")
-    batch_size: int = option(16, "stories generated together, and documents scored together")
-    sweep: str = option("", "decoding settings to compare (empty: no sweep), e.g. 'temperature=0.6,0.8,1.2' or "
-                        "'temperature=0.7,1 top_p=0.9,1' (a grid); keys: temperature, top_k, top_p, num_beams, "
-                        "repetition_penalty")
-    stories_per_feature: int = option(10, "tags: stories generated per requested feature")
-    classifier: str = option("", "tags: a classifier from `talelab tags train` for the non-rule features (empty: "
-                             "rules only)")
-    probe_sets: str = option("", "probes: comma-separated bundled prompt sets (empty: all)")
-    progress: bool = option(True, "show progress bars")
+    def check(self):
+        require("prefs", [
+            (0 < self.prompt_fraction < 1,
+             f"prompt_fraction={self.prompt_fraction} must be between 0 and 1 (exclusive)"),
+            (self.min_continuation_sentences >= 1,
+             f"min_continuation_sentences={self.min_continuation_sentences} must be 1 or more"),
+            (self.rejected != "shuffle" or self.min_continuation_sentences >= 2,
+             "rejected=shuffle needs min_continuation_sentences >= 2 (one sentence cannot be shuffled)"),
+            (self.rejected != "sample" or self.model,
+             "rejected=sample needs --model (the model whose own continuations become the rejected side)"),
+            (self.batch_size >= 1 and self.max_new_tokens >= 0 and self.max_pairs >= 0,
+             "batch_size must be 1 or more; max_new_tokens and max_pairs 0 (automatic/all) or more")])
 
 
 @dataclass
-class FinetuneConfig:
-    """`talelab finetune`: LoRA (or full) SFT with trl on stories with tags, plain text, or instructions."""
-
-    base: str = option("", "model to fine-tune: Hugging Face directory or hub id, or a talelab model or run directory "
-                       "(exported to a Hugging Face directory beside it first)")
-    task: str = option("stories-tags", "stories with requested features (loss on the story), plain text (domain-"
-                       "adaptive pretraining), or instructions (loss on the answers)",
-                       ("stories-tags", "lm", "instruct"))
-    data: str = option("data/tinystories/train-head.txt", "training data (path or under the data root): a prepared "
-                       "directory (its train.jsonl), a text or JSONL file, or (stories-tags) TinyStories all_data JSON")
-    out: str = option("runs/finetune", "output: adapter (or model) + tokenizer, checkpoints/, metrics.jsonl, loss.png, "
-                      "summary.json, log.txt")
-    eval_data: str = option("", "held-out file; empty: hold --eval-fraction of --data out")
-    eval_fraction: float = option(0.05, "share of --data held out when there is no --eval-data")
-    max_examples: int = option(0, "use at most this many training examples after the split (0: all)")
-    template: str = option("auto", "instruct: prompt template ('auto': chat for 'messages' rows when the tokenizer has "
-                           "a chat template, else alpaca)", ("auto", "alpaca", "user-assistant", "chat"))
-    derive_words: int = option(0, "stories-tags: required words drawn from each unlabelled story for its prompt")
-    full: bool = option(False, "full fine-tuning instead of LoRA")
-    lora_rank: int = option(8, "LoRA rank")
-    lora_alpha: float = option(0.0, "LoRA alpha (scaling alpha / rank); 0 means 2 x rank")
-    lora_dropout: float = option(0.05, "dropout on the LoRA path")
-    target_modules: str = option("auto", "modules LoRA adapts: 'auto' (the architecture's preset), a preset name "
-                                 "(llama, gpt2) or names separated by commas")
-    lr: float = option(2e-4, "peak learning rate (linear decay after warmup)")
-    warmup_ratio: float = option(0.1, "share of the steps spent warming the learning rate up")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    batch_size: int = option(16, "examples per step (before gradient accumulation)")
-    grad_accum: int = option(1, "gradient accumulation steps")
-    epochs: float = option(1.0, "passes over the training examples (ignored when --max-steps is set)")
-    max_steps: int = option(0, "stop after this many optimizer steps (0: --epochs decides)")
-    max_length: int = option(512, "longest example in tokens (longer ones keep their start)")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
-    precision: str = option("auto", "auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU",
-                            ("auto", "fp32", "bf16", "fp16"))
-    logging_steps: int = option(5, "log the training loss every this many steps")
-    eval_steps: int = option(0, "evaluate held-out loss every this many steps (0: only before and after training)")
-    save_steps: int = option(50, "write a resumable checkpoint every this many steps")
-    save_total_limit: int = option(2, "keep at most this many checkpoints")
-    resume: bool = option(False, "continue from the newest checkpoint in --out (optimizer, scheduler and RNG state)")
-    stop_at_step: int = option(0, "stop after checkpointing at this step, as if interrupted (resume later; 0: off)")
-    samples: int = option(8, "stories-tags: stories generated per condition to measure tag and word adherence; "
-                          "instruct: held-out answers generated for BLEU (0: skip)")
-    max_new_tokens: int = option(200, "most tokens per generated story or answer")
-    temperature: float = option(0.8, "sampling temperature for the adherence stories (answers are greedy)")
-    seed: int = option(0, "seed of the split, LoRA initialisation, data order and samples")
-    progress: bool = option(True, "show progress bars")
-
-
-# Named fine-tuning recipes: overrides of FinetuneConfig, before any flag.
-FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
-    # seed 000: DistilGPT2 + LoRA on tagged TinyStories; ranks 8/16/32 by --lora-rank, alpha = 2r
-    "distilgpt2-tags": dict(base="distilgpt2", task="stories-tags", lora_rank=8, lora_alpha=0.0,
-                            target_modules="gpt2", lr=2e-4, warmup_ratio=0.1, batch_size=16, epochs=5.0),
-    # seed 003's setting: TinyLlama-1.1B-Chat + LoRA on Dolly instructions in the Alpaca template; the knob values
-    # are a common starting point (seed 003 compared five trials; `talelab trials` reruns such a grid)
-    "tinyllama-dolly": dict(base="TinyLlama/TinyLlama-1.1B-Chat-v1.0", task="instruct",
-                            data="data/instruct/dolly-subset.jsonl", template="alpaca", lora_rank=16, lora_alpha=32.0,
-                            lora_dropout=0.05, target_modules="llama", lr=2e-4, warmup_ratio=0.1, batch_size=4,
-                            grad_accum=4, epochs=1.0, max_length=512),
-}
-
-
-@dataclass
-class TrialsConfig:
-    """`talelab trials`: a grid of LoRA configurations, each a `talelab finetune` run, compared in one table."""
-
-    grid: str = option("rank=4,8 alpha=8,16", "space-separated key=v1,v2 lists; keys: rank, alpha, dropout, "
-                       "target_modules (';' between choices), lr, batch_size, epochs, max_steps")
-    out: str = option("runs/trials", "output: one folder per trial, results.md, results.csv, results.png")
-
-
-@dataclass
-class TagClassifierConfig:
-    """`talelab tags train`: TF-IDF + one-vs-rest logistic regression over the six TinyStories features."""
-
-    data: str = option("", "labelled stories: a prepared directory (its train.jsonl) or split of TinyStories "
-                       "all_data, or all_data JSON (an array) or JSONL, records {\"story\", \"instruction\": "
-                       "{\"features\": [...]}}, or a folder of such files")
-    out: str = option("runs/tags", "output: classifier.json, report.md, report.json, f1.png")
-    max_stories: int = option(0, "read at most this many labelled stories, in file order (0: all)")
-    test_fraction: float = option(0.2, "share of the stories held out to score precision / recall / F1")
-    seed: int = option(0, "seed of the held-out split")
-    ngram_max: int = option(2, "longest word n-gram of the TF-IDF features")
-    min_df: int = option(2, "ignore n-grams found in fewer stories than this")
-    max_features: int = option(50000, "keep the most frequent n-grams up to this many (0: all)")
-    c: float = option(1.0, "inverse regularisation strength of each logistic regression")
-    threshold: float = option(0.5, "probability at or above which a story is said to show a feature")
-
-
-@dataclass
-class JudgeConfig:
+class JudgeConfig(Settings):
     """An LLM judge over an OpenAI-compatible chat endpoint: 1-10 per rubric category, strict JSON, mean +- CI."""
 
     base_url: str = option("https://api.openai.com/v1", "OpenAI-compatible endpoint (…/v1), e.g. "
@@ -595,3 +400,132 @@ class JudgeConfig:
     human_ratings: str = option("", "JSONL {\"story\", \"scores\": {category: score}} or CSV (story column + one "
                                 "column per category): the judge also grades these, and the report gives its "
                                 "Spearman correlation with them per category")
+
+
+EVAL_SUITES = ("likelihood", "completion", "diversity", "memorization", "quality", "tags", "probes", "judge")
+
+
+@dataclass
+class EvalConfig(Settings):
+    """`talelab eval MODEL`: which suites run on what, how stories are generated, and where the report goes."""
+
+    model: str = option("", "talelab model or run directory, Hugging Face model directory or PEFT adapter directory",
+                        required=True, positional="?")
+    suite: str = option("default", "comma-separated suites: " + ", ".join(EVAL_SUITES) + "; 'default' is all but "
+                        "judge (it needs --judge-base-url), 'all' is every one")
+    out: str = option("", "report directory for report.md, report.json and the charts, replaced on each run "
+                      "(empty: runs/eval/<model directory name>)")
+    text: str = option("data/tinystories/valid-head.txt", "likelihood: validation text (path or under the data root)")
+    protocol: str = option("reference", "likelihood: reference (blank-line pieces 2..301, shared/README.md) or "
+                           "documents (every document of --text)", ("reference", "documents"))
+    data: str = option("data/tinystories/valid-head.txt", "completion: held-out stories: a prepared directory (its "
+                       "val.jsonl), a text or JSONL file")
+    stories: int = option(32, "completion: held-out texts to complete")
+    min_words: int = option(40, "completion: use only held-out texts of at least this many words")
+    fraction: float = option(0.4, "completion: share of each held-out text given to the model")
+    cut: str = option("words", "completion: measure that share in words or in sentences", ("words", "sentences"))
+    samples: int = option(32, "stories generated from --prompt for diversity, memorization, quality, judge and "
+                          "each sweep setting")
+    train_data: str = option("data/tinystories/train-head.txt", "memorization: training stories (a prepared "
+                             "directory's train.jsonl, a text or JSONL file); quality: its first 200 are the reference")
+    batch_size: int = option(16, "stories generated together, and documents scored together")
+    sweep: str = option("", "decoding settings to compare (empty: no sweep), e.g. 'temperature=0.6,0.8,1.2' or "
+                        "'temperature=0.7,1 top_p=0.9,1' (a grid); keys: temperature, top_k, top_p, num_beams, "
+                        "repetition_penalty")
+    stories_per_feature: int = option(10, "tags: stories generated per requested feature")
+    classifier: str = option("", "tags: a classifier from `talelab tags train` for the non-rule features (empty: "
+                             "rules only)")
+    probe_sets: str = option("", "probes: comma-separated bundled prompt sets (empty: all)")
+    progress: bool = option(True, "show progress bars")
+    # story i of a section is drawn with seed + i, so a report is reproducible
+    sampling: SamplingConfig = section(SamplingConfig, "sampling (every generating suite; --prompt begins the "
+                                       "--samples stories)", max_new_tokens=200, seed=1234,
+                                       skip=("num_samples", "beam_sample", "length_penalty", "stop_at_eos"))
+    decode: DecodeConfig = section(DecodeConfig, "decoding (the model under evaluation)")
+    judge: JudgeConfig = section(JudgeConfig, "judge (suite 'judge')", prefix="judge_")
+
+    def check(self):
+        require("eval", [(getattr(self, name) >= 1, f"--{name.replace('_', '-')} {getattr(self, name)}: must be at "
+                          "least 1") for name in ("stories", "samples", "batch_size", "min_words")]
+                + [(self.sampling.max_new_tokens >= 1,
+                    f"--max-new-tokens {self.sampling.max_new_tokens}: must be at least 1")])
+
+
+@dataclass
+class FinetuneConfig(Settings):
+    """`talelab finetune`: LoRA (or full) SFT with trl on stories with tags, plain text, or instructions."""
+
+    base: str = option("", "model to fine-tune: Hugging Face directory or hub id, or a talelab model or run directory "
+                       "(exported to a Hugging Face directory beside it first)", required=True)
+    task: str = option("stories-tags", "stories with requested features (loss on the story), plain text (domain-"
+                       "adaptive pretraining), or instructions (loss on the answers)",
+                       ("stories-tags", "lm", "instruct"))
+    data: str = option("data/tinystories/train-head.txt", "training data (path or under the data root): a prepared "
+                       "directory (its train.jsonl), a text or JSONL file, or (stories-tags) TinyStories all_data JSON")
+    out: str = option("runs/finetune", "output: adapter (or model) + tokenizer, checkpoints/, metrics.jsonl, loss.png, "
+                      "summary.json, log.txt")
+    eval_data: str = option("", "held-out file; empty: hold --eval-fraction of --data out")
+    eval_fraction: float = option(0.05, "share of --data held out when there is no --eval-data")
+    max_examples: int = option(0, "use at most this many training examples after the split (0: all)")
+    template: str = option("auto", "instruct: prompt template ('auto': chat for 'messages' rows when the tokenizer has "
+                           "a chat template, else alpaca)", ("auto", "alpaca", "user-assistant", "chat"))
+    derive_words: int = option(0, "stories-tags: required words drawn from each unlabelled story for its prompt")
+    full: bool = option(False, "full fine-tuning instead of LoRA")
+    lora: LoraConfig = section(LoraConfig, "LoRA (unless --full)", prefix="lora_")
+    lr: float = option(2e-4, "peak learning rate (linear decay after warmup)")
+    warmup_ratio: float = option(0.1, "share of the steps spent warming the learning rate up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    batch_size: int = option(16, "examples per step (before gradient accumulation)")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    epochs: float = option(1.0, "passes over the training examples (ignored when --max-steps is set)")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: --epochs decides)")
+    max_length: int = option(512, "longest example in tokens (longer ones keep their start)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    dtype: str = option("auto", "mixed-precision compute (the weights stay float32): auto is bfloat16 on a GPU that "
+                        "has it, float16 on other GPUs, float32 on CPU", TRAINING_DTYPES)
+    logging_steps: int = option(5, "log the training loss every this many steps")
+    eval_steps: int = option(0, "evaluate held-out loss every this many steps (0: only before and after training)")
+    save_steps: int = option(50, "write a resumable checkpoint every this many steps")
+    save_total_limit: int = option(2, "keep at most this many checkpoints")
+    resume: bool = option(False, "continue from the newest checkpoint in --out (optimizer, scheduler and RNG state)",
+                          saved=False)
+    stop_at_step: int = option(0, "stop after checkpointing at this step, as if interrupted (resume later; 0: off)")
+    samples: int = option(8, "stories-tags: stories generated per condition to measure tag and word adherence; "
+                          "instruct: held-out answers generated for BLEU (0: skip)")
+    max_new_tokens: int = option(200, "most tokens per generated story or answer")
+    temperature: float = option(0.8, "sampling temperature for the adherence stories (answers are greedy)")
+    seed: int = option(0, "seed of the split, LoRA initialisation, data order and samples")
+    progress: bool = option(True, "show progress bars")
+
+    def check(self):
+        require("finetune", [(self.batch_size >= 1 and self.max_length >= 8 and 0 <= self.eval_fraction < 1,
+                              "needs batch_size >= 1, max_length >= 8 and 0 <= eval_fraction < 1")])
+
+
+@dataclass
+class TrialsConfig(Settings):
+    """`talelab trials`: a grid of LoRA configurations, each a `talelab finetune` run, compared in one table."""
+
+    grid: str = option("rank=4,8 alpha=8,16", "space-separated key=v1,v2 lists; keys: rank, alpha, dropout, "
+                       "target_modules (';' between choices), lr, batch_size, epochs, max_steps")
+    out: str = option("runs/trials", "output: one folder per trial, results.md, results.csv, results.png")
+    finetune: FinetuneConfig = section(FinetuneConfig, "fine-tuning (every trial)",
+                                       skip=("out", "resume", "stop_at_step"))
+
+
+@dataclass
+class TagClassifierConfig(Settings):
+    """`talelab tags train`: TF-IDF + one-vs-rest logistic regression over the six TinyStories features."""
+
+    data: str = option("", "labelled stories: a prepared directory (its train.jsonl) or split of TinyStories "
+                       "all_data, or all_data JSON (an array) or JSONL, records {\"story\", \"instruction\": "
+                       "{\"features\": [...]}}, or a folder of such files")
+    out: str = option("runs/tags", "output: classifier.json, report.md, report.json, f1.png")
+    max_stories: int = option(0, "read at most this many labelled stories, in file order (0: all)")
+    test_fraction: float = option(0.2, "share of the stories held out to score precision / recall / F1")
+    seed: int = option(0, "seed of the held-out split")
+    ngram_max: int = option(2, "longest word n-gram of the TF-IDF features")
+    min_df: int = option(2, "ignore n-grams found in fewer stories than this")
+    max_features: int = option(50000, "keep the most frequent n-grams up to this many (0: all)")
+    c: float = option(1.0, "inverse regularisation strength of each logistic regression")
+    threshold: float = option(0.5, "probability at or above which a story is said to show a feature")

@@ -197,6 +197,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_demo_sources_give_the_splits_the_whole_corpus_implementation_gave(tmp_path):
     run("data/tinystories/train-head.txt,data/tinystories/train-head-lowercase.txt", tmp_path / "demo",
         format="eot,lines", recase=True)

@@ -66,6 +66,7 @@ def test_several_sources_are_read_in_turn_with_one_format_each(tmp_path):
         read_documents(f"{eot},{lines}", format="eot,lines,eot")
 
 
+@pytest.mark.slow
 def test_prepare_with_recase_adds_the_lowercased_stories_beyond_the_cased_head(tmp_path):
     out = tmp_path / "prepared"
     summary = prepare(PrepareConfig(source=f"{paths.TINYSTORIES_TRAIN},{LOWERCASE}", format="eot,lines",

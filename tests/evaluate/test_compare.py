@@ -6,9 +6,10 @@ import json
 import pytest
 
 from talelab.cli import main
-from talelab.config import EvalConfig
 from talelab.evaluate.compare import compare_reports
 from talelab.evaluate.report import run_eval
+
+from .test_report import small
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,7 @@ def two_reports(tmp_path_factory, tiny_run, stories260k):
     root = tmp_path_factory.mktemp("compare")
     paths = []
     for name, model in (("tiny", tiny_run), ("stories260K", stories260k)):
-        config = EvalConfig(out=str(root / name), suite="likelihood,diversity", samples=3, max_new_tokens=30,
-                            progress=False)
-        run_eval(model, config)
+        run_eval(small(model, root / name, suite="likelihood,diversity", samples=3, max_new_tokens=30))
         paths.append(root / name / "report.json")
     return paths
 

@@ -1,5 +1,6 @@
 """`talelab eval`: the whole report on real tiny models, the completion protocol, sweeps, and bad input."""
 
+import dataclasses
 import json
 import shutil
 
@@ -10,15 +11,18 @@ from talelab.config import EVAL_SUITES, EvalConfig, JudgeConfig, SamplingConfig
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.report import parse_suites, run_eval
 from talelab.evaluate.sweep import parse_sweep
+from talelab.settings import resolve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def small(out, **overrides) -> EvalConfig:
-    """CI-sized settings: a handful of short stories per section."""
-    settings = dict(out=str(out), stories=4, samples=4, max_new_tokens=40, stories_per_feature=2, batch_size=8,
-                    progress=False)
-    return EvalConfig(**{**settings, **overrides})
+def small(model, out, **overrides) -> EvalConfig:
+    """CI-sized settings: a handful of short stories per section (sampling flags go to the sampling section, as the
+    command line sends them)."""
+    values = {**dict(model=str(model), out=str(out), stories=4, samples=4, max_new_tokens=40, stories_per_feature=2,
+                     batch_size=8, progress=False), **overrides}
+    sampling = {f.name: values.pop(f.name) for f in dataclasses.fields(SamplingConfig) if f.name in values}
+    return resolve(EvalConfig, [("test", {**values, "sampling": sampling})])
 
 
 def assert_valid_png(path):
@@ -43,9 +47,9 @@ def tiny_report(tmp_path_factory, tiny_run, prepared):
     out = tmp_path_factory.mktemp("eval") / "tiny"
     judge = JudgeConfig(base_url=f"http://127.0.0.1:{closed_port()}/v1", model="nobody", retries=0, timeout=5,
                         samples=1, workers=1)
-    config = small(out, suite="all", data=str(prepared), train_data=str(prepared), min_words=20,
-                   sweep="temperature=0.5,1.0")
-    return run_eval(tiny_run, config, judge=judge)
+    config = small(tiny_run, out, suite="all", data=str(prepared), train_data=str(prepared), min_words=20,
+                   sweep="temperature=0.5,1.0", judge=dataclasses.asdict(judge))
+    return run_eval(config)
 
 
 def test_full_report_on_the_tiny_model_writes_every_file(tiny_report):
@@ -105,7 +109,7 @@ def test_sweep_table_has_a_row_per_setting(tiny_report):
 
 
 def test_stories260k_default_report_matches_the_reference_bits_per_byte(tmp_path, stories260k):
-    report = run_eval(stories260k, small(tmp_path / "s260k", suite="likelihood,completion,diversity"))
+    report = run_eval(small(stories260k, tmp_path / "s260k", suite="likelihood,completion,diversity"))
     assert report["headline"]["likelihood.bits_per_byte"] == pytest.approx(0.975, abs=5e-4)
     assert report["sections"]["likelihood"]["tokens"] == 29212
     for name in ("report.md", "report.json", "completion_rouge2.png", "diversity_similarity.png"):
@@ -155,7 +159,8 @@ def test_suites_parse_in_report_order():
 
 
 def one_line_error(capsys, *argv, contains=()):
-    code = main([str(a) for a in argv] + ["--no-progress"])
+    quiet = [] if argv[:2] == ("eval", "loss") else ["--no-progress"]  # eval loss draws no progress bar
+    code = main([str(a) for a in argv] + quiet)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and lines[0].startswith("talelab: error:"), err
@@ -200,7 +205,7 @@ def test_eval_command_prints_the_headline_and_loss_alias_prints_json(capsys, tmp
 
 
 def test_a_hugging_face_model_gets_the_same_likelihood_as_its_talelab_original(tmp_path, stories260k_hf):
-    report = run_eval(stories260k_hf, small(tmp_path / "hf", suite="likelihood,diversity"))
+    report = run_eval(small(stories260k_hf, tmp_path / "hf", suite="likelihood,diversity"))
     assert report["headline"]["likelihood.bits_per_byte"] == pytest.approx(0.975, abs=5e-4)
     assert report["sections"]["diversity"]["status"] == "ok" and len(report["sections"]["diversity"]["samples"]) == 4
 

@@ -1,7 +1,10 @@
+import pytest
+
 from talelab.cli import main
 from talelab.experiments.memory import memory_table
 
 
+@pytest.mark.slow
 def test_memory_table_reports_peaks_and_oom_instead_of_crashing(tmp_path):
     rows = memory_table(["tiny", "110m"], [2], vocab_size=2048, device="cpu", dtype="float32", out=tmp_path,
                         memory_limit_gb=2.0, log=lambda *_: None)
@@ -11,6 +14,7 @@ def test_memory_table_reports_peaks_and_oom_instead_of_crashing(tmp_path):
     assert "| 110m | oom |" in (tmp_path / "memory.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_grid_over_families_measures_each_configuration_of_the_base_preset(tmp_path, capsys):
     assert main(["memory", "--grid", "family=transformer,compressor", "--base-preset", "tiny", "--batch-sizes",
                  "2,4", "--out", str(tmp_path)]) == 0

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from talelab.config import PRESETS, ModelConfig, TrainConfig
+from talelab.config import ModelConfig, TrainConfig
+from talelab.presets import PRESETS
 from talelab.models import build_model
 
 # seed 002's transformer table with its 2,048-word vocabulary, counted by talelab (embeddings, untied output layer,

@@ -56,6 +56,7 @@ def test_every_configuration_is_checked_before_the_first_one_trains(tmp_path, ca
     assert not (tmp_path / "sweep" / "tiny").exists()  # the valid run did not start before the bad one was found
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished_runs(tmp_path, prepared, bpe_dir):
     common = {"data": str(prepared), "tokenizer": str(bpe_dir)}
     out = tmp_path / "sweep"
@@ -74,6 +75,7 @@ def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished
     assert again[1]["tokens_seen"] == rows[1]["tokens_seen"] and again[1]["val_loss"] == rows[1]["val_loss"]
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_each_run_by_the_clock(tmp_path, prepared, bpe_dir):
     common = {"data": str(prepared), "tokenizer": str(bpe_dir)}
     (row,) = sweep(["tiny"], None, "2s", tmp_path / "timed", common, log=lambda *_: None)
@@ -81,6 +83,7 @@ def test_a_time_budget_stops_each_run_by_the_clock(tmp_path, prepared, bpe_dir):
     assert row["wall_time_s"] < 30
 
 
+@pytest.mark.slow
 def test_model_and_training_flags_apply_to_every_run_under_its_grid_values(tmp_path, prepared, bpe_dir, capsys):
     out = tmp_path / "flags"
     assert main(["sweep", "tiny", "--grid", "d_model=32,48 lr=0.002", "--base-preset", "tiny", "--budget", "2k",

@@ -6,6 +6,8 @@ The HH prompts are red-teaming dialogues: these tests print figures, never their
 
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import json
 import math
@@ -86,7 +88,7 @@ def test_resume_from_a_checkpoint_ends_where_the_uninterrupted_run_ended(story_r
     config = quick(summary["base"], summary["data"], copy)
     with pytest.raises(ConfigError, match="--resume"):
         run_dpo(config, log=lambda *_: None)
-    resumed = run_dpo(config, resume=True, log=lambda *_: None)
+    resumed = run_dpo(dataclasses.replace(config, resume=True), log=lambda *_: None)
     assert resumed["steps"] == last and resumed["heldout_before"] == summary["heldout_before"]
     for name, value in summary["heldout_after"].items():
         assert resumed["heldout_after"][name] == pytest.approx(value, abs=1e-5), name
@@ -117,6 +119,7 @@ def test_reference_is_the_base_with_the_adapter_disabled_not_a_second_copy(stori
     assert (completion_logps(trainer.model.eval()) - reference).abs().max() > 1e-2  # the policy has moved
 
 
+@pytest.mark.slow
 def test_hh_pairs_heldout_accuracy_rises_above_chance_and_margins_grow(stories260k_hf, shared, tmp_path):
     # the shortest dialogues, so that prompt and response fit 96 tokens of a 512-piece tokenizer
     with gzip.open(shared / HH_PAIRS, "rt", encoding="utf-8") as f:
@@ -167,4 +170,4 @@ def test_missing_base_or_resume_without_checkpoint_is_a_one_line_error(tmp_path,
     assert main(["dpo", "--data", str(story_pairs), "--out", str(tmp_path / "o")]) == 2
     assert "--base" in capsys.readouterr().err
     with pytest.raises(InputError, match="no checkpoint to resume"):
-        run_dpo(PreferenceConfig(base="x", data=str(story_pairs), out=str(tmp_path / "o")), resume=True)
+        run_dpo(PreferenceConfig(base="x", data=str(story_pairs), out=str(tmp_path / "o"), resume=True))

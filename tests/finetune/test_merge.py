@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from talelab.cli import main
+from talelab.config import LoraConfig
 from talelab.errors import InputError
 from talelab.finetune.merge import merge_adapter
 
@@ -23,7 +24,7 @@ def make_adapter(base, out, seed: int = 0):
 
     model, tokenizer = load_base(str(base))
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config(model, rank=4, alpha=8, dropout=0.0))
+    peft_model = get_peft_model(model, lora_config(model, LoraConfig(rank=4, alpha=8, dropout=0.0)))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -62,6 +63,7 @@ def test_merged_llama_gives_the_adapters_logits(stories260k_hf, tmp_path):
                                                 "down_proj"])
 
 
+@pytest.mark.slow
 def test_merged_gpt2_conv1d_gives_the_adapters_logits(gpt2_small, tmp_path):
     summary, unmerged, merged, original = logits_before_and_after_merge(gpt2_small, tmp_path)
     adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())

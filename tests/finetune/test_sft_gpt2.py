@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from talelab.data.sentences import split_sentences
@@ -34,7 +35,7 @@ def test_gpt2_pad_is_not_eos_padding_is_masked_and_lora_wraps_conv1d(gpt2_small,
     data = first_sentences(shared, tmp_path / "first.jsonl")
     lines = []
     run = prepare_run(quick(base=str(gpt2_small), task="lm", data=str(data), out=str(tmp_path / "look"),
-                            lora_rank=4), log=lines.append)
+                            lora={"rank": 4}), log=lines.append)
     tokenizer = run.tokenizer
     assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
     assert tokenizer.pad_token_id == 50257 != tokenizer.eos_token_id
@@ -53,6 +54,7 @@ def test_gpt2_pad_is_not_eos_padding_is_masked_and_lora_wraps_conv1d(gpt2_small,
     assert any("LoRA r=4 alpha=8.0 on c_attn, c_proj: trainable params:" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_gpt2_lora_learns_eos_and_generation_stops_there(gpt2_small, shared, quick, tmp_path):
     data = first_sentences(shared, tmp_path / "first.jsonl")
     held_out = [json.loads(line)["text"] for line in data.read_text().splitlines()[-20:]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from talelab.cli import main
 from talelab.finetune.base import load_finetuned
 from talelab.finetune.formats import clean_sonnets
@@ -23,6 +25,7 @@ def test_clean_sonnets_drops_headings_and_line_numbers(shared):
     assert all(12 <= len(p.split("\n")) <= 15 for p in poems)
 
 
+@pytest.mark.slow
 def test_dapt_on_sonnets_then_instruction_sft_on_dolly(gpt2_small, quick, tmp_path):
     dapt = finetune(quick(base=str(gpt2_small), task="lm", data="data/poetry/shakespeare-sonnets.txt",
                           out=str(tmp_path / "dapt"), max_steps=8, lr=1e-2, eval_fraction=0.05), log=lambda _: None)
@@ -58,7 +61,7 @@ def test_talelab_model_from_scratch_is_fine_tuned_by_the_same_command(tiny_run, 
 
 def test_resume_continues_the_loss_curve(stories260k_hf, prepared, quick, tmp_path):
     settings = dict(base=str(stories260k_hf), task="lm", data=str(prepared / "train.jsonl"), eval_fraction=0.0,
-                    max_steps=8, batch_size=4, max_length=64, lr=5e-3, lora_dropout=0.1, save_steps=4)
+                    max_steps=8, batch_size=4, max_length=64, lr=5e-3, lora={"dropout": 0.1}, save_steps=4)
 
     def losses(out):
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from talelab.finetune.base import load_finetuned
 from talelab.finetune.sft import finetune
 from talelab.models.storage import load_model
 
 
+@pytest.mark.slow
 def test_stories_tags_lora_lowers_held_out_loss_and_dialogue_follows_the_tag(stories260k_hf, quick, tmp_path):
     out = tmp_path / "tags"
     lines = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -35,6 +36,7 @@ def test_widths_the_kernel_cannot_take_stay_bf16_linears(stories260k):
     assert quantized.embed.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_stories260k_logits_and_greedy_story_stay_close_to_fp32(stories260k):
     model, tokenizer, _ = load_model(stories260k)
     ids = tokenizer.encode("Once upon a time, there was a little girl named Lily. She loved to play outside.")

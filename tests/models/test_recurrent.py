@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from talelab.config import PRESETS, ModelConfig, SamplingConfig
+from talelab.config import ModelConfig, SamplingConfig
+from talelab.presets import PRESETS
 from talelab.errors import ConfigError
 from talelab.generate import generate
 from talelab.models import build_model

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from talelab.config import PRESETS, ModelConfig
+from talelab.config import ModelConfig
+from talelab.presets import PRESETS
 from talelab.errors import ConfigError, MismatchError
 from talelab.models.transformer import KVCache, Transformer, attend, cross_entropy
 
@@ -107,6 +108,7 @@ def test_fp16_logit_gradients_survive_the_loss_scale_as_torchs_cross_entropy_giv
     assert torch.allclose(ours.float(), theirs.float(), rtol=1e-2, atol=scale * 1e-7)
 
 
+@pytest.mark.slow
 def test_compiled_training_step_gives_eager_loss_and_gradients(tmp_path, monkeypatch):
     """`train --compile` traces the model and the chunked cross-entropy into one graph. A tracing bug there once
     crashed the backward of a graph loaded from the compile cache, so this runs one real bf16 step, GPT-2 layout,

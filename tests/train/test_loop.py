@@ -76,6 +76,7 @@ def test_epoch_steps_round_up_to_whole_steps_without_float_noise():
         TrainConfig(epochs=-1)
 
 
+@pytest.mark.slow
 def test_kill_during_training_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_configs, tmp_path, prepared,
                                                                                  bpe_dir):
     out = tmp_path / "killed"

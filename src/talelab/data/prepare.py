@@ -40,7 +40,7 @@ from talelab.data.parallel import batched, ordered_map, worker_count
 from talelab.data.recase import learn_recasing
 from talelab.data.sources import iter_records, split_file
 from talelab.data.statistics import WordCounts, corpus_statistics, coverage_curve, statistics_markdown
-from talelab.errors import ConfigError, InputError
+from talelab.errors import InputError
 from talelab.plots import coverage_chart, length_histogram
 
 SPLITS = ("train", "val", "test")
@@ -53,7 +53,6 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
     Large inputs are cleaned in worker processes started with forkserver (spawn elsewhere), which import the calling
     script again: a script that calls prepare needs the `if __name__ == "__main__":` idiom, as with multiprocessing."""
     started = time.perf_counter()
-    check_config(config)
     out = Path(config.out)
     check_output_dir(out)  # before the slow part, so a wrong --out fails at once
     source = Source(config, data_root)
@@ -299,25 +298,6 @@ def summarize(report: dict, out: Path) -> dict:
         "report": str(out / "report.md"),
         "seconds": report["seconds"],
     }
-
-
-def check_config(config: PrepareConfig) -> None:
-    """ConfigError for values that would make the stage meaningless."""
-    if not (0 <= config.val_fraction < 1 and 0 <= config.test_fraction < 1
-            and config.val_fraction + config.test_fraction < 1):
-        raise ConfigError(f"val_fraction {config.val_fraction} + test_fraction {config.test_fraction}: each must be "
-                          "in [0, 1) and together below 1, leaving documents for training")
-    if not 0 <= config.near_duplicate_threshold <= 1:
-        raise ConfigError(f"near_duplicate_threshold {config.near_duplicate_threshold}: must be in [0, 1] (0 disables)")
-    if not 0 <= config.min_chars <= config.max_chars:
-        raise ConfigError(f"min_chars {config.min_chars}, max_chars {config.max_chars}: need 0 <= min <= max")
-    if not 0 <= config.max_non_ascii <= 1:
-        raise ConfigError(f"max_non_ascii {config.max_non_ascii}: must be a share in [0, 1]")
-    if not 0 <= config.min_quality <= 1:
-        raise ConfigError(f"min_quality {config.min_quality}: must be a quality score in [0, 1] (0 disables)")
-    for name in ("max_documents", "sample", "workers"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name} {getattr(config, name)}: must be >= 0 (0 reads all)")
 
 
 def check_output_dir(out: Path) -> None:

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
-from talelab.config import EVAL_SUITES, DecodeConfig, EvalConfig, SamplingConfig, check_choices
+from talelab.config import EVAL_SUITES, EvalConfig, SamplingConfig
 from talelab.data.sources import iter_texts, resolve_source
 from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
@@ -90,22 +90,22 @@ class Evaluation:
     tokenizer: object
     config: EvalConfig
     out: Path
-    judge: object = None
     data_root: str | None = None
-    sampling: SamplingConfig = field(init=False)  # the generation settings every section shares
     complete: Complete = field(init=False)  # batched continuations of prompts under `sampling` (or a given config)
 
     def __post_init__(self):
-        c = self.config
-        self.sampling = SamplingConfig(prompt=c.prompt, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                                       top_k=c.top_k, top_p=c.top_p, repetition_penalty=c.repetition_penalty,
-                                       num_beams=c.num_beams, seed=c.seed)
-        self.complete = completer(self.model, self.tokenizer, self.sampling, c.batch_size, c.progress)
+        self.complete = completer(self.model, self.tokenizer, self.sampling, self.config.batch_size,
+                                  self.config.progress)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The generation settings every section shares."""
+        return self.config.sampling
 
     @cached_property
     def samples(self) -> list[str]:
         """--samples stories from --prompt, prompt included."""
-        prompt = self.config.prompt
+        prompt = self.sampling.prompt
         return [prompt + c for c in self.complete([prompt] * self.config.samples)]
 
     @cached_property
@@ -147,8 +147,8 @@ def diversity_section(ev: Evaluation) -> dict:
     scores = diversity(ev.samples)
     score_histogram({"": scores["max_rouge2_to_others"]}, ev.out / "diversity_similarity.png",
                     "max ROUGE-2 F1 against the other generations", "texts",
-                    f"similarity across {len(ev.samples)} generations from {ev.config.prompt!r}")
-    lines = [f"{len(ev.samples)} stories sampled from {ev.config.prompt!r} (prompt included).", "",
+                    f"similarity across {len(ev.samples)} generations from {ev.sampling.prompt!r}")
+    lines = [f"{len(ev.samples)} stories sampled from {ev.sampling.prompt!r} (prompt included).", "",
              "| Self-BLEU | distinct-1 | distinct-2 | distinct-3 | max ROUGE-2 to others: mean | max |",
              "|---:|---:|---:|---:|---:|---:|",
              f"| {scores['self_bleu']:.4f} | {scores['distinct_1']:.4f} | {scores['distinct_2']:.4f} | "
@@ -192,9 +192,7 @@ def probes(ev: Evaluation) -> dict:
 def judge(ev: Evaluation) -> dict:
     from talelab.evaluate.judge import judge_section
 
-    if ev.judge is None:
-        raise ConfigError("judge: no judge endpoint configured (give --judge-base-url and --judge-model)")
-    return judge_section(ev.samples, ev.judge, ev.out, progress=ev.config.progress)
+    return judge_section(ev.samples, ev.config.judge, ev.out, progress=ev.config.progress)
 
 
 def sweep(ev: Evaluation) -> dict:
@@ -264,29 +262,25 @@ def prepare_out(out: Path) -> None:
         old.unlink()
 
 
-def run_eval(model_path, config: EvalConfig, judge=None, data_root=None, decode: DecodeConfig = DecodeConfig()) \
-        -> dict:
-    """Run the suites of `config` on a model and write report.md, report.json and the charts into the out folder."""
+def run_eval(config: EvalConfig, data_root=None) -> dict:
+    """Run the suites of `config` on its model and write report.md, report.json and the charts into the out
+    folder."""
     from tqdm import tqdm
 
-    from talelab.generate import check_config, load_decoder
+    from talelab.generate import load_decoder
 
-    check_choices(config)
+    model_path = config.model
     suites = parse_suites(config.suite)
     if config.sweep:
         from talelab.evaluate.sweep import parse_sweep
 
         parse_sweep(config.sweep)  # a malformed sweep is refused before the model loads
         suites.append("sweep")
-    for name in ("stories", "samples", "batch_size", "min_words", "max_new_tokens"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
     out = Path(config.out) if config.out else default_out(model_path)
     check_out(out)
     started = time.perf_counter()
-    model, tokenizer, _ = load_decoder(model_path, decode)
-    ev = Evaluation(model, tokenizer, config, out, judge, data_root)
-    check_config(ev.sampling)
+    model, tokenizer, _ = load_decoder(model_path, config.decode)
+    ev = Evaluation(model, tokenizer, config, out, data_root)
     prepare_out(out)
     sections = {}
     bar = tqdm(suites, desc="eval", unit="section", disable=not config.progress)
@@ -306,7 +300,7 @@ def run_eval(model_path, config: EvalConfig, judge=None, data_root=None, decode:
               "parameters": sum(p.numel() for p in model.parameters()),
               "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "seconds": round(time.perf_counter() - started, 1), "config": asdict(config),
-              "judge": asdict(judge) if judge is not None else None, "tokenizers": TOKENIZERS_NOTE,
+              "judge": asdict(config.judge) if "judge" in suites else None, "tokenizers": TOKENIZERS_NOTE,
               "sections": sections}
     report["headline"] = headline(report)
     write_report(report, out)
@@ -374,13 +368,13 @@ def json_safe(value):
 def write_report(report: dict, out: Path) -> None:
     from talelab.atomic import write_text_atomic
 
-    c = report["config"]
+    c, s = report["config"], report["config"]["sampling"]
     lines = [f"# Evaluation: {report['name']}", "",
              f"Model `{report['model']}` ({report['parameters']:,} parameters), written {report['created']} in "
-             f"{report['seconds']} s. Generation: temperature {c['temperature']}, top-k {c['top_k']}, top-p "
-             f"{c['top_p']}, beams {c['num_beams']}, repetition penalty {c['repetition_penalty']}, at most "
-             f"{c['max_new_tokens']} new tokens, seed {c['seed']} (story i uses seed + i). Diversity, memorization, "
-             f"quality and judge read the same {c['samples']} stories sampled from {c['prompt']!r} (prompt "
+             f"{report['seconds']} s. Generation: temperature {s['temperature']}, top-k {s['top_k']}, top-p "
+             f"{s['top_p']}, beams {s['num_beams']}, repetition penalty {s['repetition_penalty']}, at most "
+             f"{s['max_new_tokens']} new tokens, seed {s['seed']} (story i uses seed + i). Diversity, memorization, "
+             f"quality and judge read the same {c['samples']} stories sampled from {s['prompt']!r} (prompt "
              f"included); completion and tags generate from their own prompts with these settings, probes "
              f"greedily.", "",
              "## Headline figures", "", headline_markdown(report)]

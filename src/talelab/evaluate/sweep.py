@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from talelab.config import SamplingConfig, grid_axis
+from talelab.config import SamplingConfig
+from talelab.settings import grid_axis
 from talelab.errors import ConfigError
 from talelab.evaluate.overlap import diversity
 from talelab.plots import bars_per_setting
@@ -48,12 +49,10 @@ def sweep_section(complete, base: SamplingConfig, settings: list[dict], samples:
                   scorers: dict[str, Callable[[list[str]], float]] | None = None, progress: bool = True) -> dict:
     """Sample `samples` stories from `base.prompt` under each setting (the other settings as in `base`) and score
     them; `scorers` adds columns (e.g. novelty, quality) computed from the stories."""
-    from talelab.generate import check_config
     from tqdm import tqdm
 
+    # replace() checks each setting as it builds it, so a bad one is refused before any story is generated
     configs = [dataclasses.replace(base, **setting) for setting in settings]
-    for config in configs:
-        check_config(config)  # every setting is refused before any is generated
     scorers = scorers or {}
     rows = []
     for setting, config in tqdm(list(zip(settings, configs)), desc="sweep", unit="setting", disable=not progress):

@@ -67,18 +67,15 @@ def measure(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str
 
 def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, device: str, dtype: str, out: str,
                  memory_limit_gb: float = 0, grid: str | None = None, base_preset: str | None = None,
-                 log=print) -> list[dict]:
-    """Every row (presets, then the grid's configurations over `base_preset`) x batch size; writes memory.md and
-    memory.csv into `out`."""
+                 every_run: dict | None = None, log=print) -> list[dict]:
+    """Every row (presets, then the grid's configurations over `base_preset`, all with the model settings
+    `every_run` under the grid's values) x batch size; writes memory.md and memory.csv into `out`."""
     from talelab.devices import pick_device, training_dtype
-    from talelab.errors import ConfigError
     from talelab.experiments.sweep import plan_runs
 
     picked = pick_device(device)
     device, dtype = picked.type, training_dtype(dtype, picked)  # the child is told cpu or cuda, never auto
-    if not batch_sizes or min(batch_sizes) <= 0:
-        raise ConfigError("memory: --batch-sizes must be positive integers")
-    runs = plan_runs(presets, grid, base_preset)  # unknown presets, keys or shapes fail before any child starts
+    runs = plan_runs(presets, grid, base_preset, every_run)  # unknown presets, keys, shapes fail before any child
     rows = []
     for name, preset_name, overrides in runs:
         row = {"model": name}

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from talelab.config import ModelConfig, TrainConfig, build_train_configs, grid_axis
+from talelab.config import ModelConfig, TrainConfig, build_train_configs
+from talelab.settings import grid_axis
 from talelab.errors import ConfigError, TalelabError
 from talelab.models.storage import read_config, resolve_model_dir
 from talelab.plots import bits_per_byte_against_parameters, validation_loss_curves

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from talelab.config import LoraConfig as LoraSettings  # peft has a LoraConfig too
 from talelab.errors import ConfigError, InputError
 from talelab.models.hf import TOKENIZER_FILES, has_tokenizer_files, is_adapter_dir, read_adapter_config
 from talelab.paths import data_root as find_data_root
@@ -195,15 +196,12 @@ def target_modules_for(model, target_modules: list[str] | str = "auto") -> list[
     return list(target_modules)
 
 
-def lora_config(model, rank: int, alpha: float, dropout: float, target_modules: list[str] | str = "auto"):
+def lora_config(model, lora: LoraSettings):
     """A peft LoraConfig for a causal LM, its target modules checked against the model."""
     from peft import LoraConfig
 
-    if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
-        raise ConfigError(f"LoRA needs rank >= 1, alpha > 0 and 0 <= dropout < 1 (got rank={rank}, alpha={alpha}, "
-                          f"dropout={dropout})")
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM", bias="none",
-                      target_modules=target_modules_for(model, target_modules),
+    return LoraConfig(r=lora.rank, lora_alpha=lora.effective_alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                      bias="none", target_modules=target_modules_for(model, lora.target_modules),
                       fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")  # GPT-2's Conv1D is (in, out)
 
 
@@ -238,15 +236,15 @@ def load_finetuned(directory: str | os.PathLike, dtype: str = "float32"):
     return PeftModel.from_pretrained(model, directory), tokenizer
 
 
-def precision_flags(precision: str) -> dict:
-    """Trainer's bf16/fp16 flags: mixed precision where the hardware supports it. Without a GPU, Trainer accepts
-    bf16 only when told it runs on the CPU (else it stops with a ValueError)."""
+def precision_flags(dtype: str) -> dict:
+    """Trainer's bf16/fp16 flags for a compute dtype: mixed precision where the hardware supports it. Without a GPU,
+    Trainer accepts bf16 only when told it runs on the CPU (else it stops with a ValueError)."""
     cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision == "fp16" and not cuda:
-        raise ConfigError("precision=fp16 needs a GPU (use bf16 or fp32 on CPU)")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+    if dtype == "auto":
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+    if dtype == "float16" and not cuda:
+        raise ConfigError("dtype=float16 needs a GPU (use bfloat16 or float32 on CPU)")
+    return {"bf16": dtype == "bfloat16", "fp16": dtype == "float16", "use_cpu": not cuda}
 
 
 class MetricsLog(TrainerCallback):

@@ -26,7 +26,7 @@ import torch
 from transformers import PrinterCallback
 
 from talelab.atomic import write_text_atomic
-from talelab.config import PreferenceConfig, check_choices
+from talelab.config import LoraConfig, PreferenceConfig
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
 from talelab.plots import reward_chart
@@ -108,24 +108,6 @@ def even_batch(count: int, limit: int) -> int:
     return max(b for b in range(1, max(1, min(count, limit)) + 1) if count % b == 0)
 
 
-def check_config(config: PreferenceConfig) -> None:
-    check_choices(config)
-    if not config.base or not config.data:
-        raise ConfigError("dpo needs --base (the model to align) and --data (preference pairs)")
-    checks = [(config.beta > 0, f"beta={config.beta} must be positive"),
-              (config.lr > 0, f"lr={config.lr} must be positive"),
-              (config.epochs > 0, f"epochs={config.epochs} must be positive"),
-              (config.batch_size >= 1 and config.grad_accum >= 1, "batch_size and grad_accum must be 1 or more"),
-              (config.max_length >= 8, f"max_length={config.max_length} must be 8 tokens or more"),
-              (0 < config.heldout_fraction < 1, f"heldout_fraction={config.heldout_fraction} must be in (0, 1)"),
-              (0 <= config.warmup_ratio < 1, f"warmup_ratio={config.warmup_ratio} must be in [0, 1)"),
-              (config.save_steps >= 1 and config.logging_steps >= 1, "save_steps and logging_steps must be >= 1"),
-              (config.eval_steps >= 0 and config.max_pairs >= 0, "eval_steps and max_pairs must be 0 or more")]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"dpo: {message}")
-
-
 def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None):
     """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl."""
     from datasets import Dataset
@@ -133,7 +115,6 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
 
     from talelab.finetune.base import MetricsLog, load_base, lora_config, precision_flags, resolve_base
 
-    check_config(config)
     pairs = read_pairs(config.data, data_root)
     if config.max_pairs:
         pairs = pairs[:config.max_pairs]
@@ -146,7 +127,7 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
     model, tokenizer = load_base(config.base, data_root, dtype=config.dtype, log=log)
     if Path(source).is_dir():  # the adapter records its base: make that path valid from any working directory
         source = model.config._name_or_path = str(Path(source).resolve())
-    peft_config = lora_config(model, config.rank, config.alpha, config.lora_dropout, config.target_modules)
+    peft_config = lora_config(model, config.lora)
     steps = math.ceil(config.epochs * math.ceil(len(train_pairs) / (config.batch_size * config.grad_accum)))
     out = Path(config.out)
     args = DPOConfig(
@@ -156,7 +137,7 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
         warmup_steps=config.warmup_ratio, eval_strategy="steps", eval_steps=config.eval_steps or max(1, steps // 10),
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         report_to=[], disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed,
-        **precision_flags("bf16" if config.dtype == "bfloat16" else "fp32"),
+        **precision_flags(config.dtype),
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         log_level="warning")
@@ -179,7 +160,7 @@ def heldout_figures(metrics: dict) -> dict:
     return {name: metrics[key] for name, key in HELDOUT_METRICS.items() if key in metrics}
 
 
-def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=print) -> dict:
+def run_dpo(config: PreferenceConfig, data_root=None, log=print) -> dict:
     """Train the adapter; write adapter/, metrics.jsonl, dpo.png, report.md and summary.json; return the summary."""
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -189,15 +170,15 @@ def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=
     out = Path(config.out)
     checkpoints = out / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if resume and last is None:
+    if config.resume and last is None:
         raise InputError(f"{checkpoints}: no checkpoint to resume from (run without --resume to start)")
-    if not resume and last is not None:
+    if not config.resume and last is not None:
         raise ConfigError(f"{out}: already holds a DPO run ({Path(last).name}); pass --resume to continue it or "
                           f"choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     summary_path = out / "summary.json"
-    if resume:  # records past the checkpoint will be logged again
+    if config.resume:  # records past the checkpoint will be logged again
         step = int(Path(last).name.rsplit("-", 1)[1])
         kept = read_metrics(metrics_path, step)
         write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -208,12 +189,12 @@ def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=
     log(f"{format_trainable(trainer.model)}; reference: the base with the adapter disabled (no second copy)")
     log(f"{facts['train_pairs']} training pairs, {facts['heldout_pairs']} held out, {facts['dropped_by_max_length']} "
         f"dropped (prompt fills max_length)")
-    if resume and summary_path.is_file():  # written when the run started
+    if config.resume and summary_path.is_file():  # written when the run started
         before = json.loads(summary_path.read_text(encoding="utf-8"))["heldout_before"]
     else:  # the fresh adapter is zero: policy == reference, so every reward is 0 (ties count as wrong)
         before = heldout_figures(trainer.evaluate())
         write_text_atomic(summary_path, json.dumps({"heldout_before": before}, indent=2) + "\n")
-    trainer.train(resume_from_checkpoint=last if resume else None)
+    trainer.train(resume_from_checkpoint=last if config.resume else None)
     evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
     # the trainer may already have evaluated at the last step: evaluating again would log the same figures twice
     done = evaluations and evaluations[-1].get("step") == trainer.state.global_step
@@ -232,6 +213,7 @@ def run_dpo(config: PreferenceConfig, data_root=None, resume: bool = False, log=
 
 def render_report(summary: dict, trainable: str) -> str:
     before, after, c = summary["heldout_before"], summary["heldout_after"], summary["config"]
+    lora = LoraConfig(**c["lora"])
     rows = "\n".join(f"| {name.replace('_', ' ')} | {before.get(name, float('nan')):.4f} | "
                      f"{after.get(name, float('nan')):.4f} |" for name in HELDOUT_METRICS)
     lines = [
@@ -241,7 +223,7 @@ def render_report(summary: dict, trainable: str) -> str:
         f"{summary['dropped_by_max_length']} dropped (prompt alone fills max_length {c['max_length']})",
         f"- {summary['steps']} steps in {summary['wall_seconds']} s; beta {c['beta']}, lr {c['lr']}, batch "
         f"{c['batch_size']} x {c['grad_accum']}, epochs {c['epochs']}, seed {c['seed']}",
-        f"- LoRA rank {c['rank']}, alpha {c['alpha']}, targets `{c['target_modules']}`: {trainable}",
+        f"- LoRA rank {lora.rank}, alpha {lora.effective_alpha}, targets `{lora.target_modules}`: {trainable}",
         "- reference policy: the base with the adapter disabled (one copy of the weights in memory)", "",
         "## Held-out pairs", "",
         "A pair is ranked right when the chosen completion's implicit reward, beta * (log pi - log pi_ref), exceeds "

@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from talelab.atomic import atomic_file
-from talelab.config import PrefsConfig, SamplingConfig, check_choices
+from talelab.config import PrefsConfig, SamplingConfig
 from talelab.data.sentences import shuffle_sentences, split_sentences
 from talelab.data.sources import iter_texts
-from talelab.errors import ConfigError, InputError
+from talelab.errors import InputError
 from talelab.paths import resolve_input
 
 END_MARKS = ('.', '!', '?', '"', '”', "'", "’")
@@ -44,23 +44,8 @@ def cut_story(story: str, prompt_fraction: float, min_continuation: int) -> tupl
     return " ".join(sentences[:cut]), " " + " ".join(sentences[cut:])
 
 
-def check_config(config: PrefsConfig) -> None:
-    check_choices(config)
-    if not 0 < config.prompt_fraction < 1:
-        raise ConfigError(f"prompt_fraction={config.prompt_fraction} must be between 0 and 1 (exclusive)")
-    if config.min_continuation_sentences < 1:
-        raise ConfigError(f"min_continuation_sentences={config.min_continuation_sentences} must be 1 or more")
-    if config.rejected == "shuffle" and config.min_continuation_sentences < 2:
-        raise ConfigError("rejected=shuffle needs min_continuation_sentences >= 2 (one sentence cannot be shuffled)")
-    if config.rejected == "sample" and not config.model:
-        raise ConfigError("rejected=sample needs --model (the model whose own continuations become the rejected side)")
-    if config.batch_size < 1 or config.max_new_tokens < 0 or config.max_pairs < 0:
-        raise ConfigError("batch_size must be 1 or more; max_new_tokens and max_pairs 0 (automatic/all) or more")
-
-
 def build_pairs(config: PrefsConfig, data_root=None) -> dict:
     """Write config.out (JSONL of prompt/chosen/rejected) and return a summary of what was made and skipped."""
-    check_config(config)
     # Streamed, and read only until --max-pairs stories have been cut: a split of 2M stories is never in memory
     kept, read, too_short = [], 0, 0
     for story in read_stories(config.data, config.split, config.text_field, data_root):

@@ -18,32 +18,15 @@ from pathlib import Path
 import torch
 
 from talelab.atomic import write_text_atomic
-from talelab.config import FINETUNE_PRESETS, FinetuneConfig, check_choices, dataclass_from_dict
+from talelab.config import FinetuneConfig
 from talelab.data.tags import has_dialogue
-from talelab.errors import ConfigError, InputError
+from talelab.errors import InputError
 from talelab.finetune.base import (MetricsLog, context_length, format_trainable, load_base, lora_config,
                                    precision_flags, trainable_summary)
 from talelab.finetune.formats import build_examples, words_used
 from talelab.plots import loss_chart
 
 CHECKPOINTS = "checkpoints"
-
-
-def build_finetune_config(preset_name: str | None = None, overrides: dict | None = None) -> FinetuneConfig:
-    """A FinetuneConfig from a named preset, then the given overrides (flags), checked."""
-    values = {}
-    if preset_name:
-        if preset_name not in FINETUNE_PRESETS:
-            raise ConfigError(f"unknown fine-tuning preset '{preset_name}' (choose from {', '.join(FINETUNE_PRESETS)})")
-        values.update(FINETUNE_PRESETS[preset_name])
-    values.update(overrides or {})
-    config = dataclass_from_dict(FinetuneConfig, values, where="finetune config")
-    check_choices(config)
-    if not config.base:
-        raise ConfigError("finetune: --base is required (a Hugging Face directory or hub id, or a talelab model)")
-    if config.batch_size < 1 or config.max_length < 8 or not 0 <= config.eval_fraction < 1:
-        raise ConfigError("finetune: needs batch_size >= 1, max_length >= 8 and 0 <= eval_fraction < 1")
-    return config
 
 
 def quiet_libraries(progress: bool) -> None:
@@ -101,7 +84,7 @@ def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
         eval_strategy="steps" if has_eval and config.eval_steps else "no", eval_steps=config.eval_steps or None,
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed, data_seed=config.seed,
         report_to=[], disable_tqdm=not config.progress, dataloader_num_workers=0, dataset_num_proc=None,
-        **precision_flags(config.precision))
+        **precision_flags(config.dtype))
 
 
 def make_callbacks(config: FinetuneConfig, metrics_path: Path) -> list:
@@ -240,8 +223,7 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
     note(f"examples: {len(train)} for training, {len(held_out)} held out")
     peft_config = None
     if not config.full:
-        peft_config = lora_config(model, config.lora_rank, config.lora_alpha or 2.0 * config.lora_rank,
-                                  config.lora_dropout, config.target_modules)
+        peft_config = lora_config(model, config.lora)
     trainer = SFTTrainer(model=model, args=sft_arguments(config, checkpoints, bool(held_out)),
                          train_dataset=trainer_rows(train), eval_dataset=trainer_rows(held_out) if held_out else None,
                          processing_class=tokenizer, peft_config=peft_config,

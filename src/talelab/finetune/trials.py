@@ -14,21 +14,23 @@ import time
 from pathlib import Path
 
 from talelab.atomic import write_text_atomic
-from talelab.config import FinetuneConfig, grid_axis
+from talelab.config import FinetuneConfig, LoraConfig, TrialsConfig
 from talelab.errors import ConfigError
-from talelab.finetune.sft import build_finetune_config, finetune
+from talelab.finetune.sft import finetune
 from talelab.plots import ranked_bars
+from talelab.settings import config_values, grid_axis, resolve
 
-# Short grid keys for the LoRA knobs; any other FinetuneConfig field may be named in full.
-ALIASES = {"rank": "lora_rank", "r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout",
-           "batch": "batch_size", "modules": "target_modules"}
+# Grid keys: the LoRA knobs by their LoraConfig names, any other FinetuneConfig field by its name, and short forms.
+ALIASES = {"r": "rank", "lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+           "modules": "target_modules", "batch": "batch_size"}
+LORA_TYPES = {f.name: f.type for f in dataclasses.fields(LoraConfig)}
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FinetuneConfig) if f.name != "lora"}
 COLUMNS = ["trial", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "lr", "batch_size", "epochs",
            "steps", "trainable_percent", "train_loss", "val_loss", "perplexity", "bleu", "wall_time_s"]
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
 
 
 def parse_grid(grid: str) -> list[dict]:
-    """'rank=4,8 alpha=8,16' -> every combination as FinetuneConfig overrides, values typed like the fields.
+    """'rank=4,8 alpha=8,16' -> every combination as {key: value}, values typed like the fields.
 
     target_modules choices are separated by ';' (their module names by '+' or ','), e.g. 'modules=llama;q_proj+v_proj'.
     """
@@ -36,43 +38,51 @@ def parse_grid(grid: str) -> list[dict]:
     for part in grid.split():
         key, _, values = part.partition("=")
         name = ALIASES.get(key, key)
-        if name not in FIELD_TYPES or not values:
+        kind = LORA_TYPES.get(name) or FIELD_TYPES.get(name)
+        if kind is None or not values:
             raise ConfigError(f"--grid: '{part}' is not key=v1,v2 with a fine-tuning key (rank, alpha, dropout, "
                               f"modules, lr, batch, epochs, max_steps, or a finetune flag name)")
         if name == "target_modules":  # each choice is a list of module names itself
             axes.append(grid_axis("--grid", name, [v.replace("+", ",") for v in values.split(";")], "str"))
         else:
-            axes.append(grid_axis("--grid", name, values.split(","), FIELD_TYPES[name]))
+            axes.append(grid_axis("--grid", name, values.split(","), kind))
     combinations = [dict(c) for c in itertools.product(*axes)] if axes else []
     if not combinations:
         raise ConfigError(f"--grid {grid!r}: no combinations")
     return combinations
 
 
-def trial_name(overrides: dict) -> str:
+def trial_name(values: dict) -> str:
     """A folder name that says what the trial changes: 'rank=4_alpha=8_lr=0.0002'."""
-    short = {v: k for k, v in ALIASES.items() if k not in ("r", "batch", "modules")}
-    return "_".join(f"{short.get(k, k)}={str(v).replace(',', '+')}" for k, v in overrides.items())
+    return "_".join(f"{k}={str(v).replace(',', '+')}" for k, v in values.items())
+
+
+def trial_layer(values: dict) -> dict:
+    """One combination as FinetuneConfig values, the LoRA knobs under 'lora'."""
+    lora = {k: v for k, v in values.items() if k in LORA_TYPES}
+    return {**{k: v for k, v in values.items() if k not in LORA_TYPES}, **({"lora": lora} if lora else {})}
 
 
 def trial_row(name: str, summary: dict, wall_time: float) -> dict:
     config = summary["config"]
-    return {"trial": name, **{k: config[k] for k in COLUMNS if k in config},
-            "lora_alpha": config["lora_alpha"] or 2 * config["lora_rank"], "steps": summary["steps"],
+    lora = {("target_modules" if k == "target_modules" else f"lora_{k}"): v for k, v in config["lora"].items()}
+    lora["lora_alpha"] = LoraConfig(**config["lora"]).effective_alpha
+    return {"trial": name, **{k: v for k, v in {**config, **lora}.items() if k in COLUMNS}, "steps": summary["steps"],
             "trainable_percent": round(summary["trainable_percent"], 4), "train_loss": round(summary["train_loss"], 4),
             "val_loss": round(summary["eval_loss"], 4) if "eval_loss" in summary else None,
             "perplexity": round(summary["perplexity"], 3) if "perplexity" in summary else None,
             "bleu": round(summary["bleu"], 2) if "bleu" in summary else None, "wall_time_s": round(wall_time, 1)}
 
 
-def trials(grid: str, out: str | Path, common: dict, data_root=None, log=print) -> list[dict]:
-    """Run every combination of `grid` over the fine-tuning settings `common`; write results.md/.csv/.png."""
-    out = Path(out)
+def trials(config: TrialsConfig, data_root=None, log=print) -> list[dict]:
+    """Run every combination of the grid over the fine-tuning settings; write results.md/.csv/.png."""
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    combinations = parse_grid(grid)
-    for number, overrides in enumerate(combinations, start=1):
-        name = trial_name(overrides)
+    combinations = parse_grid(config.grid)
+    common = config_values(config.finetune)
+    for number, values in enumerate(combinations, start=1):
+        name = trial_name(values)
         folder = out / name
         summary_path = folder / "summary.json"
         if summary_path.is_file():
@@ -83,9 +93,10 @@ def trials(grid: str, out: str | Path, common: dict, data_root=None, log=print) 
                 continue
         log(f"trial {number}/{len(combinations)} {name}")
         resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").glob("checkpoint-*"))
-        config = build_finetune_config(None, {**common, **overrides, "out": str(folder), "resume": resume})
+        trial = resolve(FinetuneConfig, [("trials", common), (f"--grid {name}", trial_layer(values)),
+                                         ("trial", {"out": str(folder), "resume": resume})])
         started = time.time()
-        summary = finetune(config, data_root, log=lambda line: log(f"  {line}"))
+        summary = finetune(trial, data_root, log=lambda line: log(f"  {line}"))
         summary["wall_time_s"] = time.time() - started
         write_text_atomic(summary_path, json.dumps(summary, indent=2, default=str) + "\n")  # marks it finished
         rows.append(trial_row(name, summary, summary["wall_time_s"]))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from talelab.config import ModelConfig
 from talelab.errors import ConfigError
-from talelab.models.transformer import (Block, check_fits_context, check_vocabulary_set, count_parameters,
+from talelab.models.transformer import (Block, check_fits_context, with_vocabulary, count_parameters,
                                         cross_entropy, make_norm, rope_tables)
 
 
@@ -43,7 +43,7 @@ class TokenHistory:
 class CompressorLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        check_vocabulary_set(config)
+        with_vocabulary(config)
         if config.positions != "rope":
             raise ConfigError("compressor: positions must be rope (pair positions are rotated, not embedded)")
         self.config = config

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from talelab.config import ModelConfig
-from talelab.models.transformer import (check_fits_context, check_vocabulary_set, cross_entropy,
+from talelab.models.transformer import (check_fits_context, with_vocabulary, cross_entropy,
                                         count_parameters)
 
 LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -47,8 +47,7 @@ class RecurrentLM(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        check_vocabulary_set(config)
-        self.config = config
+        self.config = with_vocabulary(config)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         extra = {"nonlinearity": "tanh"} if config.family == "rnn" else {}
         self.rnn = LAYERS[config.family](config.d_model, config.hidden_size, num_layers=config.n_layers,

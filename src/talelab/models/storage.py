@@ -16,7 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model as load_safetensors_into, save_model as save_safetensors
 
-from talelab.config import ModelConfig, dataclass_from_dict
+from talelab.config import ModelConfig
+from talelab.settings import resolve
 from talelab.errors import InputError, MismatchError
 from talelab.models import build_model
 from talelab.models.transformer import Transformer
@@ -103,7 +104,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     raw = read_config(directory)
     if "model" not in raw:
         raise InputError(f"{directory / CONFIG_FILE}: no 'model' section")
-    config = dataclass_from_dict(ModelConfig, raw["model"], where=str(directory / CONFIG_FILE))
+    config = resolve(ModelConfig, [(str(directory / CONFIG_FILE), raw["model"])])
     tokenizer = load_tokenizer(tokenizer_path or directory)
     check_vocabulary(config, tokenizer, str(tokenizer_path or directory))
     model = build_model(config)

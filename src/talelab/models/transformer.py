@@ -217,10 +217,11 @@ class Block(nn.Module):
         return self.mlp_norm(x + self.drop(self.mlp(x)))
 
 
-def check_vocabulary_set(config: ModelConfig) -> None:
-    """Every family needs its vocabulary from the tokenizer before it is built."""
+def with_vocabulary(config: ModelConfig) -> ModelConfig:
+    """`config`, once checked that it has its vocabulary from the tokenizer, which every family needs to be built."""
     if config.vocab_size <= 0:
         raise MismatchError("model config: vocab_size must be set (from the tokenizer) before building a model")
+    return config
 
 
 def check_fits_context(config: ModelConfig, length: int, positions: torch.Tensor | None = None) -> None:
@@ -248,8 +249,7 @@ def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        check_vocabulary_set(config)
-        self.config = config
+        self.config = with_vocabulary(config)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.positions == "learned":
             self.pos_embed = nn.Embedding(config.context_length, config.d_model)
