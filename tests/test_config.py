@@ -31,7 +31,7 @@ def required_values(cls) -> dict:
             if inner:
                 values[f.name] = inner
         elif f.metadata.get("required"):
-            choices = [c for c in f.metadata.get("choices") or () if c]
+            choices = f.metadata.get("choices") or ()
             values[f.name] = (choices[0] if choices else ["x"] if str(f.type).startswith("list") else "x")
     return values
 

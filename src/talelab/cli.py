@@ -10,7 +10,7 @@ import sys
 
 from talelab.commands import COMMANDS, Command
 from talelab.errors import ConfigError, TalelabError
-from talelab.settings import load_yaml, nested, preset_layer, resolve, save_config
+from talelab.settings import VALUE_CASTS, field_kind, flag, load_yaml, nested, preset_layer, resolve, save_config
 
 PROG = "talelab"
 
@@ -22,25 +22,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-FLAG_TYPES = {"int": int, "float": float, "str": str}
-
-
 def add_field(group, f: dataclasses.Field, dest: str, name: str, default) -> None:
     """One flag (or positional) for a plain field. Unset flags stay absent so that presets and YAML win."""
     meta = f.metadata
     help_text = f"{meta.get('help', '')} (default: {default})".replace("%", "%%")  # argparse %-formats help
-    kind = str(f.type).replace(" | None", "")
+    kind = field_kind(f)
     if kind == "bool":
         group.add_argument(flag(name), dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
         return
     item = kind[5:-1] if kind.startswith("list[") else kind
-    choices = [c for c in meta.get("choices") or () if c != ""] or None
-    shape = {"type": FLAG_TYPES.get(item, str), "choices": choices, "default": argparse.SUPPRESS, "help": help_text}
+    shape = {"type": VALUE_CASTS.get(item, str), "choices": meta.get("choices"), "default": argparse.SUPPRESS,
+             "help": help_text}
     if meta.get("positional"):  # argparse would check a missing one's SUPPRESS default against the choices
         group.add_argument(dest, nargs=meta["positional"], metavar=name.upper(), **{**shape, "choices": None})
     elif kind.startswith("list["):
@@ -95,12 +88,12 @@ def given_values(args: argparse.Namespace) -> dict:
 
 def resolve_command(name: str, command: Command, args: argparse.Namespace):
     """preset < YAML < flags (train's --resume alone starts from the run's saved configuration instead)."""
-    given = given_values(args)
+    given, preset = given_values(args), getattr(args, "preset", None)  # only commands with presets have --preset
     layers = []
-    if command.base and not getattr(args, "preset", None) and not args.config and (base := command.base(given)):
+    if command.base and not preset and not args.config and (base := command.base(given)):
         layers.append(base)
-    if getattr(args, "preset", None):
-        where, values = preset_layer(command.presets, args.preset)
+    if preset:
+        where, values = preset_layer(command.presets, preset)
         layers.append((where, {command.preset_section: values} if command.preset_section else values))
     if args.config:
         layers.append((args.config, load_yaml(args.config)))
@@ -108,15 +101,16 @@ def resolve_command(name: str, command: Command, args: argparse.Namespace):
     return resolve(command.config, layers, f"{PROG} {name}")
 
 
-def split_command(argv: list[str]) -> tuple[str | None, str, list[str]]:
-    """(--data-root, the command's name, its arguments). A name is one word or two ('tokenizer train'); the longest
-    that the table knows wins, so `eval loss` is a command and `eval MODEL` the eval command."""
+def split_command(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(--data-root, the command's name, its arguments); no name for `talelab` alone or `talelab --help`. A name is
+    one word or two ('tokenizer train'); the longest that the table knows wins, so `eval loss` is a command and
+    `eval MODEL` the eval command."""
     data_root, rest = None, list(argv)
     while rest and rest[0].startswith("--data-root"):
         option = rest.pop(0)
         data_root = option.partition("=")[2] if "=" in option else (rest.pop(0) if rest else None)
     if not rest or rest[0] in ("-h", "--help"):
-        raise SystemExit(usage())
+        return data_root, None, []
     two = " ".join(rest[:2])
     if two in COMMANDS:
         return data_root, two, rest[2:]
@@ -137,10 +131,9 @@ def usage() -> str:
 
 
 def run(argv: list[str]) -> int:
-    try:
-        data_root, name, rest = split_command(argv)
-    except SystemExit as e:  # `talelab`, `talelab --help`: the table of commands
-        print(e.code)
+    data_root, name, rest = split_command(argv)
+    if name is None:  # the table of commands; asked for, or in place of a missing command (a usage error)
+        print(usage())
         return 0 if argv else 2
     command = COMMANDS[name]
     try:

@@ -102,7 +102,7 @@ class LossRun(Settings):
 @dataclass
 class ConvertRun(Settings):
     source: str = option("", "llama2c: import a .bin; hf: export a Hugging Face Llama directory; to-llama2c: export "
-                         "a .bin that llama2.c's run.c decodes", ("", "llama2c", "hf", "to-llama2c"), required=True,
+                         "a .bin that llama2.c's run.c decodes", ("llama2c", "hf", "to-llama2c"), required=True,
                          positional="?")
     model: str = option("", "llama2.c .bin (import) or talelab model/run directory (export)", required=True)
     tokenizer: str = option("", "llama2.c tokenizer .bin (import)")

@@ -136,9 +136,7 @@ class ModelConfig(Settings):
             (not (recurrent and self.tie_embeddings) or self.hidden_size == self.d_model,
              f"tie_embeddings needs hidden_size == d_model ({self.hidden_size} != {self.d_model})"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"model config: {message}")
+        require("model config", checks)
 
     @property
     def head_size(self) -> int:

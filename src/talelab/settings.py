@@ -78,6 +78,17 @@ def check_keys(cls, values: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(known))})")
 
 
+def flag(name: str) -> str:
+    """The command-line spelling of a field name: top_k -> --top-k."""
+    return "--" + name.replace("_", "-")
+
+
+def field_kind(f: dataclasses.Field) -> str:
+    """A field's type name as declared ('int', 'list[str]'; an optional's ' | None' dropped): field types are
+    strings here (postponed annotations)."""
+    return str(f.type).replace(" | None", "")
+
+
 def nested(f: dataclasses.Field):
     """The config class a section or overrides field holds, or None for a plain value."""
     return f.metadata.get("section") or f.metadata.get("overrides")
@@ -90,7 +101,7 @@ VALUE_CASTS = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", 
 def typed(f: dataclasses.Field, value, where: str):
     """`value` as field `f`'s type, or a ConfigError naming `where` and the field. YAML reads 1e-3 as a string and 3
     as an int, so numbers in strings convert and ints widen to floats; nothing else is guessed."""
-    kind = str(f.type).replace(" | None", "")
+    kind = field_kind(f)
     if value is None or kind not in ("int", "float", "bool", "str", "list[int]", "list[str]"):
         return value
     if kind.startswith("list["):
@@ -170,7 +181,7 @@ def missing_required(cls, values: dict, prefix: str = "") -> list[str]:
         if "section" in f.metadata:
             missing += missing_required(f.metadata["section"], values.get(f.name, {}), prefix + f.metadata["prefix"])
         elif f.metadata.get("required") and values.get(f.name) in (None, "", []):
-            missing.append(f.name if f.metadata.get("positional") else "--" + (prefix + f.name).replace("_", "-"))
+            missing.append(f.name if f.metadata.get("positional") else flag(prefix + f.name))
     return missing
 
 

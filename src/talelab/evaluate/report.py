@@ -33,7 +33,7 @@ from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
 from talelab.evaluate.completion import Complete, completer, completion_section, held_out_texts, quote
 from talelab.evaluate.overlap import TOKENIZERS_NOTE, diversity
-from talelab.evaluate.quality import quality_section
+from talelab.evaluate.quality import quality_section, summarize as summarize_quality
 from talelab.plots import score_histogram
 
 DEFAULT_SUITES = tuple(s for s in EVAL_SUITES if s != "judge")
@@ -198,7 +198,7 @@ def judge(ev: Evaluation) -> dict:
 def sweep(ev: Evaluation) -> dict:
     from talelab.evaluate.sweep import parse_sweep, sweep_section
 
-    with tempfile.TemporaryDirectory() as scratch:  # the per-setting charts of memorization / quality go here
+    with tempfile.TemporaryDirectory() as scratch:  # the per-setting charts of memorization go here
         return sweep_section(ev.complete, ev.sampling, parse_sweep(ev.config.sweep), ev.config.samples, ev.out,
                              scorers=sweep_scorers(ev, Path(scratch)), progress=ev.config.progress)
 
@@ -213,7 +213,7 @@ def sweep_scorers(ev: Evaluation, scratch: Path) -> dict:
             stories, ev.train_stories, scratch, progress=False), "novelty")
     except ImportError:
         pass
-    scorers["quality"] = lambda stories: first_number(quality_section(stories, [], scratch), "quality")
+    scorers["quality"] = lambda stories: summarize_quality(stories)["quality"]  # the figure only: no chart to draw
     return scorers
 
 
