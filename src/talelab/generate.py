@@ -17,6 +17,7 @@ import torch
 from talelab.config import DecodeConfig, SamplingConfig
 from talelab.devices import decoding_dtype, pick_device
 from talelab.errors import MismatchError
+from talelab.models.quantize import quantize_int8
 from talelab.models.storage import load_model
 
 
@@ -140,8 +141,6 @@ def fast_decoder(model, dtype: str = "float32", compile: bool = False):
     `generate` / `generate_batch`; do not train it.
     """
     if dtype == "int8":
-        from talelab.models.quantize import quantize_int8
-
         decoding_dtype(dtype, next(model.parameters()).device)  # refuses a CUDA model: the kernel is the CPU's
         model = quantize_int8(model)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 from pathlib import Path
 
 from talelab.errors import InputError
@@ -46,6 +47,7 @@ def from_hub(relative: str) -> Path:
     if relative not in HUB_SOURCES:
         raise InputError(f"{relative}: no data root found and no hub source known for it (pass --data-root or set "
                          f"TALELAB_DATA to a folder with the layout of shared/README.md)")
+    # deferred: only a download from the hub needs it
     from huggingface_hub import constants, hf_hub_download, hf_hub_url
 
     repo, files, repo_type, head_bytes = HUB_SOURCES[relative]
@@ -66,8 +68,6 @@ def from_hub(relative: str) -> Path:
 
 def download_head(url: str, size: int, target: Path) -> Path:
     """The first `size` bytes of `url` (an HTTP range request), cut back to a line end, cached at `target`."""
-    import urllib.request
-
     if not target.is_file():
         request = urllib.request.Request(url, headers={"Range": f"bytes=0-{size - 1}"})
         with urllib.request.urlopen(request, timeout=60) as response:

@@ -24,6 +24,7 @@ from talelab.data.quality import quality_too_low
 from talelab.data.recase import Recaser, is_lowercased
 from talelab.data.sources import iter_range_records
 from talelab.data.statistics import WordCounts
+from talelab.tokenizer import load_tokenizer
 
 BATCH_DOCUMENTS = 512  # per batch: large enough that per-batch overhead (numpy, inter-process) is small
 
@@ -75,8 +76,6 @@ def configure_worker(settings: WorkerSettings) -> None:
     global _settings, _encoder
     _settings = settings
     if settings.tokenizer:
-        from talelab.tokenizer import load_tokenizer  # only statistics with a tokenizer need it
-
         _encoder = load_tokenizer(settings.tokenizer).corpus_encoder()
     else:
         _encoder = None  # the statistics tokenizer's corpus encoder, when there is one

@@ -42,6 +42,7 @@ from talelab.data.sources import iter_records, split_file
 from talelab.data.statistics import WordCounts, corpus_statistics, coverage_curve, statistics_markdown
 from talelab.errors import InputError
 from talelab.plots import coverage_chart, length_histogram
+from talelab.tokenizer import load_tokenizer
 
 SPLITS = ("train", "val", "test")
 MIN_DOCUMENTS_FOR_EVERY_SPLIT = 10
@@ -246,8 +247,6 @@ class Dropped:
     def __init__(self, tokenizer_path: str, words: WordCounts):
         self.words, self.tokenizer, self.token_ids = words, None, None
         if tokenizer_path:
-            from talelab.tokenizer import load_tokenizer  # only statistics with a tokenizer need it
-
             self.tokenizer = load_tokenizer(tokenizer_path)
             self.token_ids = np.zeros(self.tokenizer.vocab_size, np.int64)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from talelab.data.parallel import batched, ordered_map, worker_count
 from talelab.data.sources import FileRange, iter_range_records, iter_texts, split_file
@@ -53,8 +54,6 @@ def write_shard(directory: Path, split: str, texts: Path | Iterable[str], tokeni
 
     Memory holds a few parts of texts and ids, a count per vocabulary id and each worker's corpus encoder's bounded
     memory of pieces; the story starts go to a scratch file as they come. A split of any size streams through."""
-    from tqdm import tqdm
-
     dtype = token_dtype(tokenizer.vocab_size)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
     offset, num_stories, num_bytes = 0, 0, 0

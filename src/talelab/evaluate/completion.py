@@ -10,10 +10,15 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from talelab.config import SamplingConfig
+from talelab.data.clean import repair_mojibake
 from talelab.data.sentences import split_sentences
+from talelab.data.sources import read_documents
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.overlap import ROUGE_TYPES, rouge
+from talelab.generate import generate, generate_batch
 from talelab.plots import score_histogram
 
 Complete = Callable[[list[str], "SamplingConfig | None"], list[str]]
@@ -39,10 +44,6 @@ def completer(model, tokenizer, base: SamplingConfig, batch_size: int = 16, prog
     `config.seed + i`, so samples from one prompt differ and a fixed seed gives the same stories in any batch.
     Beam search is not batched and runs prompt by prompt.
     """
-    from tqdm import tqdm
-
-    from talelab.generate import generate, generate_batch
-
     context = model.config.context_length
 
     def complete(prompts: list[str], config: SamplingConfig | None = None) -> list[str]:
@@ -70,9 +71,6 @@ def completer(model, tokenizer, base: SamplingConfig, batch_size: int = 16, prog
 def held_out_texts(data: str, count: int, min_words: int, data_root=None) -> list[str]:
     """The first `count` held-out texts of at least `min_words` words: a prepared directory's val.jsonl, a JSONL
     file or a text file (<|endoftext|> or blank-line separated); mojibake repaired as `talelab prepare` does."""
-    from talelab.data.clean import repair_mojibake
-    from talelab.data.sources import read_documents
-
     path = Path(data)
     if path.is_dir():
         path = path / "val.jsonl"

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from talelab.config import JudgeConfig
 from talelab.data.sources import json_lines
@@ -140,6 +141,7 @@ def one_line(text: str, limit: int = 200) -> str:
 
 def grader(config: JudgeConfig, categories: dict[str, str], anchors: list[dict], stop: threading.Event):
     """grade(story) -> (scores, invalid replies before them), retrying junk and transient failures."""
+    # deferred: the OpenAI client loads only when a judge grades
     import openai
 
     key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
@@ -175,8 +177,6 @@ def grader(config: JudgeConfig, categories: dict[str, str], anchors: list[dict],
 def grade_all(stories: list[str], config: JudgeConfig, categories: dict[str, str], anchors: list[dict],
               progress: bool, desc: str) -> tuple[list[list[dict]], int]:
     """Each story's `config.samples` score dicts, and how many invalid replies were retried."""
-    from tqdm import tqdm
-
     stop = threading.Event()
     grade = grader(config, categories, anchors, stop)
     samples: list[list[dict]] = [[] for _ in stories]
@@ -199,6 +199,7 @@ def grade_all(stories: list[str], config: JudgeConfig, categories: dict[str, str
 
 def t_interval(values: list[float]) -> tuple[float, float | None, float | None]:
     """Mean and the two ends of its 95 % Student-t interval (None with fewer than two values)."""
+    # deferred: scipy.stats takes over a second to import, and only the judge's statistics use it
     from scipy import stats
 
     n, mean = len(values), sum(values) / len(values)
@@ -259,6 +260,7 @@ def read_human_ratings(path: str, categories: dict[str, str]) -> list[tuple[str,
 
 def spearman(judge: list[float], human: list[float]) -> float | None:
     """Spearman's rho (average ranks for ties); None when undefined (fewer than 3 pairs, or a constant side)."""
+    # deferred: scipy.stats takes over a second to import, and only the judge's statistics use it
     from scipy import stats
 
     if len(judge) < 3:

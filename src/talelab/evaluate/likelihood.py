@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from talelab.config import DecodeConfig
+from talelab.data.sources import read_documents
 from talelab.errors import InputError
 from talelab.generate import load_decoder
+from talelab.paths import resolve_input
 
 REFERENCE_PIECES = 300
 
@@ -98,8 +100,5 @@ def evaluate_file(model_path: str, text: str, data_root=None, protocol: str = "r
 def validation_documents(text: str, protocol: str = "reference", data_root=None) -> tuple[Path, list[str]]:
     """The file `text` names (a path or under the data root) and its documents: the reference protocol's pieces, or
     every document (split as `talelab prepare` splits them)."""
-    from talelab.data.sources import read_documents
-    from talelab.paths import resolve_input
-
     path = resolve_input(text, data_root)
     return path, reference_pieces(path) if protocol == "reference" else read_documents(str(path))

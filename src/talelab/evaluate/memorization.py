@@ -68,6 +68,7 @@ class NearestStoryIndex:
         dtype: of the dense part that ranks candidates (default: bfloat16 where the CPU has native bf16 matrix
         products, else float32); the k best are always rescored exactly in float32.
         """
+        # deferred: scikit-learn takes about 2 s to import, and only this section uses it
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         if not len(stories):
@@ -144,6 +145,7 @@ class NearestStoryIndex:
     def _tfidf(self, counts: Counts) -> sp.csr_matrix:
         """Count x idf, rows L2-normalised by scikit-learn's own normalize in the stored order: TfidfTransformer's
         float32 values exactly."""
+        # deferred: scikit-learn takes about 2 s to import, and only this section uses it
         from sklearn.preprocessing import normalize
 
         data = counts.counts.astype(np.float32)
@@ -367,6 +369,7 @@ def max_rouge2_precision(generation: str, candidates: list[str]) -> float:
 @lru_cache(maxsize=1)
 def rouge2_scorer():
     """ROUGE-2 only (overlap.rouge_scorer adds ROUGE-L, quadratic in length), with the same tokenizer, no stemming."""
+    # deferred: rouge-score loads nltk (seconds), and only ROUGE figures need it
     from rouge_score.rouge_scorer import RougeScorer
 
     return RougeScorer(["rouge2"], use_stemmer=False)

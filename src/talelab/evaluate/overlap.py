@@ -16,6 +16,9 @@ import re
 from collections import Counter
 from functools import lru_cache
 
+from sacrebleu.metrics import BLEU
+from sacrebleu.metrics.helpers import extract_all_word_ngrams
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 TOKENIZERS_NOTE = ("ROUGE: rouge-score's default tokenizer (lowercased letters and digits, no stemming); BLEU and "
                    "Self-BLEU: sacrebleu's 13a tokenizer (case kept, punctuation split off), orders 1-4, exp "
@@ -26,6 +29,7 @@ _WORD = re.compile(r"[a-z0-9']+")
 
 @lru_cache(maxsize=None)
 def rouge_scorer(types: tuple[str, ...] = ROUGE_TYPES):
+    # deferred: rouge-score loads nltk (seconds), which callers of BLEU and distinct-n alone never need
     from rouge_score.rouge_scorer import RougeScorer
 
     # split_summaries would need nltk's punkt (absent offline); rougeL over the whole text needs no sentences
@@ -34,8 +38,6 @@ def rouge_scorer(types: tuple[str, ...] = ROUGE_TYPES):
 
 @lru_cache(maxsize=1)
 def bleu_metric():
-    from sacrebleu.metrics import BLEU
-
     return BLEU(tokenize="13a", smooth_method="exp", effective_order=True, max_ngram_order=4)
 
 
@@ -59,8 +61,6 @@ def self_bleu(texts: list[str]) -> float:
     largest counts (and whose they are) give the best count among the *other* texts, so n texts cost O(n) n-gram
     counts instead of O(n^2).
     """
-    from sacrebleu.metrics.helpers import extract_all_word_ngrams
-
     if len(texts) < 2:
         return float("nan")
     metric = bleu_metric()
@@ -109,7 +109,7 @@ def max_rouge2_to_others(texts: list[str]) -> list[float]:
     The same figure as rouge-score's ROUGE-2 of every pair, with each text tokenized (by rouge-score's tokenizer)
     and its bigrams counted once rather than once per pair.
     """
-    from rouge_score.scoring import fmeasure
+    from rouge_score.scoring import fmeasure  # deferred, as in rouge_scorer
     from rouge_score.tokenizers import DefaultTokenizer
 
     tokenizer = DefaultTokenizer(use_stemmer=False)

@@ -27,13 +27,23 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
+from tqdm import tqdm
+
+from talelab.atomic import write_text_atomic
 from talelab.config import EVAL_SUITES, EvalConfig, SamplingConfig
 from talelab.data.sources import iter_texts, resolve_source
 from talelab.data.split_view import SplitView
 from talelab.errors import ConfigError, InputError, TalelabError
 from talelab.evaluate.completion import Complete, completer, completion_section, held_out_texts, quote
+from talelab.evaluate.judge import judge_section
+from talelab.evaluate.likelihood import score_documents, validation_documents
+from talelab.evaluate.memorization import memorization_section
 from talelab.evaluate.overlap import TOKENIZERS_NOTE, diversity
+from talelab.evaluate.probes import probes_section
 from talelab.evaluate.quality import quality_section, summarize as summarize_quality
+from talelab.evaluate.sweep import parse_sweep, sweep_section
+from talelab.evaluate.tags import tags_section
+from talelab.generate import load_decoder
 from talelab.plots import score_histogram
 
 DEFAULT_SUITES = tuple(s for s in EVAL_SUITES if s != "judge")
@@ -115,8 +125,6 @@ class Evaluation:
 
 
 def likelihood(ev: Evaluation) -> dict:
-    from talelab.evaluate.likelihood import score_documents, validation_documents
-
     c = ev.config
     path, documents = validation_documents(c.text, c.protocol, ev.data_root)
     scores = score_documents(ev.model, ev.tokenizer, documents, batch_size=c.batch_size)
@@ -166,8 +174,6 @@ def diversity_section(ev: Evaluation) -> dict:
 
 
 def memorization(ev: Evaluation) -> dict:
-    from talelab.evaluate.memorization import memorization_section
-
     return memorization_section(ev.samples, ev.train_stories, ev.out, progress=ev.config.progress)
 
 
@@ -176,45 +182,30 @@ def quality(ev: Evaluation) -> dict:
 
 
 def tags(ev: Evaluation) -> dict:
-    from talelab.evaluate.tags import tags_section
-
     return tags_section(ev.complete, ev.out, stories_per_feature=ev.config.stories_per_feature,
                         classifier=ev.config.classifier or None, progress=ev.config.progress, config=ev.sampling)
 
 
 def probes(ev: Evaluation) -> dict:
-    from talelab.evaluate.probes import probes_section
-
     sets = [s.strip() for s in ev.config.probe_sets.split(",") if s.strip()] or None
     return probes_section(ev.complete, ev.out, sets=sets)
 
 
 def judge(ev: Evaluation) -> dict:
-    from talelab.evaluate.judge import judge_section
-
     return judge_section(ev.samples, ev.config.judge, ev.out, progress=ev.config.progress)
 
 
 def sweep(ev: Evaluation) -> dict:
-    from talelab.evaluate.sweep import parse_sweep, sweep_section
-
     with tempfile.TemporaryDirectory() as scratch:  # the per-setting charts of memorization go here
         return sweep_section(ev.complete, ev.sampling, parse_sweep(ev.config.sweep), ev.config.samples, ev.out,
                              scorers=sweep_scorers(ev, Path(scratch)), progress=ev.config.progress)
 
 
 def sweep_scorers(ev: Evaluation, scratch: Path) -> dict:
-    """Novelty BLEU (memorization, where that section is installed) and quality columns for the sweep."""
-    scorers = {}
-    try:
-        from talelab.evaluate.memorization import memorization_section
-
-        scorers["novelty_bleu"] = lambda stories: first_number(memorization_section(
-            stories, ev.train_stories, scratch, progress=False), "novelty")
-    except ImportError:
-        pass
-    scorers["quality"] = lambda stories: summarize_quality(stories)["quality"]  # the figure only: no chart to draw
-    return scorers
+    """Novelty BLEU (from the memorization section) and quality columns for the sweep."""
+    return {"novelty_bleu": lambda stories: first_number(memorization_section(stories, ev.train_stories, scratch,
+                                                                              progress=False), "novelty"),
+            "quality": lambda stories: summarize_quality(stories)["quality"]}  # the figure only: no chart to draw
 
 
 def first_number(section: dict, word: str) -> float:
@@ -265,15 +256,9 @@ def prepare_out(out: Path) -> None:
 def run_eval(config: EvalConfig, data_root=None) -> dict:
     """Run the suites of `config` on its model and write report.md, report.json and the charts into the out
     folder."""
-    from tqdm import tqdm
-
-    from talelab.generate import load_decoder
-
     model_path = config.model
     suites = parse_suites(config.suite)
     if config.sweep:
-        from talelab.evaluate.sweep import parse_sweep
-
         parse_sweep(config.sweep)  # a malformed sweep is refused before the model loads
         suites.append("sweep")
     out = Path(config.out) if config.out else default_out(model_path)
@@ -366,8 +351,6 @@ def json_safe(value):
 
 
 def write_report(report: dict, out: Path) -> None:
-    from talelab.atomic import write_text_atomic
-
     c, s = report["config"], report["config"]["sampling"]
     lines = [f"# Evaluation: {report['name']}", "",
              f"Model `{report['model']}` ({report['parameters']:,} parameters), written {report['created']} in "

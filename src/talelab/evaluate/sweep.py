@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from talelab.config import SamplingConfig
 from talelab.settings import grid_axis
 from talelab.errors import ConfigError
@@ -49,8 +51,6 @@ def sweep_section(complete, base: SamplingConfig, settings: list[dict], samples:
                   scorers: dict[str, Callable[[list[str]], float]] | None = None, progress: bool = True) -> dict:
     """Sample `samples` stories from `base.prompt` under each setting (the other settings as in `base`) and score
     them; `scorers` adds columns (e.g. novelty, quality) computed from the stories."""
-    from tqdm import tqdm
-
     # replace() checks each setting as it builds it, so a bad one is refused before any story is generated
     configs = [dataclasses.replace(base, **setting) for setting in settings]
     scorers = scorers or {}

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from talelab.atomic import write_text_atomic
 from talelab.config import SamplingConfig, TagClassifierConfig
@@ -73,6 +74,7 @@ def read_labelled(path: str | Path, data_root=None, limit: int = 0) -> tuple[lis
 
 
 def vectorizer(config: TagClassifierConfig, vocabulary: dict | None = None):
+    # deferred: scikit-learn takes about 2 s to import, and only this section uses it
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(token_pattern=TOKEN_PATTERN, ngram_range=(1, config.ngram_max), min_df=config.min_df,
@@ -81,6 +83,7 @@ def vectorizer(config: TagClassifierConfig, vocabulary: dict | None = None):
 
 def scores_of(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Precision, recall and F1 of one feature; None where undefined (no predicted or no true positives)."""
+    # deferred: scikit-learn takes about 2 s to import, and only this section uses it
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=np.nan)
@@ -90,6 +93,7 @@ def scores_of(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 def train_tag_classifier(config: TagClassifierConfig, data_root=None) -> dict:
     """Fit, score on held-out labels, and write classifier.json, report.md, report.json and f1.png to config.out."""
+    # deferred: scikit-learn takes about 2 s to import, and only this section uses it
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.multiclass import OneVsRestClassifier
@@ -205,8 +209,6 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 def tags_section(complete: Complete, out_dir: Path, stories_per_feature: int = 10, classifier: str | None = None,
                  progress: bool = True, config: SamplingConfig | None = None) -> dict:
     """Share of stories showing each feature when it is requested vs when nothing is (the baseline); tags.png."""
-    from tqdm import tqdm
-
     if stories_per_feature < 1:
         raise ConfigError(f"stories_per_feature={stories_per_feature}: must be 1 or more")
     model = load_tag_classifier(classifier) if classifier else None

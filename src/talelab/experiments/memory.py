@@ -17,20 +17,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from talelab.devices import autocast_context, pick_device, training_dtype
+from talelab.experiments.sweep import configurations, plan_runs
+from talelab.models import build_model
+from talelab.train.loop import train_step
+from talelab.train.optim import make_optimizer
+
 STEPS = 2  # the second step has the optimizer's moments allocated: the steady-state peak
 
 
 def measure_in_this_process(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str) -> dict:
     """Build the row's model (run: {"preset": name or None, "overrides": {key: value}}), train STEPS steps on random
     tokens, report the peak (run inside the child)."""
-    import torch
-
-    from talelab.devices import autocast_context
-    from talelab.experiments.sweep import configurations
-    from talelab.models import build_model
-    from talelab.train.loop import train_step
-    from talelab.train.optim import make_optimizer
-
     model_config, config = configurations(run["preset"], {**run["overrides"], "vocab_size": vocab_size},
                                           {"batch_size": batch_size, "dtype": dtype})
     device = torch.device(device)
@@ -70,9 +70,6 @@ def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, de
                  every_run: dict | None = None, log=print) -> list[dict]:
     """Every row (presets, then the grid's configurations over `base_preset`, all with the model settings
     `every_run` under the grid's values) x batch size; writes memory.md and memory.csv into `out`."""
-    from talelab.devices import pick_device, training_dtype
-    from talelab.experiments.sweep import plan_runs
-
     picked = pick_device(device)
     device, dtype = picked.type, training_dtype(dtype, picked)  # the child is told cpu or cuda, never auto
     runs = plan_runs(presets, grid, base_preset, every_run)  # unknown presets, keys, shapes fail before any child
@@ -105,8 +102,6 @@ if __name__ == "__main__":  # the child: python -m talelab.experiments.memory RU
     if cap and device_name == "cuda":
         # CUDA reserves far more address space than it uses, so RLIMIT_AS would fail every cell: cap the caching
         # allocator instead, whose refusal is a CUDA out-of-memory error
-        import torch
-
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / torch.cuda.get_device_properties(0).total_memory))
     elif cap:  # a ceiling on the address space makes an out-of-memory cell reproducible on any machine
         import resource

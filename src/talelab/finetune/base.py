@@ -11,11 +11,15 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.pytorch_utils import Conv1D
 
 from talelab.config import LoraConfig as LoraSettings  # peft has a LoraConfig too
 from talelab.errors import ConfigError, InputError
+from talelab.models.convert import export_hf
 from talelab.models.hf import TOKENIZER_FILES, has_tokenizer_files, is_adapter_dir, read_adapter_config
+from talelab.models.storage import WEIGHTS_FILE, load_model, resolve_model_dir
 from talelab.paths import data_root as find_data_root
 
 # LoRA target modules per architecture (model.config.model_type), as the seeds used them.
@@ -48,9 +52,6 @@ def export_talelab(directory: Path) -> Path:
 
     The export is redone when the source's newest checkpoint (its name, size and modification time) changes.
     """
-    from talelab.models.convert import export_hf
-    from talelab.models.storage import WEIGHTS_FILE, load_model, resolve_model_dir
-
     source = resolve_model_dir(directory)
     weights = (source / WEIGHTS_FILE).stat()
     stamp = {"source": str(source.resolve()), "size": weights.st_size, "mtime_ns": weights.st_mtime_ns}
@@ -89,8 +90,6 @@ def resolve_base(base: str | os.PathLike, data_root=None) -> str:
 
 def load_tokenizer_of(source: str):
     """The tokenizer saved with a model, or a one-line InputError naming the directory that lacks one."""
-    from transformers import AutoTokenizer
-
     if Path(source).is_dir() and not has_tokenizer_files(Path(source)):
         raise InputError(f"{source}: no tokenizer in the model directory (expected one of {', '.join(TOKENIZER_FILES)};"
                          f" save the tokenizer beside the model)")
@@ -133,8 +132,6 @@ def load_base(base: str, data_root=None, dtype: str = "float32", log=None):
 
     `log` (optional) receives one line saying where the model came from and how padding was arranged.
     """
-    from transformers import AutoModelForCausalLM
-
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
     source = resolve_base(base, data_root)
@@ -163,8 +160,6 @@ def context_length(model) -> int | None:
 
 def module_names(model) -> list[str]:
     """The short names of the layers LoRA can wrap (linear, GPT-2's Conv1D, embeddings), sorted."""
-    from transformers.pytorch_utils import Conv1D
-
     names = set()
     for name, module in model.named_modules():
         parts = name.split(".")
@@ -198,8 +193,6 @@ def target_modules_for(model, target_modules: list[str] | str = "auto") -> list[
 
 def lora_config(model, lora: LoraSettings):
     """A peft LoraConfig for a causal LM, its target modules checked against the model."""
-    from peft import LoraConfig
-
     return LoraConfig(r=lora.rank, lora_alpha=lora.effective_alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
                       bias="none", target_modules=target_modules_for(model, lora.target_modules),
                       fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")  # GPT-2's Conv1D is (in, out)
@@ -220,9 +213,6 @@ def format_trainable(model) -> str:
 
 def load_finetuned(directory: str | os.PathLike, dtype: str = "float32"):
     """(model, tokenizer) of a `talelab finetune` output: a full model directory, or a LoRA adapter on its base."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     directory = Path(directory)
     tokenizer = load_tokenizer_of(str(directory))
     if not is_adapter_dir(directory):

@@ -23,13 +23,18 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from transformers import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig, DPOTrainer
 
 from talelab.atomic import write_text_atomic
 from talelab.config import LoraConfig, PreferenceConfig
 from talelab.errors import ConfigError, InputError
+from talelab.finetune.base import MetricsLog, format_trainable, load_base, lora_config, precision_flags, resolve_base
 from talelab.paths import resolve_input
 from talelab.plots import reward_chart
+from talelab.train.metrics import read_metrics
 
 HH_ASSISTANT = "\n\nAssistant:"
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -110,11 +115,6 @@ def even_batch(count: int, limit: int) -> int:
 
 def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None):
     """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    from talelab.finetune.base import MetricsLog, load_base, lora_config, precision_flags, resolve_base
-
     pairs = read_pairs(config.data, data_root)
     if config.max_pairs:
         pairs = pairs[:config.max_pairs]
@@ -162,11 +162,6 @@ def heldout_figures(metrics: dict) -> dict:
 
 def run_dpo(config: PreferenceConfig, data_root=None, log=print) -> dict:
     """Train the adapter; write adapter/, metrics.jsonl, dpo.png, report.md and summary.json; return the summary."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from talelab.finetune.base import format_trainable
-    from talelab.train.metrics import read_metrics
-
     out = Path(config.out)
     checkpoints = out / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None

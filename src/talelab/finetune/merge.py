@@ -13,6 +13,7 @@ from pathlib import Path
 
 from talelab.atomic import atomic_directory
 from talelab.errors import InputError
+from talelab.finetune.base import load_finetuned
 from talelab.models.hf import read_adapter_config as read_hf_adapter_config
 
 PROVENANCE_FILE = "talelab-merge.json"
@@ -27,8 +28,6 @@ def read_adapter_config(adapter: Path) -> dict:
 
 def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> dict:
     """Merge `adapter` into its base (peft merge_and_unload) and write model + tokenizer to `out` atomically."""
-    from talelab.finetune.base import load_finetuned
-
     adapter = Path(adapter)
     config = read_adapter_config(adapter)
     model, tokenizer = load_finetuned(adapter, dtype=dtype)

@@ -20,6 +20,8 @@ from talelab.config import PrefsConfig, SamplingConfig
 from talelab.data.sentences import shuffle_sentences, split_sentences
 from talelab.data.sources import iter_texts
 from talelab.errors import InputError
+from talelab.generate import generate_batch
+from talelab.models.storage import load_model
 from talelab.paths import resolve_input
 
 END_MARKS = ('.', '!', '?', '"', '”', "'", "’")
@@ -96,9 +98,6 @@ def token_budget(config: PrefsConfig, reference_tokens: int) -> int:
 def sample_texts(config: PrefsConfig, prompts: list[str], references: list[str]) -> list[str]:
     """Continuations of any model load_model takes (talelab, Hugging Face, adapter), batched through generate_batch;
     story i is sampled with seed + i, so the batching does not change it."""
-    from talelab.generate import generate_batch
-    from talelab.models.storage import load_model
-
     model, tokenizer, _ = load_model(config.model)
     texts = []
     bar = tqdm(total=len(prompts), desc="sampling rejected continuations", unit="story", disable=not config.progress)

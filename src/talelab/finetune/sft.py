@@ -15,15 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import sacrebleu
 import torch
+import transformers
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
 from talelab.atomic import write_text_atomic
 from talelab.config import FinetuneConfig
-from talelab.data.tags import has_dialogue
+from talelab.data.tags import has_dialogue, story_prompt
 from talelab.errors import InputError
 from talelab.finetune.base import (MetricsLog, context_length, format_trainable, load_base, lora_config,
                                    precision_flags, trainable_summary)
-from talelab.finetune.formats import build_examples, words_used
+from talelab.finetune.formats import bos_text, build_examples, words_used
 from talelab.plots import loss_chart
 
 CHECKPOINTS = "checkpoints"
@@ -31,9 +37,6 @@ CHECKPOINTS = "checkpoints"
 
 def quiet_libraries(progress: bool) -> None:
     """datasets' per-stage bars only with --progress; transformers' advice on every step never."""
-    import datasets
-    import transformers
-
     if progress:
         datasets.enable_progress_bars()
         transformers.utils.logging.enable_progress_bar()
@@ -65,15 +68,11 @@ def split_examples(examples: list[dict], config: FinetuneConfig, tokenizer,
 
 def trainer_rows(examples: list[dict]):
     """A datasets.Dataset of the fields trl reads (prompt/completion or text); measurement-only fields dropped."""
-    from datasets import Dataset
-
     keep = ("prompt", "completion", "text")
     return Dataset.from_list([{k: e[k] for k in keep if k in e} for e in examples])
 
 
 def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
-    from trl import SFTConfig
-
     return SFTConfig(
         output_dir=str(checkpoints), learning_rate=config.lr, warmup_steps=config.warmup_ratio,  # < 1: a ratio
         lr_scheduler_type="linear", weight_decay=config.weight_decay, per_device_train_batch_size=config.batch_size,
@@ -90,8 +89,6 @@ def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
 def make_callbacks(config: FinetuneConfig, metrics_path: Path) -> list:
     """Log every metrics row to metrics.jsonl as it comes (the log DPO keeps too), and stop at --stop-at-step after
     a checkpoint."""
-    from transformers import TrainerCallback
-
     class StopAtStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if config.stop_at_step and state.global_step >= config.stop_at_step:
@@ -138,9 +135,6 @@ def complete(model, tokenizer, prompts: list, max_new_tokens: int, temperature: 
 def tag_adherence(model, tokenizer, held_out: list[dict], samples: int, max_new_tokens: int, temperature: float,
                   seed: int = 0) -> dict:
     """Dialogue rate with and without Dialogue requested, and the share of required words each story uses."""
-    from talelab.data.tags import story_prompt
-    from talelab.finetune.formats import bos_text
-
     bos = bos_text(tokenizer)
     result = {}
     for label, features in (("with_dialogue", ["Dialogue"]), ("without_features", [])):
@@ -161,8 +155,6 @@ def tag_adherence(model, tokenizer, held_out: list[dict], samples: int, max_new_
 
 def answer_bleu(model, tokenizer, held_out: list[dict], samples: int, max_new_tokens: int) -> dict:
     """Corpus BLEU (sacrebleu) of greedy answers to held-out prompts against their reference answers."""
-    import sacrebleu
-
     rows = held_out[:samples]
     answers = complete(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
     references = [r["completion"][0]["content"] if isinstance(r["completion"], list) else r["completion"].strip()
@@ -185,9 +177,6 @@ class PreparedRun:
 
 def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRun:
     """Load the base, build the examples, wrap LoRA and set up trl's SFTTrainer (resuming if asked)."""
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
     out = Path(config.out)
     checkpoints = out / CHECKPOINTS
     resume_from = None

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from talelab.errors import InputError
 from talelab.interpret.inputs import (Subject, batches, check_indices, check_positive, default_out, encode_texts,
@@ -147,8 +148,6 @@ def run_attention(model: str | os.PathLike, out: str | os.PathLike | None = None
                   data_root=None, progress: bool = True, device: str = "cpu") -> dict:
     """`talelab interpret attention`: heat maps of the first text, scores and labels of every chosen head over all
     texts; writes heads.md, heads.json, heads_overview.png and attention/layer{L}_head{H}.png into `out`."""
-    from tqdm import tqdm
-
     check_positive(window=window, batch_size=batch_size, map_tokens=map_tokens)
     subject = load_subject(model, device)
     layers = check_indices("layer", layers, subject.n_layers)

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import torch
 
+from talelab.data.sources import read_documents
 from talelab.devices import pick_device
 from talelab.errors import ConfigError, InputError, MismatchError
+from talelab.evaluate.likelihood import reference_pieces
+from talelab.models.hf import HFCausalLM, looks_like_hub_id
 from talelab.models.storage import load_model, read_config
+from talelab.paths import resolve_input
 from talelab.tokenizer import Tokenizer
 
 # Hugging Face model types whose attention weights (eager attention) and MLP activations we know how to reach:
@@ -52,8 +56,6 @@ def load_subject(path: str | os.PathLike, device: str = "cpu") -> Subject:
     """A talelab transformer (model or run directory), or a Hugging Face model directory or hub id (or a LoRA
     adapter over one) of a supported type, on `device` (auto: CUDA when present). What the hooks collect comes back
     to the CPU, where the scores add up."""
-    from talelab.models.hf import HFCausalLM, looks_like_hub_id
-
     directory = Path(path)
     if not directory.is_dir() and not looks_like_hub_id(path):
         raise InputError(f"{directory}: no such model directory")
@@ -105,9 +107,6 @@ def check_indices(what: str, chosen: list[int] | None, count: int) -> list[int]:
 def read_texts(data: str, samples: int, protocol: str = "documents", data_root=None) -> list[str]:
     """The first `samples` documents (0: all) of a prepared directory's val.jsonl, or of a text/JSONL file
     (a path, or relative to the data root); protocol 'reference' takes the pieces of the bits-per-byte protocol."""
-    from talelab.data.sources import read_documents
-    from talelab.paths import resolve_input
-
     if protocol not in ("documents", "reference"):
         raise ConfigError(f"protocol '{protocol}': choose documents or reference")
     if samples < 0:
@@ -118,8 +117,6 @@ def read_texts(data: str, samples: int, protocol: str = "documents", data_root=N
         if not path.is_file():
             raise InputError(f"{data}: a directory without val.jsonl (expected a prepared directory or a text file)")
     if protocol == "reference":
-        from talelab.evaluate.likelihood import reference_pieces
-
         texts = reference_pieces(resolve_input(path, data_root))
     else:
         texts = read_documents(path, data_root=data_root)

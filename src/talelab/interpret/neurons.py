@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from talelab.interpret.inputs import (Subject, batches, check_indices, check_positive, default_out, forward,
                                       load_subject, read_texts, token_label, token_pieces)
+from talelab.interpret.neuron_report import neurons_html, neurons_markdown
 from talelab.interpret.wordclasses import CLASSES, classify_tokens
 from talelab.paths import TINYSTORIES_VALID
 
@@ -74,10 +76,6 @@ def run_neurons(model: str | os.PathLike, out: str | os.PathLike | None = None, 
                 device: str = "cpu") -> dict:
     """`talelab interpret neurons`: top-K activations of every neuron of the chosen layers with their word classes,
     and the most class-selective neurons; writes neurons.md, neurons.html and neurons.json into `out`."""
-    from tqdm import tqdm
-
-    from talelab.interpret.neuron_report import neurons_html, neurons_markdown
-
     check_positive(top=top, batch_size=batch_size)
     subject = load_subject(model, device)
     layers = check_indices("layer", layers, subject.n_layers)

@@ -135,6 +135,7 @@ def llama_compatible(config: ModelConfig) -> None:
 
 def to_hf_llama(model: Transformer, tokenizer: Tokenizer):
     """A transformers LlamaForCausalLM with this model's weights (fp32)."""
+    # deferred: transformers takes seconds to import; talelab's own models never need it
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from talelab.errors import InputError, MismatchError
 from talelab.models.transformer import check_fits_context
-from talelab.tokenizer import Tokenizer, _guess_kind
+from talelab.tokenizer import Tokenizer, _guess_kind, load_tokenizer
 from talelab.tokenizer.bpe import END_OF_TEXT
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -47,6 +47,7 @@ class HFModelConfig:
 @functools.cache  # made once, on first use: transformers is imported only when a Hugging Face model loads
 def new_cache_class():
     """DynamicCache with talelab's `reorder(index)` (beam search keeps, and prefill copies, rows by index)."""
+    # deferred: transformers takes seconds to import; talelab's own models never need it
     from transformers import DynamicCache
 
     class HFCache(DynamicCache):
@@ -138,6 +139,7 @@ def has_tokenizer_files(path: Path) -> bool:
 
 def load_hf_tokenizer(source: str | os.PathLike, model_config=None) -> Tokenizer:
     """transformers' fast tokenizer of `source` as a talelab Tokenizer (its `tokenizers` backend, bos and eos)."""
+    # deferred: transformers takes seconds to import; talelab's own models never need it
     from transformers import AutoTokenizer
 
     if Path(source).is_dir() and not has_tokenizer_files(Path(source)):
@@ -205,6 +207,7 @@ def adapter_base(directory: Path, name: str) -> str:
 
 
 def load_hf_config(source: str):
+    # deferred: transformers takes seconds to import; talelab's own models never need it
     from transformers import AutoConfig
 
     try:
@@ -215,6 +218,7 @@ def load_hf_config(source: str):
 
 
 def load_causal_lm(source: str, device, dtype, attn_implementation: str | None) -> nn.Module:
+    # deferred: transformers takes seconds to import; talelab's own models never need it
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -237,8 +241,6 @@ def load_hf_model(path: str | os.PathLike, device: str | torch.device = "cpu", d
                   tokenizer_path: str | os.PathLike | None = None) -> tuple[HFCausalLM, Tokenizer, dict]:
     """A Hugging Face causal LM directory or hub id, or a LoRA adapter directory over one: (model, tokenizer, raw
     config), the raw config being config.json's fields (+ `adapter_config` for an adapter)."""
-    from talelab.tokenizer import load_tokenizer
-
     directory = Path(path)
     adapter = read_adapter_config(directory) if is_adapter_dir(directory) else None
     source = adapter_base(directory, adapter["base_model_name_or_path"]) if adapter else str(path)
@@ -264,6 +266,7 @@ def load_hf_model(path: str | os.PathLike, device: str | torch.device = "cpu", d
                             f"vocabulary is {rows}")
     causal_lm = model
     if adapter:
+        # deferred: only LoRA adapters need peft (and it loads transformers)
         from peft import PeftModel
 
         try:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, load_model as load_safetensors_into, sa
 from talelab.config import ModelConfig
 from talelab.settings import resolve
 from talelab.errors import InputError, MismatchError
-from talelab.models import build_model
+from talelab.models import build_model, hf
 from talelab.models.transformer import Transformer
 from talelab.tokenizer import Tokenizer, load_tokenizer
 
@@ -93,8 +93,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     """The model, its tokenizer (or the one given) and the raw config of a talelab model or run directory, a Hugging
     Face causal LM directory (or hub id), or a PEFT adapter directory; `hf_options` (dtype, attn_implementation)
     apply to Hugging Face models only."""
-    from talelab.models import hf
-
     given = Path(path)
     if given.is_dir() and not (given / LATEST_POINTER).is_file() and (hf.is_adapter_dir(given) or hf.is_hf_dir(given)):
         return hf.load_hf_model(given, device, tokenizer_path=tokenizer_path, **hf_options)

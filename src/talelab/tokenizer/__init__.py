@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
+from talelab.atomic import atomic_directory
 from talelab.config import TokenizerConfig
+from talelab.data.sources import iter_texts
 from talelab.errors import ConfigError, InputError
 from talelab.tokenizer.bpe import END_OF_TEXT, train_bpe
 from talelab.tokenizer.gpt2 import load_gpt2
@@ -379,9 +381,6 @@ def first_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
 
 def train_tokenizer_from(config: TokenizerConfig) -> Tokenizer:
     """`talelab tokenizer train`: read `config.data` (prepared dir or corpus file), train, save to `config.out`."""
-    from talelab.atomic import atomic_directory
-    from talelab.data.sources import iter_texts
-
     data = Path(config.data)
     source = data / "train.jsonl" if data.is_dir() else data
     # Streamed: the trainer keeps word counts only, so memory follows the vocabulary of the corpus, not its size

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from talelab.errors import ConfigError
 
@@ -90,7 +91,6 @@ def wrap(model: torch.nn.Module, ranks: Ranks, fsdp: bool = False, compile: bool
         return torch.compile(model) if compile else model
     if ranks.world_size == 1:
         return torch.compile(model) if compile else model
-    from torch.nn.parallel import DistributedDataParallel
 
     ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     # The only buffers are position tables, the same on every rank: broadcasting them every step is wasted traffic.
@@ -127,6 +127,7 @@ def shard(model: torch.nn.Module, ranks: Ranks, dtype: str = "float32") -> None:
     only while that block runs. Each block is one unit; the embeddings, final norm and output layer form the root
     unit, which keeps tied input/output embeddings in one piece. Under a 16-bit autocast the weights are gathered
     in that dtype (half the traffic) and gradients reduced in fp32."""
+    # deferred: FSDP loads torch.distributed.tensor, about a second of import that runs without --fsdp never need
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -171,15 +172,15 @@ def local_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     """Each parameter as this rank holds it: whole, or under FSDP its shard."""
     if not dist.is_initialized():  # nothing can be sharded (and torch.distributed.tensor takes a second to import)
         return list(model.parameters())
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # deferred: see above
 
     return [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # as in local_tensors: no import of torch.distributed.tensor in one process
         return False
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # deferred: a second to import
 
     return any(isinstance(p, DTensor) for p in model.parameters())
 
@@ -199,6 +200,8 @@ def gathered_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
     """The optimizer state, and under FSDP the weights, as whole tensors keyed by parameter name, on rank 0 (empty
     on other ranks). The layout is the same for a plain, DDP or FSDP model on any number of ranks, which is what
     lets a checkpoint resume on any world size. Every rank must call it: under FSDP gathering is a collective."""
+    # deferred: torch.distributed.checkpoint loads torch.distributed.tensor (a second); checkpoints of one process
+    # reach here too, but only at save time, not at every import of the training loop
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
@@ -212,6 +215,6 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     if all(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
         optimizer.load_state_dict(state)  # a checkpoint from before named optimizer states, one process only
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # deferred: as above
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
