@@ -37,10 +37,18 @@ def pytest_configure(config):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+# Fixtures that take seconds to build. Every test that needs one, directly or through another fixture, is slow:
+# marking only its first user would hand the cost to the next one in the quick loop (`pytest -m "not slow"`).
+SLOW_FIXTURES = {"gpt2_small", "tiny_report", "story_run"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:  # whatever reads the shared data, through any fixture, says so: `-m "not needs_shared"`
-        if "shared" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "shared" in fixtures:
             item.add_marker(pytest.mark.needs_shared)
+        if fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
     if not torch.cuda.is_available():
         why = "needs a CUDA device" + ("" if "cuda" in (config.option.markexpr or "") else " (run with -m cuda)")
         for item in items:

@@ -26,6 +26,7 @@ def one_line_error(capsys, *argv, code=None, contains=()):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_every_stage_runs_from_the_command_line(capsys, tmp_path, shared):
     prepared, tok, run_dir = tmp_path / "prepared", tmp_path / "tok", tmp_path / "run"
     assert run(capsys, "prepare", "--source", paths.TINYSTORIES_TRAIN, "--out", prepared, "--max-documents", 150,

@@ -99,6 +99,7 @@ def test_checks_run_however_a_config_is_built():
         resolve(TrainRun, [("x.yaml", {"train": {"schedule": "linear"}})])
 
 
+@pytest.mark.slow
 def test_a_saved_config_repeats_the_run(tmp_path, capsys, prepared, bpe_dir):
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["train", "--preset", "tiny", "--data", str(prepared), "--tokenizer", str(bpe_dir), "--out", str(first),

@@ -51,6 +51,7 @@ def test_an_int8_model_on_another_device_is_refused_not_left_unquantized(stories
         fast_decoder(meta, dtype="int8")
 
 
+@pytest.mark.slow
 def test_generate_eval_and_serve_decode_in_the_dtype_they_are_given(capsys, stories260k):
     model, _, _ = load_decoder(stories260k, DecodeConfig(dtype="bfloat16"))
     assert next(model.parameters()).dtype == torch.bfloat16

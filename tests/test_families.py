@@ -30,6 +30,7 @@ def runs(tmp_path_factory, tiny_configs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_every_family_goes_through_generate_eval_serve_and_prefs(family, runs, prepared, tmp_path):
     run = runs / family
     model, tokenizer, _ = load_model(run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from talelab import paths
 from talelab.data.clean import (
     clean_documents,
@@ -106,6 +108,7 @@ def test_non_ascii_ratio_is_measured_after_repair():
 # --- fast paths: what skips work must give what the work gives ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mojibake_repair_without_ftfy_gives_what_ftfy_gives_on_every_shared_story():
     from talelab.data.clean import _ftfy
 

@@ -38,6 +38,7 @@ def train_head(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_head_prepares_about_2300_stories_and_the_report_counts_add_up(train_head):
     report = json.loads((train_head / "report.json").read_text(encoding="utf-8"))
     assert report["documents_in"] == 2317
@@ -53,6 +54,7 @@ def test_train_head_prepares_about_2300_stories_and_the_report_counts_add_up(tra
     assert all(len(r["examples"]) <= 2 for r in report["rules"])
 
 
+@pytest.mark.slow
 def test_report_md_lists_every_rule_and_every_split(train_head):
     markdown = (train_head / "report.md").read_text(encoding="utf-8")
     report = json.loads((train_head / "report.json").read_text(encoding="utf-8"))
@@ -70,6 +72,7 @@ def test_prepare_returns_a_summary_without_examples(tmp_path):
     assert summary["documents_out"] == sum(s["documents"] for s in summary["splits"].values())
 
 
+@pytest.mark.slow
 def test_same_input_gives_byte_identical_files(train_head, tmp_path):
     run(paths.TINYSTORIES_TRAIN, tmp_path / "again")
     for name in SPLIT_FILES + ("report.md",):
@@ -80,6 +83,7 @@ def test_same_input_gives_byte_identical_files(train_head, tmp_path):
         assert first == again, name
 
 
+@pytest.mark.slow
 def test_split_of_a_document_does_not_depend_on_document_order(tmp_path):
     docs = read_documents(paths.TINYSTORIES_TRAIN, max_documents=300)
     shuffled = docs[:]
@@ -143,6 +147,7 @@ def test_failed_run_leaves_the_previous_output_untouched(train_head, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_rerun_replaces_an_earlier_output_and_leaves_no_siblings(tmp_path):
     out = tmp_path / "out"
     run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
@@ -209,6 +214,7 @@ def test_demo_sources_give_the_splits_the_whole_corpus_implementation_gave(tmp_p
     assert removed["exact_duplicate"] == 2239 and removed["near_duplicate"] == 7 and removed["recase"] == 5478
 
 
+@pytest.mark.slow
 def test_one_worker_and_two_workers_write_identical_splits(tmp_path):
     # 2,317 stories: five batches, so two workers really run (fewer batches are cleaned in-process)
     run(paths.TINYSTORIES_TRAIN, tmp_path / "one", workers=1)
@@ -251,6 +257,7 @@ def test_require_field_keeps_records_whose_field_is_present_and_not_empty(tmp_pa
     assert summary["documents_out"] == 2  # Sue's story has an empty feature list
 
 
+@pytest.mark.slow
 def test_sample_draws_the_same_n_documents_for_the_same_seed(tmp_path):
     a = run(paths.TINYSTORIES_TRAIN, tmp_path / "a", sample=100, seed=3, max_documents=1000)
     b = run(paths.TINYSTORIES_TRAIN, tmp_path / "b", sample=100, seed=3, max_documents=1000)
@@ -278,6 +285,7 @@ def test_statistics_count_words_lengths_and_coverage_by_hand(tmp_path):
     assert "| 3 | 44 | 28 | 14.7 ± 1.7 |" in markdown and "![coverage](coverage.png)" in markdown
 
 
+@pytest.mark.slow
 def test_statistics_count_tokens_of_a_given_tokenizer_without_the_duplicates(tmp_path, bpe_dir):
     from talelab.tokenizer import load_tokenizer
 
@@ -306,6 +314,7 @@ def big_corpus(tmp_path: Path) -> Path:
     return corpus
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_prepare_exits_130_with_one_line_and_leaves_the_previous_output(tmp_path):
     out = tmp_path / "out"
     run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
@@ -321,6 +330,7 @@ def test_ctrl_c_mid_prepare_exits_130_with_one_line_and_leaves_the_previous_outp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out"]
 
 
+@pytest.mark.slow
 def test_disk_filling_mid_write_exits_with_one_line_and_leaves_the_previous_output(tmp_path):
     out = tmp_path / "out"
     run(paths.TINYSTORIES_TRAIN, out, max_documents=40)
@@ -338,6 +348,7 @@ def test_disk_filling_mid_write_exits_with_one_line_and_leaves_the_previous_outp
 
 
 @pytest.mark.parametrize("layout", ["eot", "blank-line", "jsonl"])
+@pytest.mark.slow
 def test_a_file_cut_into_ranges_gives_the_splits_of_one_stream(tmp_path, monkeypatch, layout):
     from talelab.data import sources
 
@@ -361,6 +372,7 @@ def test_a_file_cut_into_ranges_gives_the_splits_of_one_stream(tmp_path, monkeyp
     assert reports[0]["rules"] == reports[1]["rules"] and reports[0]["statistics"] == reports[1]["statistics"]
 
 
+@pytest.mark.slow
 def test_a_bad_line_deep_in_a_cut_file_is_named_by_its_line(tmp_path, monkeypatch):
     from talelab.data import sources
 

@@ -29,6 +29,7 @@ def test_a_name_introduced_in_the_story_is_capitalised_even_when_never_seen():
         "Once upon a time, there was a frog named Zork. One day Zork swam."
 
 
+@pytest.mark.slow
 def test_over_99_percent_of_held_out_words_are_recased_as_written():
     stories = read_documents(paths.TINYSTORIES_TRAIN)
     accuracy = recase_accuracy(stories)

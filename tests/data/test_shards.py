@@ -33,6 +33,7 @@ def bpe(bpe_dir):
 
 
 @pytest.mark.parametrize("eos, workers", [("same as bos", 1), ("same as bos", 2), ("its own token", 2)])
+@pytest.mark.slow
 def test_a_split_written_in_batches_equals_the_split_encoded_at_once(prepared, bpe, tmp_path, monkeypatch, eos,
                                                                      workers):
     tokenizer = bpe if eos == "same as bos" else dataclasses.replace(bpe, eos_id=1)
@@ -51,6 +52,7 @@ def test_a_split_written_in_batches_equals_the_split_encoded_at_once(prepared, b
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.slow
 def test_a_split_file_read_in_ranges_by_the_workers_equals_the_split_encoded_at_once(prepared, bpe, tmp_path,
                                                                                     monkeypatch, workers):
     monkeypatch.setattr(sources, "MIN_SPLIT_BYTES", 0)
@@ -66,6 +68,7 @@ def test_a_split_file_read_in_ranges_by_the_workers_equals_the_split_encoded_at_
     assert (meta["num_stories"], meta["num_bytes"]) == (len(texts), sum(len(t.encode()) for t in texts))
 
 
+@pytest.mark.slow
 def test_writing_a_split_holds_one_batch_in_memory_not_the_split(prepared, bpe, tmp_path):
     texts = read_documents(str(prepared / "train.jsonl"))
 

@@ -23,6 +23,7 @@ def two_reports(tmp_path_factory, tiny_run, stories260k):
     return paths
 
 
+@pytest.mark.slow
 def test_compare_prints_and_writes_the_headline_figures_side_by_side(capsys, tmp_path, two_reports):
     code = main(["compare", *map(str, two_reports), "--out", str(tmp_path / "cmp")])
     out = capsys.readouterr().out

@@ -125,6 +125,7 @@ def test_the_judge_sees_the_rubric_and_the_anchors_and_asks_for_json(tmp_path):
     assert request["response_format"] == {"type": "json_object"}
 
 
+@pytest.mark.slow
 def test_spearman_with_human_ratings_by_hand(tmp_path):
     # judge grammar 3, 5, 8, 9 vs human 2, 6, 5, 9: ranks 1 2 3 4 vs 1 3 2 4, sum d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8
     # judge plot 2, 4, 6, 8 vs human 1, 2, 3, 4: rho = 1; style is rated by nobody
@@ -159,6 +160,7 @@ def test_talelab_serve_answers_with_stories_so_the_judge_retries_then_fails_nami
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_an_endpoint_that_is_down_or_refuses_the_key_is_a_one_line_error(tmp_path):
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))

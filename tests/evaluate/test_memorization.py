@@ -128,6 +128,7 @@ def test_a_term_counted_more_than_255_times_keeps_its_exact_count():
     assert found[0][0] == 0 and cosines[0][0] == pytest.approx(300 / np.sqrt(300**2 + 1), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_the_index_of_a_prepared_split_finds_what_the_index_of_its_story_list_finds(prepared, unseen, tmp_path):
     listed = read_documents(prepared / "train.jsonl")
     view = read_stories(str(prepared))  # what talelab eval --train-data runs/prepared reads

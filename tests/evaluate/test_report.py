@@ -52,6 +52,7 @@ def tiny_report(tmp_path_factory, tiny_run, prepared):
     return run_eval(config)
 
 
+@pytest.mark.slow
 def test_full_report_on_the_tiny_model_writes_every_file(tiny_report):
     from pathlib import Path
 
@@ -108,6 +109,7 @@ def test_sweep_table_has_a_row_per_setting(tiny_report):
         assert 0.0 <= row["novelty_bleu"] <= 1.0 and 0.0 <= row["quality"] <= 1.0  # from memorization and quality
 
 
+@pytest.mark.slow
 def test_stories260k_default_report_matches_the_reference_bits_per_byte(tmp_path, stories260k):
     report = run_eval(small(stories260k, tmp_path / "s260k", suite="likelihood,completion,diversity"))
     assert report["headline"]["likelihood.bits_per_byte"] == pytest.approx(0.975, abs=5e-4)
@@ -204,6 +206,7 @@ def test_eval_command_prints_the_headline_and_loss_alias_prints_json(capsys, tmp
     assert code == 0 and json.loads(capsys.readouterr().out)["bytes"] == 62046
 
 
+@pytest.mark.slow
 def test_a_hugging_face_model_gets_the_same_likelihood_as_its_talelab_original(tmp_path, stories260k_hf):
     report = run_eval(small(stories260k_hf, tmp_path / "hf", suite="likelihood,diversity"))
     assert report["headline"]["likelihood.bits_per_byte"] == pytest.approx(0.975, abs=5e-4)

@@ -49,6 +49,7 @@ def classifier(labelled, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tags_train_writes_a_json_classifier_scored_on_held_out_labels(classifier, labelled):
     for name in ("classifier.json", "report.md", "report.json", "f1.png"):
         assert (classifier / name).is_file(), name
@@ -104,6 +105,7 @@ def test_the_section_counts_requested_and_baseline_shares_by_rule(tmp_path):
     assert (tmp_path / "tags.png").is_file() and result["charts"] == ["tags.png"]
 
 
+@pytest.mark.slow
 def test_the_section_on_stories260k_uses_rules_and_the_classifier(stories260k, classifier, tmp_path):
     model, tokenizer, _ = load_model(stories260k)
     config = SamplingConfig(temperature=0.8, max_new_tokens=60, seed=0)

@@ -53,6 +53,7 @@ def story_run(tmp_path_factory, stories260k_hf, story_pairs):
     return out, run_dpo(quick(stories260k_hf, story_pairs, out), log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_story_pairs_heldout_accuracy_rises_above_chance_and_margins_grow(story_run):
     out, summary = story_run
     curve = heldout_curve(out)
@@ -79,6 +80,7 @@ def checkpoint_steps(out) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_ends_where_the_uninterrupted_run_ended(story_run, tmp_path):
     out, summary = story_run
     *earlier, last = checkpoint_steps(out)
@@ -95,6 +97,7 @@ def test_resume_from_a_checkpoint_ends_where_the_uninterrupted_run_ended(story_r
     assert [s for s, _, _ in heldout_curve(copy)] == [s for s, _, _ in heldout_curve(out)]
 
 
+@pytest.mark.slow
 def test_reference_is_the_base_with_the_adapter_disabled_not_a_second_copy(stories260k_hf, story_pairs, tmp_path):
     from peft import PeftModel
 

@@ -31,6 +31,7 @@ def eos_log_prob(model, tokenizer, sentences: list[str]) -> float:
     return total / len(sentences)
 
 
+@pytest.mark.slow
 def test_gpt2_pad_is_not_eos_padding_is_masked_and_lora_wraps_conv1d(gpt2_small, shared, quick, tmp_path):
     data = first_sentences(shared, tmp_path / "first.jsonl")
     lines = []

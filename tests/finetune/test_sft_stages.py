@@ -45,6 +45,7 @@ def test_dapt_on_sonnets_then_instruction_sft_on_dolly(gpt2_small, quick, tmp_pa
     assert (tmp_path / "sft" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_talelab_model_from_scratch_is_fine_tuned_by_the_same_command(tiny_run, prepared, tmp_path, capsys):
     out = tmp_path / "tiny-ft"
     code = main(["finetune", "--base", str(tiny_run), "--task", "lm", "--data", str(prepared / "train.jsonl"),
@@ -59,6 +60,7 @@ def test_talelab_model_from_scratch_is_fine_tuned_by_the_same_command(tiny_run, 
     assert (out / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_loss_curve(stories260k_hf, prepared, quick, tmp_path):
     settings = dict(base=str(stories260k_hf), task="lm", data=str(prepared / "train.jsonl"), eval_fraction=0.0,
                     max_steps=8, batch_size=4, max_length=64, lr=5e-3, lora={"dropout": 0.1}, save_steps=4)
@@ -78,6 +80,7 @@ def test_resume_continues_the_loss_curve(stories260k_hf, prepared, quick, tmp_pa
         assert abs(straight[step] - halves[step]) < 1e-4, (step, straight[step], halves[step])
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_trains_every_parameter_and_saves_a_whole_model(stories260k_hf, prepared, quick, tmp_path):
     out = tmp_path / "full"
     summary = finetune(quick(base=str(stories260k_hf), task="lm", data=str(prepared / "train.jsonl"), out=str(out),

@@ -45,6 +45,7 @@ def test_stories_tags_lora_lowers_held_out_loss_and_dialogue_follows_the_tag(sto
     assert talelab_tokenizer.encode("Once upon a time") == tokenizer("Once upon a time")["input_ids"]
 
 
+@pytest.mark.slow
 def test_a_prepared_directory_with_labels_fine_tunes_and_the_log_says_as_labelled(stories260k_hf, quick,
                                                                                    tagged_all_data, tmp_path):
     _, prepared = tagged_all_data

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from talelab.cli import main
 
 
+@pytest.mark.slow
 def test_trials_write_their_table_and_are_not_redone(stories260k_hf, tmp_path, capsys):
     out = tmp_path / "trials"
     argv = ["trials", "--grid", "rank=2,4 lr=2e-3", "--out", str(out), "--base", str(stories260k_hf),

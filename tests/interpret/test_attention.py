@@ -66,6 +66,7 @@ def planted_heads_model(vocab_size: int) -> Transformer:
     return model
 
 
+@pytest.mark.slow
 def test_planted_previous_token_head_is_positional_and_duplicate_head_is_semantic(tok512, saved, tmp_path):
     model_dir = saved(planted_heads_model(tok512.vocab_size), tok512)
     report = run_attention(model_dir, tmp_path / "out", data=VALID, samples=20, progress=False)
@@ -99,6 +100,7 @@ def test_labels_follow_the_thresholds():
     assert head_labels(scores, positional_threshold=0.7, role_threshold=0.6) == ["semantic", "first-token"]
 
 
+@pytest.mark.slow
 def test_attention_command_on_stories260k_writes_heat_maps_and_the_head_table(stories260k, tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["interpret", "attention", "--model", str(stories260k), "--data", VALID, "--samples", "5",

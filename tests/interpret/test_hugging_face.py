@@ -13,6 +13,7 @@ from talelab.interpret.neurons import run_neurons
 VALID = "data/tinystories/valid-head.txt"
 
 
+@pytest.mark.slow
 def test_llama_heads_score_as_the_same_talelab_model(stories260k, stories260k_hf, tmp_path):
     chosen = dict(data=VALID, samples=6, layers=[0, 4], heads=[1, 6], progress=False)
     ours = run_attention(stories260k, tmp_path / "ours", **chosen)

@@ -52,6 +52,7 @@ def test_a_hugging_face_directory_loads_as_a_wrapped_causal_lm_with_its_tokenize
     assert tokenizer.encode(text, bos=True) == reference.encode(text, bos=True)
 
 
+@pytest.mark.slow
 def test_stories260k_hf_scores_the_same_bits_per_byte_as_the_talelab_model(hf_260k, talelab_260k, shared):
     documents = reference_pieces(shared / paths.TINYSTORIES_VALID)
     hf = score_documents(*hf_260k[:2], documents)
@@ -157,6 +158,7 @@ def make_adapter(base_dir, out, target_modules):
 
 
 @pytest.mark.parametrize("base, targets", [("stories260k_hf", ["q_proj", "v_proj"]), ("gpt2_small", ["c_attn"])])
+@pytest.mark.slow
 def test_a_lora_adapter_loads_unmerged_and_gives_peft_s_own_logits(base, targets, request, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -178,6 +180,7 @@ def test_a_lora_adapter_loads_unmerged_and_gives_peft_s_own_logits(base, targets
     assert [r.tokens for r in rows] == [generate(model, p, greedy(10), tokenizer.eos_id)[0] for p in prompts]
 
 
+@pytest.mark.slow
 def test_generate_and_eval_loss_from_the_command_line_on_a_hugging_face_directory(stories260k_hf, talelab_260k,
                                                                                  capsys):
     assert main(["generate", "--model", str(stories260k_hf), "--temperature", "0", "--max-new-tokens", "50"]) == 0

@@ -50,6 +50,7 @@ def test_seed_recurrent_presets_have_about_five_million_parameters_with_2048_wor
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_recurrent_models_train_checkpoint_reload_and_evaluate(family, tiny_configs, tmp_path):
     model_cfg, cfg = tiny_configs(tmp_path / family, model={"family": family, "hidden_size": 48,
                                                                    "tie_embeddings": False})

@@ -30,6 +30,7 @@ def together(url: str, requests: list[dict]) -> list[str]:
         return [a.choices[0].text for a in answers]
 
 
+@pytest.mark.slow
 def test_requests_arriving_together_share_forward_passes(served):
     requests = [{"prompt": p, "max_tokens": 24, "temperature": 0} for p in PROMPTS]
     passes, texts = {}, {}
@@ -44,6 +45,7 @@ def test_requests_arriving_together_share_forward_passes(served):
     assert passes[True] <= 24 < 3 * 24 <= passes[False]
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_story_alone_and_in_a_batch(served):
     mine = {"prompt": "Lily had a", "max_tokens": 30, "temperature": 0.9, "top_p": 0.95, "seed": 11}
     others = [{"prompt": p, "max_tokens": 30, "temperature": t, "seed": s, "extra_body": {"top_k": k}}

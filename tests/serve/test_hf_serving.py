@@ -59,6 +59,7 @@ def test_hugging_face_models_and_adapters_are_listed_with_their_context(hf_clien
     assert cards["hf"].model_extra["parameters"] == cards["talelab"].model_extra["parameters"] == 260_032
 
 
+@pytest.mark.slow
 def test_greedy_completion_from_the_hf_model_equals_the_talelab_model(hf_client):
     text = complete(hf_client, "hf", ONCE, max_tokens=100)
     assert text == complete(hf_client, "talelab", ONCE, max_tokens=100)
@@ -67,6 +68,7 @@ def test_greedy_completion_from_the_hf_model_equals_the_talelab_model(hf_client)
     assert "".join(chunk.choices[0].text for chunk in streamed) == text
 
 
+@pytest.mark.slow
 def test_requests_sent_together_share_batches_and_each_gets_its_own_greedy_story(hf_client, hf_server):
     alone = [complete(hf_client, "hf", p, max_tokens=30) for p in PROMPTS]
     before = json.loads(urlopen(f"{hf_server}/health").read())["models"]["hf"]
@@ -87,6 +89,7 @@ def test_top_alternatives_of_the_hf_model_match_the_talelab_model(hf_client):
         assert list(hf.values()) == pytest.approx(list(talelab.values()), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_served_adapter_writes_what_it_writes_through_load_model(hf_client, adapter):
     model, tokenizer, _ = load_model(adapter)
     expected = generate_text(model, tokenizer, SamplingConfig(prompt=ONCE, max_new_tokens=40, temperature=0))[0]

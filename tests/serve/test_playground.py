@@ -53,6 +53,7 @@ def set_value(page, selector: str, value) -> None:
         page.fill(selector, str(value))
 
 
+@pytest.mark.slow
 def test_generate_streams_the_story_the_api_writes(page, server):
     page.select_option("#model-a", "stories260K")
     page.fill("#beginning", "Once upon a time")
@@ -71,6 +72,7 @@ def test_generate_streams_the_story_the_api_writes(page, server):
     assert "seed 7" in card.locator(".story-stats").inner_text()
 
 
+@pytest.mark.slow
 def test_side_by_side_and_the_top_five_view(page):
     page.fill("#beginning", "Once upon a time, there was a little")
     page.click(".chip[data-feature=Dialogue]")

@@ -17,6 +17,7 @@ AWKWARD_TEXTS = [
 
 
 @pytest.mark.parametrize("text", AWKWARD_TEXTS)
+@pytest.mark.slow
 def test_bpe_round_trips_any_text_exactly(bpe, text):
     assert bpe.decode(bpe.encode(text)) == text
 

@@ -20,6 +20,7 @@ AWKWARD = [
 
 
 @pytest.mark.parametrize("kind", ["bpe", "words", "gpt2", "llama2c"])
+@pytest.mark.slow
 def test_corpus_encoder_gives_the_ids_of_encode_batch_for_every_kind(tokenizers_by_kind, train_stories, kind):
     tokenizer = tokenizers_by_kind[kind]
     texts = train_stories[:300] + AWKWARD

@@ -55,6 +55,7 @@ def test_llama2c_encodes_the_reference_pieces_to_29212_tokens_and_62046_bytes(ll
     assert sum(len(piece.encode("utf-8")) for piece in reference_pieces) == 62_046
 
 
+@pytest.mark.slow
 def test_llama2c_encoding_equals_run_c_on_every_reference_piece(llama2c, reference_pieces, tok512):
     pieces, scores = tok512
     ours = llama2c.encode_batch(reference_pieces)

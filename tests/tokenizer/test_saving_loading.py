@@ -14,6 +14,7 @@ SAMPLE = 'Lily saw a big, red ball. "Can I play?" she asked.\nâ€™ 🤖 日�
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_saved_tokenizer_loads_in_transformers_with_identical_ids_and_bos_eos(tokenizers_by_kind, kind, tmp_path):
     ours = tokenizers_by_kind[kind]
     ours.save(tmp_path)

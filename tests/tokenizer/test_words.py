@@ -1,5 +1,7 @@
 from collections import Counter
 
+import pytest
+
 from talelab.config import TokenizerConfig
 from talelab.tokenizer import train_tokenizer
 
@@ -9,6 +11,7 @@ def word_counts(tokenizer, texts):
     return Counter(word for text in texts for word, _ in pre.pre_tokenize_str(text))
 
 
+@pytest.mark.slow
 def test_word_level_keeps_the_most_frequent_words_plus_unk_and_endoftext(words, train_stories):
     assert words.vocab_size == 2048
     assert [words.backend.id_to_token(i) for i in (0, 1)] == ["<|endoftext|>", "<unk>"]
@@ -31,6 +34,7 @@ def test_word_level_decode_restores_sentences_of_known_words_with_their_spaces(w
     assert words.decode(words.encode(text)) == text
 
 
+@pytest.mark.slow
 def test_word_level_lowercases_and_drops_words_below_min_frequency(train_stories):
     config = TokenizerConfig(kind="words", vocab_size=100_000, lowercase=True, min_frequency=5)
     tokenizer = train_tokenizer(iter(train_stories), config)

@@ -28,6 +28,8 @@ from talelab.train.checkpoint import load_trainer_state
 from talelab.train.distributed import Ranks, shard
 from talelab.train.loop import epoch_steps, train
 
+pytestmark = pytest.mark.slow  # every test here starts processes or waits for the torchrun launch below
+
 JOBS = Path(__file__).with_name("torchrun_jobs.py")
 QUIET = lambda *_: None  # noqa: E731
 
@@ -96,7 +98,6 @@ def runs(tmp_path_factory, tiny_configs, prepared, bpe_dir):
     return root, done.stdout, done.stderr
 
 
-@pytest.mark.slow
 def test_two_processes_with_batch_b_each_match_one_process_with_batch_2b(runs):
     root, stdout, _ = runs
     # FSDP really shards: rank 0 holds about half of the 43,168 parameters (a row more where a dimension is odd)
@@ -188,7 +189,6 @@ def test_under_torchrun_rank_0_pretokenizes_while_the_other_rank_waits_then_both
     assert list(shard_directory(root / "broken", tokenizer).iterdir()) == []  # not even a partial temporary file
 
 
-@pytest.mark.slow
 def test_under_torchrun_a_time_budget_stops_every_rank_at_the_same_step(tmp_path, prepared, bpe_dir):
     """Each rank once read the budget off its own clock, so one rank left the loop a step before the other and
     waited in the checkpoint's collectives for a rank still waiting in a training all-reduce: a hang, every time.

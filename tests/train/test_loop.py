@@ -36,6 +36,7 @@ def test_tiny_run_writes_checkpoint_metrics_and_loss_curve(tiny_run):
     assert raw["step"] == 20 and model.config.vocab_size == tokenizer.vocab_size
 
 
+@pytest.mark.slow
 def test_resume_after_stop_gives_bitwise_identical_weights(tiny_configs, tmp_path):
     model_cfg, straight = tiny_configs(tmp_path / "straight", max_steps=20, model={"dropout": 0.1})
     train(model_cfg, straight, **QUIET)
@@ -47,6 +48,7 @@ def test_resume_after_stop_gives_bitwise_identical_weights(tiny_configs, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_epochs_train_the_steps_that_draw_that_many_passes_over_the_training_tokens(tiny_configs, prepared, bpe_dir,
                                                                                    tmp_path):
     train_tokens = len(load_shard(pretokenize(prepared, load_tokenizer(bpe_dir), progress=False), "train").tokens)

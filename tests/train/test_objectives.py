@@ -39,6 +39,7 @@ def test_contrastive_loss_is_next_token_loss_plus_alpha_over_shuffled_loss():
     assert total.item() == pytest.approx(next_token + 5.0 / (shuffled_loss + 0.01), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_training_with_the_contrastive_objective_runs_and_resumes_exactly(tiny_configs, tmp_path):
     from safetensors.torch import load_file
 
