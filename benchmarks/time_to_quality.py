@@ -51,7 +51,8 @@ def plot(curve: list[dict], bar: float, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/time-to-quality")
-    parser.add_argument("--minutes", type=float, default=None, help="training budget (default: the demo preset's)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="a time budget instead of the demo preset's token budget")
     parser.add_argument("--every", type=int, default=100, help="steps between scored checkpoints")
     args = parser.parse_args()
     out = Path(args.out)
@@ -59,9 +60,8 @@ def main() -> None:
     started = time.perf_counter()
     prepare_demo_data(out, paths.shared_file(paths.TINYSTORIES_TRAIN), progress=False)
     data_seconds = time.perf_counter() - started
-    overrides = {**demo_train_overrides(out), "checkpoint_interval": args.every, "keep_checkpoints": 10_000}
-    if args.minutes is not None:
-        overrides["max_minutes"] = args.minutes
+    overrides = {**demo_train_overrides(out, args.minutes), "checkpoint_interval": args.every,
+                 "keep_checkpoints": 10_000}
     train(*build_train_configs("demo", overrides={"train": overrides}), log=lambda *a: None)
 
     pieces = reference_pieces(paths.shared_file(paths.TINYSTORIES_VALID))

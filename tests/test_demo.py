@@ -1,8 +1,12 @@
 import json
 
 import pytest
+from safetensors.torch import load_file
 
+from talelab.config import build_train_configs
 from talelab.demo import run_demo
+from talelab.presets import PRESETS
+from talelab.train.loop import train
 
 
 @pytest.mark.slow
@@ -21,3 +25,18 @@ def test_demo_runs_every_stage_and_reports_both_models(tmp_path, capsys, shared)
     report = json.loads((tmp_path / "demo" / "prepared" / "report.json").read_text())
     assert "1/6 prepare: recase, clean" in out and report["rules"][0]["rule"] == "recase"
     assert report["rules"][0]["changed"] > 5000 and report["documents_out"] > 5000  # the lowercased head, recased
+
+
+@pytest.mark.slow
+def test_two_demo_preset_runs_with_one_seed_give_identical_weights(tmp_path, prepared, bpe_dir):
+    """The demo trains a budget of tokens, not minutes, so the machine's speed cannot change the model."""
+    assert "max_minutes" not in PRESETS["demo"]["train"] and PRESETS["demo"]["train"]["max_tokens"] > 0
+    weights = []
+    for run in ("first", "second"):
+        model_config, config = build_train_configs("demo", overrides={"train": {
+            "data": str(prepared), "tokenizer": str(bpe_dir), "out": str(tmp_path / run), "progress": False,
+            "device": "cpu", "max_tokens": 3 * 16 * 256, "eval_interval": 3, "checkpoint_interval": 3}})
+        assert train(model_config, config, log=lambda *_: None)["step"] == 3
+        weights.append(load_file(str(tmp_path / run / "checkpoints" / "step-00000003" / "model.safetensors")))
+    first, second = weights
+    assert first.keys() == second.keys() and all(first[k].equal(second[k]) for k in first)

@@ -30,7 +30,8 @@ GRID_HELP = ("every combination of key=v1,v2 lists, e.g. 'd_model=128,256 n_laye
 @dataclass
 class DemoRun(Settings):
     out: str = option("runs/demo", "demo run directory (replaced on each run)")
-    minutes: float = option(0.0, "training time (0: the demo preset's)")
+    minutes: float = option(0.0, "train for this many minutes instead of the demo preset's token budget (the model "
+                            "then depends on the machine's speed; 0: the token budget)")
 
 
 @dataclass
@@ -53,7 +54,7 @@ class SweepRun(Settings):
     model: dict = overrides(ModelConfig, "model (every run; a --grid value wins)")
     train: dict = overrides(TrainConfig, "training (every run; a --grid value wins; the budget sets the steps)",
                             skip=("data", "tokenizer", "out", "device", "dtype", "max_steps", "max_minutes",
-                                  "schedule_steps", "epochs", "progress"))
+                                  "max_tokens", "schedule_steps", "epochs", "progress"))
 
 
 @dataclass

@@ -183,6 +183,9 @@ class TrainConfig(Settings):
                            "steps = ceil(epochs x train tokens / (batch_size x grad_accum x context_length)). "
                            "Batches are windows at random offsets, so one epoch draws as many tokens as the split "
                            "holds, not every token exactly once")
+    max_tokens: int = option(0, "budget in training tokens, overriding max_steps when above 0: the whole steps of "
+                             "batch_size x grad_accum x context_length tokens it pays for. Unlike a time budget it "
+                             "gives the same model on a fast machine and a slow one")
     schedule_steps: int = option(0, "steps the learning-rate schedule spans (0: max_steps); set it to stop early "
                                  "and continue later with --resume on the same schedule")
     max_minutes: float = option(0.0, "stop after this much training time; the schedule then runs on time, not steps "
@@ -220,8 +223,11 @@ class TrainConfig(Settings):
     progress: bool = option(True, "show a progress bar")
 
     def check(self):
-        if self.epochs < 0:
-            raise ConfigError(f"epochs: {self.epochs} is negative (0 lets max_steps decide)")
+        require("training", [(self.epochs >= 0, f"epochs: {self.epochs} is negative (0 lets max_steps decide)"),
+                             (self.max_tokens >= 0, f"max_tokens: {self.max_tokens} is negative (0 lets max_steps "
+                                                    f"decide)"),
+                             (not (self.epochs and self.max_tokens), "give epochs or max_tokens, not both: each "
+                                                                     "sets the number of steps")])
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""`talelab demo`: every stage once on the bundled TinyStories text, in about ten minutes on two CPU cores."""
+"""`talelab demo`: every stage once on the bundled TinyStories text, in about ten minutes on two CPU cores.
+
+The model trains on a budget of tokens (the `demo` preset's), so the same seed gives the same model and the same
+bits per byte on any machine; only the wall time, which the demo prints with the tokens/s reached, follows its speed.
+"""
 
 from __future__ import annotations
 
@@ -56,9 +60,13 @@ def prepare_demo_data(out: Path, train_file: Path, data_root=None, progress: boo
     print(f"shards in {pretokenize(out / 'prepared', tokenizer, progress=progress)}")
 
 
-def demo_train_overrides(out: Path) -> dict:
-    """The `demo` preset's training fields that point at what prepare_demo_data wrote."""
-    return {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
+def demo_train_overrides(out: Path, minutes: float | None = None) -> dict:
+    """The `demo` preset's training fields that point at what prepare_demo_data wrote; `minutes` replaces the
+    preset's token budget with a time budget (the model then follows the machine's speed)."""
+    overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
+    if minutes is not None:
+        overrides.update(max_minutes=minutes, max_tokens=0, max_steps=10**9)
+    return overrides
 
 
 def stories260k(out: Path, data_root=None):
@@ -77,12 +85,13 @@ def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = Non
 
     prepare_demo_data(out, train_file, data_root)
 
-    stage("4/6 train the 'demo' preset on CPU")
-    overrides = demo_train_overrides(out)
-    if minutes is not None:
-        overrides["max_minutes"] = minutes
-    model_config, train_config = build_train_configs("demo", overrides={"train": overrides})
+    model_config, train_config = build_train_configs("demo", overrides={"train": demo_train_overrides(out, minutes)})
+    budget = f"{minutes:g} minutes" if minutes is not None else f"{train_config.max_tokens:,} tokens"
+    stage(f"4/6 train the 'demo' preset on CPU: a budget of {budget}")
     trained = train(model_config, train_config)
+    tokens = trained["step"] * train_config.batch_size * train_config.grad_accum * model_config.context_length
+    print(f"trained {tokens:,} tokens ({trained['step']:,} steps) in {trained['elapsed_s'] / 60:.1f} minutes: "
+          f"{tokens / trained['elapsed_s']:,.0f} tokens/s on this machine")
 
     stage(f"5/6 measure: bits per byte on {valid_file.name} (reference protocol of shared/README.md)")
     pieces = reference_pieces(valid_file)
@@ -104,7 +113,8 @@ def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = Non
                                   top_k=40, repetition_penalty=1.1, seed=1000 + i)
         stories.extend(generate_text(model, tokenizer, sampling, stream=True))
 
-    summary = {"wall_time_s": round(time.perf_counter() - started, 1), "train": trained,
+    summary = {"wall_time_s": round(time.perf_counter() - started, 1), "train": trained, "train_tokens": tokens,
+               "train_tokens_per_s": round(tokens / trained["elapsed_s"]),
                "demo_bits_per_byte": ours["bits_per_byte"], "stories260K_bits_per_byte": reference["bits_per_byte"],
                "demo_eval": ours, "stories260K_eval": reference, "stories": stories,
                "model": dataclasses.asdict(model.config)}

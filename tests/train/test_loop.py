@@ -15,7 +15,7 @@ from talelab.data.shards import load_shard, pretokenize
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import load_model, resolve_model_dir
 from talelab.tokenizer import load_tokenizer
-from talelab.train.loop import epoch_steps, train
+from talelab.train.loop import epoch_steps, token_steps, train
 from talelab.train.optim import lr_multiplier
 
 QUIET = dict(log=lambda *_: None)
@@ -76,6 +76,17 @@ def test_epoch_steps_round_up_to_whole_steps_without_float_noise():
     assert epoch_steps(1e-9, 1000, 100) == 1
     with pytest.raises(ConfigError, match="epochs: -1"):
         TrainConfig(epochs=-1)
+
+
+def test_a_token_budget_trains_the_whole_steps_it_pays_for(tiny_configs, tmp_path):
+    assert token_steps(4096, 512) == 8 and token_steps(4095, 512) == 7 and token_steps(100, 512) == 1
+    model_cfg, cfg = tiny_configs(tmp_path / "tokens", max_tokens=1300, max_steps=1000)  # 1,300 // (8 x 64) = 2
+    logged = []
+    assert train(model_cfg, cfg, log=logged.append)["step"] == 2
+    assert "max_tokens 1,300: 2 steps of 512 tokens (this replaces max_steps)" in logged
+    for bad, message in ((dict(max_tokens=-1), "max_tokens: -1"), (dict(max_tokens=10, epochs=1.0), "not both")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**bad)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from talelab.settings import grid_axis
 from talelab.errors import ConfigError, TalelabError
 from talelab.models.storage import read_config, resolve_model_dir
 from talelab.plots import bits_per_byte_against_parameters, validation_loss_curves
+from talelab.train.loop import token_steps
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -101,10 +102,13 @@ def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common
     """Train one configuration in a child process (resuming it if it was interrupted); its result row."""
     model_config, train_config = configurations(preset, overrides, {**common, "out": str(run_dir), "progress": False})
     tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.context_length
+    # the sweep's budget replaces whatever budget the preset carries (the demo's tokens, a preset's minutes)
     if "max_tokens" in budget:
-        train_config = dataclasses.replace(train_config, max_steps=max(1, budget["max_tokens"] // tokens_per_step))
+        train_config = dataclasses.replace(train_config, max_steps=token_steps(budget["max_tokens"], tokens_per_step),
+                                           max_tokens=0, max_minutes=0.0)
     else:
-        train_config = dataclasses.replace(train_config, max_minutes=budget["max_minutes"], max_steps=10**9)
+        train_config = dataclasses.replace(train_config, max_minutes=budget["max_minutes"], max_steps=10**9,
+                                           max_tokens=0)
     train_config = dataclasses.replace(train_config, schedule_steps=train_config.max_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "sweep-config.yaml"

@@ -41,6 +41,12 @@ def epoch_steps(epochs: float, num_tokens: int, tokens_per_step: int) -> int:
     return max(1, -(-wanted // tokens_per_step))
 
 
+def token_steps(tokens: int, tokens_per_step: int) -> int:
+    """The whole optimizer steps a budget of `tokens` tokens pays for (at least one): no run draws more than its
+    budget, which keeps the runs of a sweep comparable."""
+    return max(1, tokens // tokens_per_step)
+
+
 def pretokenize_once(config: TrainConfig, tokenizer, ranks: Ranks) -> Path:
     """The shard directory, written by rank 0 while the other ranks wait: under torchrun every rank would otherwise
     write the same temporary files at once. A failure on rank 0 stops every rank instead of leaving them waiting."""
@@ -101,9 +107,12 @@ def set_up(model_config: ModelConfig, config: TrainConfig, resume: bool, log) ->
         raise InputError(f"{config.data}: only {len(train_shard.tokens)} training tokens, fewer than one window of "
                          f"context_length {T} + 1")
     tokens_per_step = config.batch_size * config.grad_accum * T
-    if config.epochs > 0:  # the steps are fixed here, so a resumed run, reading the same split, stops where planned
+    # the steps are fixed here, so a resumed run (reading the same split) stops where planned
+    if config.epochs > 0:
         config = dataclasses.replace(config, max_steps=epoch_steps(config.epochs, len(train_shard.tokens),
                                                                    tokens_per_step))
+    elif config.max_tokens > 0:
+        config = dataclasses.replace(config, max_steps=token_steps(config.max_tokens, tokens_per_step))
 
     run_dir = Path(config.out)
     checkpoint = checkpoint_to_resume(run_dir, resume)
@@ -141,7 +150,8 @@ def initial_model(model_config: ModelConfig, config: TrainConfig, ranks: Ranks, 
 
 
 def describe(run: Run, log) -> None:
-    """The run's opening lines: model, data and device, and what epochs or a lone --fsdp process changed."""
+    """The run's opening lines: model, data and device, and what epochs, max_tokens or a lone --fsdp process
+    changed."""
     config, ranks, n_params = run.config, run.ranks, run.parameters
     log(f"model: {n_params:,} parameters ({n_params / 1e6:.2f}M), vocab {run.model_config.vocab_size}, context "
         f"{run.model_config.context_length}; train {len(run.train_shard.tokens):,} tokens; device {ranks.device}, "
@@ -152,6 +162,9 @@ def describe(run: Run, log) -> None:
     if config.epochs > 0:
         log(f"epochs {config.epochs:g}: {config.max_steps:,} steps of {run.tokens_per_step:,} tokens over "
             f"{len(run.train_shard.tokens):,} training tokens (this replaces max_steps)")
+    elif config.max_tokens > 0:
+        log(f"max_tokens {config.max_tokens:,}: {config.max_steps:,} steps of {run.tokens_per_step:,} tokens (this "
+            f"replaces max_steps)")
     if config.fsdp and ranks.world_size == 1:
         log("--fsdp: one process has nothing to shard with; training unsharded")
 
