@@ -22,6 +22,8 @@ def test_demo_runs_every_stage_and_reports_both_models(tmp_path, capsys, shared)
     assert len(summary["stories"]) == 3 and all(s.startswith(p) for s, p in zip(summary["stories"], (
         "Once upon a time", "One day, a little dog named", "Lily and Ben")))
     assert (tmp_path / "demo" / "model" / "loss.png").is_file()
+    card = (tmp_path / "demo" / "model" / "README.md").read_text()  # the model card carries the measured figures
+    assert f"| bits per byte, reference protocol | {summary['demo_bits_per_byte']:.4f} |" in card
     report = json.loads((tmp_path / "demo" / "prepared" / "report.json").read_text())
     assert "1/6 prepare: recase, clean" in out and report["rules"][0]["rule"] == "recase"
     assert report["rules"][0]["changed"] > 5000 and report["documents_out"] > 5000  # the lowercased head, recased

@@ -172,6 +172,18 @@ class MergeRun(Settings):
     dtype: str = option("float32", "precision of the merged weights", WEIGHT_DTYPES)
 
 
+@dataclass
+class PushRun(Settings):
+    directory: str = option("", "run, model, export, merge or adapter directory", required=True, positional="?")
+    repo: str = option("", "Hub repository, owner/name (created when missing)", required=True)
+    private: bool = option(False, "create the repository private")
+    revision: str = option("main", "branch to commit to (created when missing)")
+    endpoint: str = option("", "Hub address (default: $HF_ENDPOINT, else https://huggingface.co)")
+    token_env: str = option("HF_TOKEN", "NAME of the environment variable holding the Hub token (never the token "
+                            "itself on the command line); unset: huggingface_hub's saved login")
+    license: str = option("mit", "license in the model card's metadata, when push writes the card")
+
+
 def run_demo(config: DemoRun, data_root) -> Path:
     from talelab.demo import run_demo
 
@@ -218,7 +230,7 @@ def run_train(config: TrainRun, data_root) -> Path | None:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary and one saved config
         return None
     print(json.dumps(summary, indent=2))
-    return Path(config.train.out)
+    return with_card(Path(config.train.out), "train")
 
 
 def run_sweep(config: SweepRun, data_root) -> Path:
@@ -281,7 +293,7 @@ def run_convert(config: ConvertRun, data_root) -> Path | None:
     else:
         out = convert_hf(config.model, config.out)
     print(f"written {out}")
-    return out if Path(out).is_dir() else None  # a llama2.c .bin is a file: nowhere to put a config beside it
+    return with_card(Path(out), "convert") if Path(out).is_dir() else None  # a llama2.c .bin: a file alone
 
 
 def run_attention(config: AttentionRun, data_root) -> Path:
@@ -333,7 +345,7 @@ def run_finetune(config: FinetuneConfig, data_root) -> Path:
     shown = {k: v for k, v in summary.items() if k not in ("config", "adherence")}
     print(json.dumps({**shown, **({"adherence": summary["adherence"]} if "adherence" in summary else {})}, indent=2,
                      default=str))
-    return Path(config.out)
+    return with_card(Path(config.out), "finetune")
 
 
 def run_trials(config: TrialsConfig, data_root) -> Path:
@@ -350,7 +362,7 @@ def run_dpo(config: PreferenceConfig, data_root) -> Path:
     summary = run_dpo(config, data_root=data_root)
     print(json.dumps({k: summary[k] for k in ("out", "train_pairs", "heldout_pairs", "steps", "heldout_before",
                                               "heldout_after", "wall_seconds")}, indent=2))
-    return Path(config.out)
+    return with_card(Path(config.out), "dpo")
 
 
 def run_prefs(config: PrefsConfig, data_root) -> None:
@@ -363,7 +375,25 @@ def run_merge(config: MergeRun, data_root) -> Path:
     from talelab.finetune.merge import merge_adapter
 
     print(json.dumps(merge_adapter(config.adapter, config.out, dtype=config.dtype), indent=2))
-    return Path(config.out)
+    return with_card(Path(config.out), "merge")
+
+
+def run_push(config: PushRun, data_root) -> None:
+    from talelab.publish import push
+
+    print(push(config.directory, config.repo, private=config.private, revision=config.revision,
+               endpoint=config.endpoint, token_env=config.token_env, license=config.license))  # writes no directory
+
+
+def with_card(out: Path, command: str) -> Path:
+    """Give the model that `out` holds its model card, then hand `out` back (the CLI saves config.yaml there, which
+    the card's reproduce line names)."""
+    from talelab.publish import model_directory, write_model_card
+
+    directory = model_directory(out)
+    if directory is not None:  # silently: what these commands print is JSON a script may read
+        write_model_card(directory, command)
+    return out
 
 
 @dataclass(frozen=True)
@@ -415,5 +445,6 @@ COMMANDS: dict[str, Command] = {
                    "being the base with the adapter disabled; held-out reward accuracy and margins; resumable"),
     "prefs build": Command(PrefsConfig, run_prefs, "story pairs: prompt = a story's beginning, chosen = its real "
                            "continuation, rejected = that continuation shuffled or the model's own sample"),
+    "push": Command(PushRun, run_push, "upload a model directory (with its model card) to the Hugging Face Hub"),
     "merge": Command(MergeRun, run_merge, "fold a LoRA adapter into its base: a standalone Hugging Face directory"),
 }

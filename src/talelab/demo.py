@@ -21,6 +21,7 @@ from talelab.evaluate.likelihood import reference_pieces, score_documents
 from talelab.generate import generate_text
 from talelab.models.convert import convert_llama2c
 from talelab.models.storage import load_model
+from talelab.publish import write_model_card
 from talelab.tokenizer import train_tokenizer_from
 from talelab.train.loop import train
 
@@ -104,6 +105,9 @@ def run_demo(out: str = "runs/demo", data_root=None, minutes: float | None = Non
                        ("stories260K (llama2.c)", ref_model.num_parameters(), reference)):
         print(f"{name:<28}{n:>12,}{r['loss']:>9.3f}{r['bits_per_byte']:>11.3f}")
     print("(loss in nats per token of each model's own tokenizer; bits per byte compare across tokenizers)")
+    write_model_card(out / "model", reproduce="make demo   # or: talelab demo", measured={
+        "bits per byte, reference protocol": f"{ours['bits_per_byte']:.4f}",
+        "stories260K (llama2.c), same protocol": f"{reference['bits_per_byte']:.4f}"})
 
     stage("6/6 three stories from the demo model")
     stories = []

@@ -84,6 +84,8 @@ def test_merge_command_writes_a_standalone_model_with_tokenizer(stories260k_hf, 
     files = {p.name for p in (tmp_path / "merged").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "talelab-merge.json"} <= files
     assert "adapter_config.json" not in files  # no peft needed to load it
+    card = (tmp_path / "merged" / "README.md").read_text()  # the model card names the base it was merged into
+    assert f'base_model: "{stories260k_hf}"' in card and "talelab merge --config config.yaml" in card
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     assert type(model).__name__ == "LlamaForCausalLM" and tokenizer("Once")["input_ids"]

@@ -58,6 +58,7 @@ def test_talelab_model_from_scratch_is_fine_tuned_by_the_same_command(tiny_run, 
     assert "exported from the talelab model" in printed
     assert (tiny_run.parent / "tiny.hf-export" / "config.json").is_file()
     assert (out / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+    assert "library_name: \"peft\"" in (out / "README.md").read_text()  # the adapter's model card
 
 
 @pytest.mark.slow
