@@ -102,8 +102,9 @@ class LossRun(Settings):
 
 @dataclass
 class ConvertRun(Settings):
-    source: str = option("", "llama2c: import a .bin; hf: export a Hugging Face Llama directory; to-llama2c: export "
-                         "a .bin that llama2.c's run.c decodes", ("llama2c", "hf", "to-llama2c"), required=True,
+    source: str = option("", "llama2c: import a .bin; hf: export a Hugging Face directory (Llama for RoPE/RMSNorm/"
+                         "SwiGLU models, GPT-2 for pre-norm LayerNorm/GELU models with learned or sinusoidal "
+                         "positions); to-llama2c: export a .bin that llama2.c's run.c decodes", ("llama2c", "hf", "to-llama2c"), required=True,
                          positional="?")
     model: str = option("", "llama2.c .bin (import) or talelab model/run directory (export)", required=True)
     tokenizer: str = option("", "llama2.c tokenizer .bin (import)")
@@ -423,7 +424,7 @@ COMMANDS: dict[str, Command] = {
                     "quality, tags, probes, judge, decoding sweeps): report.md, report.json and PNG charts"),
     "eval loss": Command(LossRun, run_loss, "the likelihood figures alone (loss, perplexity, bits per byte) as JSON"),
     "convert": Command(ConvertRun, run_convert, "import / export llama2.c checkpoints, export Hugging Face Llama "
-                       "directories"),
+                       "or GPT-2 directories"),
     "interpret attention": Command(AttentionRun, run_attention, "attention heat maps; heads classified positional or "
                                    "semantic and by role (previous-token, first-token, duplicate-token, "
                                    "local-window)"),

@@ -123,14 +123,39 @@ def export_llama2c(model: Transformer, path: str | os.PathLike) -> Path:
     return path
 
 
+# What each Hugging Face architecture computes, as talelab settings: a model exports to the first that fits.
+# GPT-2 has biases everywhere (a bias-free model exports with zero biases) and absolute positions, into which a
+# sinusoidal table is copied; it has no grouped-query attention and no post-norm, and Llama no LayerNorm.
+ARCHITECTURES = {
+    "llama": {"family": ("transformer",), "positions": ("rope",), "norm": ("rmsnorm",), "norm_position": ("pre",),
+              "activation": ("swiglu",), "bias": (False,)},
+    "gpt2": {"family": ("transformer",), "positions": ("learned", "sinusoidal"), "norm": ("layernorm",),
+             "norm_position": ("pre",), "activation": ("gelu", "relu")},
+}
+
+
+def misfits(config: ModelConfig, architecture: str) -> list[str]:
+    """The settings of `config` that `architecture` cannot compute, as 'key=value (needs ...)'."""
+    found = [f"{key}={getattr(config, key)!r} (needs {' or '.join(map(repr, allowed))})"
+             for key, allowed in ARCHITECTURES[architecture].items() if getattr(config, key) not in allowed]
+    if architecture == "gpt2" and config.n_kv_heads not in (0, config.n_heads):
+        found.append(f"n_kv_heads={config.n_kv_heads} (needs n_heads: GPT-2 has no grouped-query attention)")
+    return found
+
+
+def hf_architecture(config: ModelConfig) -> str:
+    """'llama' or 'gpt2', whichever computes exactly what this model computes; else a ConfigError naming why."""
+    for architecture in ARCHITECTURES:
+        if not misfits(config, architecture):
+            return architecture
+    raise ConfigError("export to Hugging Face: no architecture computes this model; Llama needs "
+                      + ", ".join(misfits(config, "llama")) + "; GPT-2 needs " + ", ".join(misfits(config, "gpt2")))
+
+
 def llama_compatible(config: ModelConfig) -> None:
     """Raise unless the architecture is exactly what LlamaForCausalLM computes."""
-    wanted = {"family": "transformer", "positions": "rope", "norm": "rmsnorm", "norm_position": "pre",
-              "activation": "swiglu", "bias": False}
-    for key, value in wanted.items():
-        if getattr(config, key) != value:
-            raise ConfigError(f"export to Hugging Face Llama needs {key}={value!r}; this model has "
-                              f"{key}={getattr(config, key)!r}")
+    if misfits(config, "llama"):
+        raise ConfigError(f"export to Hugging Face Llama needs {', '.join(misfits(config, 'llama'))}")
 
 
 def to_hf_llama(model: Transformer, tokenizer: Tokenizer):
@@ -167,9 +192,54 @@ def to_hf_llama(model: Transformer, tokenizer: Tokenizer):
     return hf_model.eval()
 
 
+def to_hf_gpt2(model: Transformer, tokenizer: Tokenizer):
+    """A transformers GPT2LMHeadModel with this model's weights (fp32): pre-norm LayerNorm blocks, GELU or ReLU,
+    learned or sinusoidal positions (the table becomes GPT-2's position embedding)."""
+    # deferred: transformers takes seconds to import; talelab's own models never need it
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    if misfits(c, "gpt2"):
+        raise ConfigError(f"export to Hugging Face GPT-2 needs {', '.join(misfits(c, 'gpt2'))}")
+    hf_config = GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.context_length, n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads,
+        n_inner=c.d_ff, activation_function=c.activation,  # "gelu" is the exact GELU, as F.gelu; not "gelu_new"
+        layer_norm_epsilon=c.norm_eps, tie_word_embeddings=c.tie_embeddings, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    positions = model.pos_embed.weight if c.positions == "learned" else model.pos_table
+    state = {"transformer.wte.weight": model.embed.weight, "transformer.wpe.weight": positions,
+             "lm_head.weight": model.lm_head.weight, **layer_norm("transformer.ln_f", model.norm)}
+    for i, block in enumerate(model.blocks):
+        prefix = f"transformer.h.{i}."
+        state.update({**layer_norm(prefix + "ln_1", block.attn_norm), **layer_norm(prefix + "ln_2", block.mlp_norm),
+                      **conv1d(prefix + "attn.c_attn", block.attn.qkv), **conv1d(prefix + "mlp.c_fc", block.mlp.up),
+                      **conv1d(prefix + "attn.c_proj", block.attn.out),
+                      **conv1d(prefix + "mlp.c_proj", block.mlp.down)})
+    hf_model = GPT2LMHeadModel(hf_config)
+    # strict: every GPT-2 weight is given; GPT-2's fixed causal-mask buffers are not weights and are not saved
+    missing, unexpected = hf_model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()},
+                                                   strict=False)
+    assert not unexpected and all(k.endswith(".attn.bias") or k.endswith("masked_bias") for k in missing), missing
+    return hf_model.eval()
+
+
+def layer_norm(name: str, norm: torch.nn.LayerNorm) -> dict[str, torch.Tensor]:
+    """A LayerNorm's weights under GPT-2's names; a bias-free one gets GPT-2's bias as zeros."""
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
+    return {f"{name}.weight": norm.weight, f"{name}.bias": bias}
+
+
+def conv1d(name: str, linear: torch.nn.Linear) -> dict[str, torch.Tensor]:
+    """A Linear as GPT-2's Conv1D, which stores the weight (in, out); the head layout of the fused q/k/v rows is
+    the same in both (all query heads, then keys, then values)."""
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+    return {f"{name}.weight": linear.weight.t(), f"{name}.bias": bias}
+
+
 def export_hf(model: Transformer, tokenizer: Tokenizer, out: str | os.PathLike) -> Path:
-    """Write a directory that transformers.AutoModelForCausalLM / AutoTokenizer load offline."""
-    hf_model = to_hf_llama(model, tokenizer)
+    """Write a directory that transformers.AutoModelForCausalLM / AutoTokenizer load offline: a Llama for Llama-
+    shaped models, a GPT-2 for LayerNorm/GELU models with absolute positions (the seed's `ts-*` shapes)."""
+    hf_model = (to_hf_llama if hf_architecture(model.config) == "llama" else to_hf_gpt2)(model, tokenizer)
     out = Path(out)
     with atomic_directory(out) as tmp:
         hf_model.save_pretrained(tmp, safe_serialization=True)
@@ -190,6 +260,6 @@ def convert_llama2c(model_path: str, tokenizer_path: str | None, out: str | os.P
 
 
 def convert_hf(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """`talelab convert hf`: a talelab model or run directory as a Hugging Face Llama directory."""
+    """`talelab convert hf`: a talelab model or run directory as a Hugging Face Llama or GPT-2 directory."""
     model, tokenizer, _ = load_model(model_path)
     return export_hf(model, tokenizer, out)
