@@ -104,11 +104,12 @@ class LossRun(Settings):
 class ConvertRun(Settings):
     source: str = option("", "llama2c: import a .bin; hf: export a Hugging Face directory (Llama for RoPE/RMSNorm/"
                          "SwiGLU models, GPT-2 for pre-norm LayerNorm/GELU models with learned or sinusoidal "
-                         "positions); to-llama2c: export a .bin that llama2.c's run.c decodes", ("llama2c", "hf", "to-llama2c"), required=True,
-                         positional="?")
+                         "positions); to-llama2c: export a .bin that llama2.c's run.c decodes; gguf: export a .gguf "
+                         "file llama.cpp runs (Llama-shaped models)", ("llama2c", "hf", "to-llama2c", "gguf"),
+                         required=True, positional="?")
     model: str = option("", "llama2.c .bin (import) or talelab model/run directory (export)", required=True)
     tokenizer: str = option("", "llama2.c tokenizer .bin (import)")
-    out: str = option("", "output directory (or .bin file for to-llama2c)", required=True)
+    out: str = option("", "output directory (a .bin file for to-llama2c, a .gguf file for gguf)", required=True)
 
 
 @dataclass
@@ -285,16 +286,19 @@ def run_loss(config: LossRun, data_root) -> None:
 
 def run_convert(config: ConvertRun, data_root) -> Path | None:
     from talelab.models.convert import convert_hf, convert_llama2c, export_llama2c
+    from talelab.models.llamacpp import export_gguf
     from talelab.models.storage import load_model
 
     if config.source == "llama2c":
         out = convert_llama2c(config.model, config.tokenizer or None, config.out, data_root=data_root)
     elif config.source == "to-llama2c":
         out = export_llama2c(load_model(config.model)[0], config.out)
+    elif config.source == "gguf":
+        out = export_gguf(*load_model(config.model)[:2], config.out, name=Path(config.model).resolve().name)
     else:
         out = convert_hf(config.model, config.out)
     print(f"written {out}")
-    return with_card(Path(out), "convert") if Path(out).is_dir() else None  # a llama2.c .bin: a file alone
+    return with_card(Path(out), "convert") if Path(out).is_dir() else None  # a .bin or .gguf: a file alone
 
 
 def run_attention(config: AttentionRun, data_root) -> Path:
