@@ -84,6 +84,8 @@ class MemoryRun(Settings):
 @dataclass
 class GenerateRun(Settings):
     model: str = option("", MODEL_HELP, required=True)
+    chat: bool = option(False, "instruct models: send --prompt as a user message through the model's chat template "
+                        "and print the answer alone")
     decode: DecodeConfig = section(DecodeConfig, "decoding")
     sampling: SamplingConfig = section(SamplingConfig, "sampling")
 
@@ -256,10 +258,16 @@ def run_memory(config: MemoryRun, data_root) -> Path:
 
 
 def run_generate(config: GenerateRun, data_root) -> None:
-    from talelab.generate import generate_text, load_decoder
+    from talelab.generate import generate, generate_text, load_decoder
 
     model, tokenizer, _ = load_decoder(config.model, config.decode)
     sampling = config.sampling
+    if config.chat:  # the answer alone: the rendered template is the model's business, not the reader's
+        prompt = tokenizer.chat_prompt([{"role": "user", "content": sampling.prompt}])
+        answers = generate(model, tokenizer.encode(prompt, bos=True), sampling, tokenizer.eos_id)
+        for i, answer in enumerate(answers):
+            print(("" if len(answers) == 1 else f"--- answer {i + 1} ---\n") + tokenizer.decode(answer).strip())
+        return
     for i, story in enumerate(generate_text(model, tokenizer, sampling, stream=sampling.num_samples == 1)):
         if sampling.num_samples > 1:
             print(f"--- story {i + 1} ---\n{story}\n")

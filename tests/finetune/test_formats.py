@@ -98,7 +98,7 @@ def test_user_assistant_and_chat_templates(tokenizer, tmp_path):
     (example,), note = build_examples("instruct", str(data), tokenizer)
     assert "template user-assistant" in note  # no chat template in this tokenizer
     assert example == {"prompt": "<s>User: Tell me about cats.\nAssistant: Cats purr.\nUser: And dogs?\nAssistant:",
-                       "completion": " Dogs bark."}
+                       "completion": " Dogs bark.", "template": "user-assistant"}
     tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
     try:
         (example,), note = build_examples("instruct", str(data), tokenizer)

@@ -164,6 +164,20 @@ def lm_documents(path: Path) -> list[str]:
 # ---------------------------------------------------------------- instruct
 
 
+# The two plain-text templates as Jinja chat templates (transformers' `chat_template`), stored with a model
+# fine-tuned on them so that a chat request reaches it in the form it was trained on: the last user message as the
+# Alpaca instruction, or every turn as `User:` / `Assistant:` lines; `bos_token` as the training prompts begin.
+CHAT_TEMPLATES = {
+    "alpaca": ("{%- set ns = namespace(instruction='') -%}"
+               "{%- for message in messages if message['role'] == 'user' -%}"
+               "{%- set ns.instruction = message['content'] -%}{%- endfor -%}"
+               "{{ bos_token }}" + ALPACA_HEADER + "\n\n### Instruction:\n{{ ns.instruction }}\n\n### Response:"),
+    "user-assistant": ("{{ bos_token }}{%- for message in messages if message['role'] != 'system' -%}"
+                       "{{ 'User' if message['role'] == 'user' else 'Assistant' }}: {{ message['content'] | trim }}"
+                       "{{ '\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}Assistant:{%- endif -%}"),
+}
+
+
 def alpaca_prompt(instruction: str, context: str = "") -> str:
     if context:
         return (f"{ALPACA_HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n"
@@ -265,6 +279,7 @@ def build_examples(task: str, data: str, tokenizer, template: str = "auto", deri
     if rows is None:
         raise InputError(f"{path}: instruct data must be JSONL (prompt/answer, instruction/output or messages rows)")
     template = choose_template(template, rows, tokenizer)
-    examples = [instruct_example(row, f"{path}:{n}", template, tokenizer, "" if template == "chat" else bos)
-                for n, row in rows]
+    # each example names its template: the run stores it with the model (sft.finetune), for serve and generate --chat
+    examples = [{**instruct_example(row, f"{path}:{n}", template, tokenizer, "" if template == "chat" else bos),
+                 "template": template} for n, row in rows]
     return examples, f"instruct: {len(examples)} rows from {path.name}, template {template}, loss on answers only"

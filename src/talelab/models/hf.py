@@ -167,7 +167,8 @@ def load_hf_tokenizer(source: str | os.PathLike, model_config=None) -> Tokenizer
         # GPT-2-style models have no distinct beginning token: text follows <|endoftext|>, as in their pretraining
         bos = vocab.get(END_OF_TEXT, eos)
     kind = hf_tokenizer.init_kwargs.get("talelab_kind") or _guess_kind(backend)
-    return Tokenizer(backend, bos_id=int(bos), eos_id=int(eos), kind=kind)
+    template = hf_tokenizer.chat_template if isinstance(hf_tokenizer.chat_template, str) else None
+    return Tokenizer(backend, bos_id=int(bos), eos_id=int(eos), kind=kind, chat_template=template)
 
 
 def context_length_of(config) -> int:

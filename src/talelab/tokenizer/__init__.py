@@ -36,6 +36,7 @@ class Tokenizer:
     bos_id: int
     eos_id: int
     kind: str  # "bpe" | "words" | "gpt2" | "llama2c"
+    chat_template: str | None = None  # an instruct model's Jinja template (transformers' `chat_template`)
 
     @property
     def vocab_size(self) -> int:
@@ -84,6 +85,21 @@ class Tokenizer:
         specials = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
         return specials - {self.backend.token_to_id(self.unk_token) if self.unk_token else None}
 
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The text an instruct model continues for `messages` ({role, content} dicts): its chat template with the
+        generation prompt, rendered as transformers renders it. The beginning-of-story token is left out of the text
+        (encode(bos=True) adds it), so it is never there twice."""
+        if not self.chat_template:
+            raise ConfigError("this model has no chat template: it continues stories, not conversations (a model "
+                              "fine-tuned with `talelab finetune --task instruct` stores its template)")
+        # deferred: transformers takes seconds to import, and only instruct models have a template to render
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        eos = self.backend.id_to_token(self.eos_id)
+        rendered, _ = render_jinja_template([messages], chat_template=self.chat_template, add_generation_prompt=True,
+                                            bos_token="", eos_token=eos)
+        return rendered[0]
+
     def stream(self) -> TextStream:
         """An incremental decoder for printing tokens as they are generated."""
         return TextStream(self)
@@ -104,6 +120,7 @@ class Tokenizer:
             **({"unk_token": self.unk_token} if self.unk_token else {}),
             "clean_up_tokenization_spaces": False,  # else transformers' decode turns " ." into "."
             "talelab_kind": self.kind,
+            **({"chat_template": self.chat_template} if self.chat_template else {}),
         }
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
@@ -320,7 +337,14 @@ def _load_json(path: Path) -> Tokenizer:
         if token not in vocab:
             raise InputError(f"{path}: no {name} {token!r} in the vocabulary (set it in {config_path.name})")
     kind = config.get("talelab_kind") or _guess_kind(backend)
-    return Tokenizer(backend, bos_id=vocab[bos], eos_id=vocab[eos], kind=kind)
+    return Tokenizer(backend, bos_id=vocab[bos], eos_id=vocab[eos], kind=kind,
+                     chat_template=chat_template_in(path.parent, config))
+
+
+def chat_template_in(directory: Path, config: dict) -> str | None:
+    """A tokenizer's chat template: transformers writes it to chat_template.jinja, older versions into the config."""
+    jinja = directory / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else config.get("chat_template") or None
 
 
 def _guess_kind(backend: tokenizers.Tokenizer) -> str:
