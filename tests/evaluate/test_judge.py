@@ -8,6 +8,7 @@ t-intervals and Spearman's rho can be checked against values computed by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -151,13 +152,18 @@ def test_spearman_with_human_ratings_by_hand(tmp_path):
 
 def test_talelab_serve_answers_with_stories_so_the_judge_retries_then_fails_naming_the_endpoint(stories260k, tmp_path):
     app = create_app(load_models([f"stories260K={stories260k}"]), ServeConfig())
+    story = ["Once upon a time, Lily found a red ball in the park."]
     with live(app) as url:
-        config = JudgeConfig(base_url=f"{url}/v1", model="stories260K", samples=1, retries=1, max_tokens=20)
+        config = JudgeConfig(base_url=f"{url}/v1", model="stories260K", samples=1, retries=1, max_tokens=20,
+                             json_mode=False)
         with pytest.raises(JudgeError) as failure:
-            judge_section(["Once upon a time, Lily found a red ball in the park."], config, tmp_path, progress=False)
+            judge_section(story, config, tmp_path, progress=False)
+        # JSON mode asks for response_format, which a story model cannot honour: refused at once, not ignored
+        with pytest.raises(JudgeError) as refused:
+            judge_section(story, dataclasses.replace(config, json_mode=True), tmp_path, progress=False)
     message = str(failure.value)
     assert f"{url}/v1" in message and "no valid scores after 2 attempts" in message and "invalid reply" in message
-    assert "\n" not in message
+    assert "\n" not in message and "\n" not in str(refused.value) and "response_format" in str(refused.value)
 
 
 @pytest.mark.slow

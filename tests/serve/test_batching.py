@@ -8,9 +8,14 @@ from urllib.request import urlopen
 
 import openai
 import pytest
+import torch
 
+from talelab import paths
+from talelab.config import ModelConfig
+from talelab.evaluate.likelihood import reference_pieces, score_documents
+from talelab.models import build_model
 from talelab.models.storage import load_model
-from talelab.serve.batching import StoryText, held_back
+from talelab.serve.batching import StoryText, held_back, score_prompts
 
 from .conftest import live_server
 
@@ -94,3 +99,21 @@ def test_held_back_counts_the_longest_suffix_that_starts_a_stop_string():
     assert held_back("The end. The", ["The end", "."]) == 3
     assert held_back("She said", ["said it", "aid!"]) == 4
     assert held_back("nothing", ["xyz"]) == 0
+
+
+@pytest.mark.parametrize("family", ["transformer", "gru", "compressor"])
+def test_scored_prompts_sum_to_the_nll_that_eval_loss_reports_for_every_family(tokenizer, shared, family):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family=family, vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2,
+                                    n_heads=2, context_length=256)).eval()
+    stories = reference_pieces(shared / paths.TINYSTORIES_VALID)[:3]  # of different lengths: a right-padded batch
+    prompts = tokenizer.encode_batch(stories, bos=True)
+    scored = score_prompts(model, tokenizer, prompts, top=2)
+    assert [s.logprobs[0] for s in scored] == [None] * 3
+    assert ["".join(s.pieces) for s in scored] == stories
+    nll = -sum(sum(s.logprobs[1:]) for s in scored)
+    assert nll == pytest.approx(score_documents(model, tokenizer, stories)["nll_nats"], rel=1e-5)
+    for ids, s in zip(prompts, scored):  # a token among the alternatives has there exactly its own logprob
+        for token, chosen, top in zip(ids[1:], s.logprobs[1:], s.alternatives[1:]):
+            assert len(top) == 2 and chosen <= top[0][2]
+            assert all(value == chosen for i, _, value in top if i == token)

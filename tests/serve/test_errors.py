@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import http.client
-import json
-from urllib.parse import urlparse
-
 import openai
 import pytest
 
 from talelab.cli import main
 
-from .conftest import live_server
+from .conftest import error_of, live_server, post
 
 ONCE = "Once upon a time"
-
-
-def post(url: str, path: str, body) -> tuple[int, dict]:
-    """POST raw bytes (or a JSON-encoded object) and return the status and the decoded error body."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    connection = http.client.HTTPConnection(urlparse(url).netloc, timeout=30)
-    connection.request("POST", path, data, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    status, payload = response.status, json.loads(response.read())
-    connection.close()
-    return status, payload
-
-
-def error_of(url: str, body, path: str = "/v1/completions", status: int = 400) -> dict:
-    got, payload = post(url, path, body)
-    assert got == status, payload
-    assert set(payload["error"]) == {"message", "type", "param", "code"}
-    return payload["error"]
 
 
 def test_malformed_json_is_a_400(server):

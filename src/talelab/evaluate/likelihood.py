@@ -48,6 +48,17 @@ def windows_of(ids: list[int], context: int) -> list[tuple[list[int], int]]:
 
 
 @torch.no_grad()
+def next_token_logits(model, rows: list[list[int]], device) -> torch.Tensor:
+    """One forward pass over token rows of any lengths, right-padded (a causal model's real tokens never see the
+    padding after them): logits (rows, longest - 1, vocab), position t of a row predicting its token t + 1."""
+    width = max(len(ids) for ids in rows) - 1
+    inputs = torch.zeros(len(rows), width, dtype=torch.long)
+    for j, ids in enumerate(rows):
+        inputs[j, :len(ids) - 1] = torch.tensor(ids[:-1])
+    logits, _ = model(inputs.to(device))
+    return logits
+
+
 def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16, device=None) -> dict:
     """Summed NLL (nats), token and byte counts, and the derived loss, perplexity and bits per byte."""
     device = device or next(model.parameters()).device
@@ -64,14 +75,10 @@ def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16
     nll, tokens = 0.0, 0
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
-        width = max(len(r) for r, _ in batch) - 1
-        inputs = torch.zeros(len(batch), width, dtype=torch.long)
-        targets = torch.full((len(batch), width), -1, dtype=torch.long)
+        logits = next_token_logits(model, [ids for ids, _ in batch], device)
+        targets = torch.full(logits.shape[:2], -1, dtype=torch.long)
         for j, (ids, first) in enumerate(batch):
-            seq = torch.tensor(ids)
-            inputs[j, :len(ids) - 1] = seq[:-1]
-            targets[j, first:len(ids) - 1] = seq[1 + first:]
-        logits, _ = model(inputs.to(device))
+            targets[j, first:len(ids) - 1] = torch.tensor(ids[1 + first:])
         targets = targets.to(device)
         nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum").item()
         tokens += int((targets != -1).sum())

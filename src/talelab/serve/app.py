@@ -1,35 +1,37 @@
 """An OpenAI-compatible API over talelab models, and the story playground page.
 
 Routes: `GET /v1/models` (and `/v1/models/{name}`), `POST /v1/completions`, `POST /v1/chat/completions` (both stream
-server-sent events with `"stream": true`), `GET /health` (with batching counters), `GET /` (the playground).
+server-sent events with `"stream": true`, and end with a usage chunk when `stream_options` asks for it),
+`GET /health` (with batching counters), `GET /` (the playground). What a request may hold, and the completions forms
+(prompt lists, token ids, echo, scoring with `max_tokens: 0`), are in `talelab.serve.completions`.
 
 A story model has no dialogue format: a chat request's story beginning is its last user message, and the other
 messages are ignored; the answer is the continuation. Beyond OpenAI's fields a request may set `top_k`,
 `repetition_penalty` and `features` (of the six TinyStories features), which enter the prompt in the TinyStories
 Instruct form `Features: Dialogue, Twist\\nStory: <beginning>`; only models tuned on that form have learned it.
 `logprobs` report the model's top alternatives after the repetition penalty, before temperature; a sampled token
-outside them has no logprob (null). When streaming, they arrive with each story's last chunk.
+outside them has no logprob (null); the end-of-story token is a token of the story (its text is empty). When
+streaming, they arrive with each story's last chunk.
 
 Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 for a body that is not JSON or
-breaks the schema or a limit (a prompt longer than the context included), 404 for a model that is not served,
-413 for a body over 1 MiB, 429 when `max_concurrent` stories are being written. Models are named on the command line
-(NAME=PATH: a talelab model or run directory, a Hugging Face causal LM directory or a PEFT adapter directory) and
-loaded from safetensors; a request picks one by name and can never name a path.
+breaks the schema or a limit (a prompt longer than the context included) or names a field talelab does not
+implement, 404 for a model that is not served, 413 for a body over 1 MiB, 429 when `max_concurrent` stories are being
+written. Models are named on the command line (NAME=PATH: a talelab model or run directory, a Hugging Face causal LM
+directory or a PEFT adapter directory) and loaded from safetensors; a request picks one by name and can never name a
+path.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 import uvicorn
@@ -37,57 +39,32 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Field
 from starlette.exceptions import HTTPException
 
 from talelab.config import DecodeConfig, SamplingConfig, ServeConfig
-from talelab.data.tags import FEATURES, story_prompt
+from talelab.data.tags import story_prompt
 from talelab.errors import ConfigError
 from talelab.generate import load_decoder
 from talelab.serve.batching import Batcher, Job, Story, events
+from talelab.serve.completions import (APIError, CompletionRequest, Sampling, Strict, chosen_logprob,
+                                       completion_logprobs)
 from talelab.tokenizer import Tokenizer
 
-Feature = Literal[FEATURES]
 MAX_BODY_BYTES = 1 << 20  # far above any prompt the character cap lets through
 STATIC = Path(__file__).parent / "static"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-# OpenAI takes one stop string or a list of up to 4
-StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4),
-                        BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
 
-
-class Sampling(BaseModel):
-    """The fields completions and chat share. Unknown OpenAI fields (user, stream_options...) are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0, le=10)
-    stop: StopStrings = []
-    seed: int | None = Field(None, ge=0, le=2**62)
-    n: int = Field(1, ge=1)
-    stream: bool = False
-    features: Annotated[list[Feature], Field(max_length=len(FEATURES))] = []
-
-
-class CompletionRequest(Sampling):
-    prompt: str
-    logprobs: int | None = Field(None, ge=0, le=5)
-
-
-class TextPart(BaseModel):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = None  # a participant's name: like every message but the last user one, a story model skips it
 
 
 class ChatRequest(Sampling):
@@ -95,13 +72,6 @@ class ChatRequest(Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=5)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -147,28 +117,12 @@ def story_beginning(messages: list[Message]) -> str:
     return content if isinstance(content, str) else "".join(part.text for part in content or [])
 
 
-def logprob(p: float) -> float:
-    return math.log(max(p, 1e-300))  # a probability that underflowed to 0 would give -inf, which JSON cannot carry
-
-
-def chosen_logprob(token: int, options: list[tuple[int, str, float]]) -> float | None:
-    return next((logprob(p) for i, _, p in options if i == token), None)
-
-
-def completion_logprobs(story: Story) -> dict:
-    """OpenAI's legacy completions form: parallel lists of token texts, logprobs, alternatives and offsets."""
-    return {"tokens": story.pieces,
-            "token_logprobs": [chosen_logprob(t, o) for t, o in zip(story.tokens, story.alternatives)],
-            "top_logprobs": [{text: logprob(p) for _, text, p in options} for options in story.alternatives],
-            "text_offset": list(accumulate((len(p) for p in story.pieces), initial=0))[:-1]}
-
-
 def chat_logprobs(story: Story) -> dict:
     def entry(text: str, value: float | None) -> dict:
         return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
 
     return {"content": [{**entry(piece, chosen_logprob(token, options)),
-                         "top_logprobs": [entry(text, logprob(p)) for _, text, p in options]}
+                         "top_logprobs": [entry(text, value) for _, text, value in options]}
                         for token, piece, options in zip(story.tokens, story.pieces, story.alternatives)]}
 
 
@@ -215,27 +169,42 @@ class ServerState:
         return {"id": s.name, "object": "model", "created": self.started, "owned_by": "talelab",
                 "context_length": s.model.config.context_length, "parameters": s.model.num_parameters()}
 
-    def checked_prompt_ids(self, s: Served, request: Sampling, beginning: str, prompt_param: str,
-                           max_tokens: int) -> list[int]:
-        """The prompt's tokens, once the request is within every limit of the server and the model."""
-        config = self.config
+    def checked_prompts(self, s: Served, request: Sampling, prompts: list[str | list[int]], prompt_param: str,
+                        max_tokens: int) -> list[list[int]]:
+        """The prompts' tokens, once the request is within every limit of the server and the model."""
+        config, stories = self.config, len(prompts) * request.n
         if max_tokens > config.max_tokens:
             raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {config.max_tokens}",
                            "max_tokens")
         if request.n > config.max_choices:
             raise APIError(400, f"n={request.n} is over this server's limit of {config.max_choices}", "n")
-        if len(beginning) > config.max_prompt_chars:
-            raise APIError(400, f"the prompt has {len(beginning)} characters, over this server's limit of "
-                           f"{config.max_prompt_chars}", prompt_param)
-        prompt_ids = s.tokenizer.encode(story_prompt(request.features, beginning=beginning), bos=True)
-        context = s.model.config.context_length
-        if len(prompt_ids) >= context:  # the story needs room for at least one token
-            raise APIError(400, f"model '{s.name}' reads at most {context} tokens and the prompt has "
-                           f"{len(prompt_ids)}; shorten it", prompt_param, "context_length_exceeded")
-        if sum(other.batcher.pending for other in self.served.values()) + request.n > config.max_concurrent:
+        ids = [self.prompt_ids(s, prompt, request.features, prompt_param, room=1 if max_tokens else 0)
+               for prompt in prompts]
+        if sum(other.batcher.pending for other in self.served.values()) + stories > config.max_concurrent:
             raise APIError(429, f"the server is writing {config.max_concurrent} stories already; retry shortly",
                            kind="rate_limit_error", code="too_many_requests")
-        return prompt_ids
+        return ids
+
+    def prompt_ids(self, s: Served, prompt: str | list[int], features: list[str], param: str, room: int) -> list[int]:
+        """A text prompt's tokens after BOS (in the features' form), or token ids as they are; `room` tokens must fit
+        after them in the model's context."""
+        if isinstance(prompt, str):
+            if len(prompt) > self.config.max_prompt_chars:
+                raise APIError(400, f"the prompt has {len(prompt)} characters, over this server's limit of "
+                               f"{self.config.max_prompt_chars}", param)
+            ids = s.tokenizer.encode(story_prompt(features, beginning=prompt), bos=True)
+        elif features:
+            raise APIError(400, "features: they enter a text prompt, and this prompt is token ids", "features")
+        elif max(prompt) >= (vocab := s.model.config.vocab_size):
+            raise APIError(400, f"token id {max(prompt)} is outside model '{s.name}''s vocabulary of {vocab}", param)
+        else:
+            ids = prompt
+        context = s.model.config.context_length
+        if len(ids) > context - room:
+            raise APIError(400, f"model '{s.name}' reads at most {context} tokens and the prompt has {len(ids)}"
+                           f"{' (the story needs room for one more)' if room else ''}; shorten it", param,
+                           "context_length_exceeded")
+        return ids
 
 
 def server_state(request: Request) -> ServerState:
@@ -265,7 +234,9 @@ async def invalid_request(request: Request, e: RequestValidationError):
         return error_response(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error')})",
                               code="invalid_json")
     param = ".".join(str(part) for part in first["loc"] if part != "body") or None
-    return error_response(400, f"{param or 'body'}: {first['msg']}", param)
+    message = "talelab does not implement this field; leave it out" if first["type"] == "extra_forbidden" else \
+        first["msg"]
+    return error_response(400, f"{param or 'body'}: {message}", param)
 
 
 async def http_error(request: Request, e: HTTPException):
@@ -299,13 +270,16 @@ async def get_model(request: Request, name: str):
 
 
 async def completions(request: Request, body: CompletionRequest):
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens=0 writes nothing: it scores the prompt, with echo=true and logprobs",
+                       "max_tokens")
     return await answer(server_state(request), body, body.prompt, "prompt", body.max_tokens, body.logprobs or 0,
-                        COMPLETION)
+                        COMPLETION, echo=body.echo)
 
 
 async def chat_completions(request: Request, body: ChatRequest):
     top = (body.top_logprobs or 0) if body.logprobs else 0
-    return await answer(server_state(request), body, story_beginning(body.messages), "messages",
+    return await answer(server_state(request), body, [story_beginning(body.messages)], "messages",
                         body.max_completion_tokens or body.max_tokens, top, CHAT)
 
 
@@ -313,27 +287,40 @@ async def playground():
     return FileResponse(STATIC / "index.html")
 
 
-async def answer(state: ServerState, request: Sampling, beginning: str, prompt_param: str, max_tokens: int | None,
-                 top: int, shape: Shape):
-    """Write the request's n stories: one response when they are done, or a stream as they are written."""
+async def answer(state: ServerState, request: Sampling, prompts: list[str | list[int]], prompt_param: str,
+                 max_tokens: int | None, top: int, shape: Shape, echo: bool = False):
+    """Write n stories per prompt: one response when they are done, or a stream as they are written."""
     s = state.find(request.model)
-    max_tokens = max_tokens or min(state.config.default_max_tokens, state.config.max_tokens)
-    prompt_ids = state.checked_prompt_ids(s, request, beginning, prompt_param, max_tokens)
+    if request.stream_options and not request.stream:
+        raise APIError(400, "stream_options: only a streamed request (stream=true) takes them", "stream_options")
+    if max_tokens is None:
+        max_tokens = min(state.config.default_max_tokens, state.config.max_tokens)
+    prompt_ids = state.checked_prompts(s, request, prompts, prompt_param, max_tokens)
+    rows = [ids for ids in prompt_ids for _ in range(request.n)]  # choice i: prompt i // n, its (i % n)th story
     configs = [SamplingConfig(max_new_tokens=max_tokens, temperature=request.temperature, top_k=request.top_k,
                               top_p=request.top_p, repetition_penalty=request.repetition_penalty,
-                              seed=-1 if request.seed is None else request.seed + i) for i in range(request.n)]
-    jobs = s.batcher.submit(prompt_ids, configs, request.stop, top)
+                              seed=-1 if request.seed is None else request.seed + i)
+               for _ in prompt_ids for i in range(request.n)]
+    jobs = s.batcher.submit(rows, configs, request.stop, top, score_prompt=echo and top > 0)
+    echoed = [s.tokenizer.decode(ids) if echo else "" for ids in rows]
+    prompt_tokens = sum(map(len, prompt_ids))
+
+    def usage(stories: list[Story]) -> dict:
+        completion_tokens = sum(len(story.tokens) for story in stories)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
     head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": s.name}
     if request.stream:
-        return StreamingResponse(stream(jobs, head, top, shape), media_type="text/event-stream",
+        with_usage = request.stream_options is not None and request.stream_options.include_usage
+        return StreamingResponse(stream(jobs, head, top, shape, echoed, usage if with_usage else None),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     stories = await finished_stories(jobs)
-    choices = [{"index": index, **shape.message(story.text), "logprobs": shape.logprobs(story) if top else None,
-                "finish_reason": story.finish_reason} for index, story in enumerate(stories)]
-    completion_tokens = sum(len(story.tokens) for story in stories)
-    return {**head, "object": shape.object, "choices": choices,
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                      "total_tokens": len(prompt_ids) + completion_tokens}}
+    choices = [{"index": index, **shape.message(echoed[index] + story.text),
+                "logprobs": shape.logprobs(story) if top else None, "finish_reason": story.finish_reason}
+               for index, story in enumerate(stories)]
+    return {**head, "object": shape.object, "choices": choices, "usage": usage(stories)}
 
 
 @contextmanager
@@ -358,24 +345,32 @@ async def finished_stories(jobs: list[Job]) -> list[Story]:
     return [stories[index] for index in range(len(jobs))]
 
 
-async def stream(jobs: list[Job], head: dict, top: int, shape: Shape):
-    """Server-sent events: a chunk per piece of text, each story's finish reason, then [DONE]."""
-    head = {**head, "object": shape.chunk_object}
+async def stream(jobs: list[Job], head: dict, top: int, shape: Shape, echoed: list[str],
+                 usage: Callable[[list[Story]], dict] | None):
+    """Server-sent events: each story's echoed prompt, a chunk per piece of text, each story's finish reason, the
+    usage if asked (a chunk without choices, as OpenAI's `include_usage` sends it), then [DONE]."""
+    head = {**head, "object": shape.chunk_object, **({"usage": None} if usage else {})}
 
     def chunk(index: int, fields: dict, finish: str | None = None, logprobs=None) -> str:
         return sse({**head, "choices": [{"index": index, **fields, "logprobs": logprobs, "finish_reason": finish}]})
 
+    stories = []
     with cancelled_after(jobs):
-        if shape.opening:
-            for job in jobs:
+        for job in jobs:
+            if shape.opening:
                 yield chunk(job.index, shape.opening)
+            if echoed[job.index]:
+                yield chunk(job.index, shape.delta(echoed[job.index]))
         async for index, kind, value in events(jobs):
             if kind == "text":
                 yield chunk(index, shape.delta(value))
             elif kind == "done":
+                stories.append(value)
                 yield chunk(index, shape.delta(None), value.finish_reason, shape.logprobs(value) if top else None)
             else:
                 yield sse({"error": {"message": value, "type": "server_error", "param": None, "code": None}})
+        if usage:
+            yield sse({**head, "choices": [], "usage": usage(stories)})
         yield "data: [DONE]\n\n"
 
 

@@ -7,35 +7,51 @@ settings and seed. Text goes back to each handler through its asyncio queue, tok
 
 Batches are static: a request that arrives while a batch decodes waits for the next one, which then starts with every
 request that queued meanwhile. With `max_batch=1` requests are served one at a time (the baseline the load benchmark
-compares against).
+compares against). A job that echoes its prompt with logprobs first has the prompt scored, in one forward pass for
+the batch's prompts; a job with no token to write (`max_tokens: 0`) is then done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import torch
+
 from talelab.config import SamplingConfig
-from talelab.generate import generate_batch
+from talelab.evaluate.likelihood import next_token_logits
+from talelab.generate import evaluating, generate_batch
 from talelab.tokenizer import Tokenizer
 
 log = logging.getLogger("talelab.serve")
 
 
 @dataclass
+class Scored:
+    """A prompt read back through the model: each token's text, log-probability given the tokens before it and most
+    likely alternatives there as (id, text, logprob); the first token has neither (None): nothing precedes it."""
+
+    pieces: list[str]
+    logprobs: list[float | None]
+    alternatives: list[list[tuple[int, str, float]] | None]
+
+
+@dataclass
 class Story:
-    """A finished story: its text (cut at a stop string) and the tokens behind it."""
+    """A finished story: its text (cut at a stop string) and the tokens behind it, the end-of-story token included."""
 
     text: str
     finish_reason: str  # "stop": end of story or a stop string; "length": max_tokens or the context is full
     tokens: list[int]
-    pieces: list[str]  # the text each token added (a token inside a multi-byte character adds '')
-    alternatives: list[list[tuple[int, str, float]]]  # per token, the most likely (id, text, probability)
+    pieces: list[str]  # the text each token added (a token inside a multi-byte character, or the end, adds '')
+    alternatives: list[list[tuple[int, str, float]]]  # per token, the most likely (id, text, logprob)
+    prompt: Scored | None = None  # the prompt's own scores, when the request echoes it with logprobs
 
 
 @dataclass
@@ -49,7 +65,9 @@ class Job:
     top_alternatives: int
     events: asyncio.Queue  # shared by a request's stories: (index, "text", str), then (index, "done", Story)
     loop: asyncio.AbstractEventLoop
+    score_prompt: bool = False  # echo with logprobs: the prompt's tokens are scored before the story is written
     cancelled: bool = False  # set by the handler when its client went away: the row ends at its next token
+    scored: Scored | None = None  # the prompt's scores, filled in by the worker when score_prompt asks for them
 
     def send(self, kind: str, value) -> None:
         """Hand an event to the handler's event loop (called from the worker thread)."""
@@ -111,6 +129,10 @@ class StoryText:
         return out
 
 
+def logprob(p: float) -> float:
+    return math.log(max(p, 1e-300))  # a probability that underflowed to 0 would give -inf, which JSON cannot carry
+
+
 def alternative_texts(tokenizer: Tokenizer, prompt_ids: list[int], tokens: list[int],
                       alternatives: list[list[tuple[int, float]]]) -> list[list[tuple[int, str, float]]]:
     """Each alternative's text where it would have stood; specials (end of story) show as their token string."""
@@ -122,6 +144,30 @@ def alternative_texts(tokenizer: Tokenizer, prompt_ids: list[int], tokens: list[
                      for i, p in options])
         sequence.append(token)
     return out
+
+
+@torch.no_grad()
+def score_prompts(model, tokenizer: Tokenizer, prompts: list[list[int]], top: int) -> list[Scored]:
+    """Each prompt read back in one forward pass, as `talelab eval loss` reads a document (likelihood.score_documents):
+    every token's log-probability given those before it, and the `top` most likely tokens at its place."""
+    if max((len(ids) for ids in prompts), default=1) > 1:  # else no prompt has a token to predict
+        with evaluating(model):
+            logits = next_token_logits(model, prompts, next(model.parameters()).device)
+    scored = []
+    for row, ids in enumerate(prompts):
+        stream = tokenizer.stream()
+        pieces = [stream.push(i) for i in ids]
+        pieces[-1] += stream.flush()
+        if len(ids) == 1:
+            scored.append(Scored(pieces, [None], [None]))
+            continue
+        logp = logits[row, :len(ids) - 1].float().log_softmax(dim=-1)  # (T-1, vocab): predicts ids[1:]
+        # the chosen and the top values come from one tensor: a greedy token's logprob equals the top one exactly
+        chosen = logp.gather(1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
+        best = logp.topk(top)
+        options = [list(zip(i, v)) for i, v in zip(best.indices.tolist(), best.values.tolist())]
+        scored.append(Scored(pieces, [None, *chosen], [None, *alternative_texts(tokenizer, ids[:1], ids[1:], options)]))
+    return scored
 
 
 class Batcher:
@@ -142,11 +188,12 @@ class Batcher:
     def _count_forward(self, *_) -> None:
         self.stats["forward_passes"] += 1
 
-    def submit(self, prompt_ids: list[int], configs: list[SamplingConfig], stop: list[str],
-               top_alternatives: int) -> list[Job]:
-        """Queue one job per config (a request's n stories); their events arrive on one shared queue."""
+    def submit(self, prompts: list[list[int]], configs: list[SamplingConfig], stop: list[str],
+               top_alternatives: int, score_prompt: bool = False) -> list[Job]:
+        """Queue one job per (prompt, config) (a request's stories); their events arrive on one shared queue."""
         shared, loop = asyncio.Queue(), asyncio.get_running_loop()
-        jobs = [Job(i, prompt_ids, config, stop, top_alternatives, shared, loop) for i, config in enumerate(configs)]
+        jobs = [Job(i, prompt_ids, config, stop, top_alternatives, shared, loop, score_prompt)
+                for i, (prompt_ids, config) in enumerate(zip(prompts, configs, strict=True))]
         self._count_pending(len(jobs))
         for job in jobs:
             self.inbox.put(job)
@@ -177,30 +224,56 @@ class Batcher:
             live = [job for job in batch if not job.cancelled]
             self._count_pending(len(live) - len(batch))
             if live:
-                self._decode(live)
+                self._serve(live)
+
+    def _serve(self, batch: list[Job]) -> None:
+        """Score the prompts that asked for it, finish the jobs with nothing to write, decode the others."""
+        self.stats["requests"] += len(batch)
+        self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        scoring = [job for job in batch if job.score_prompt]
+        prompts = list(dict.fromkeys(tuple(job.prompt_ids) for job in scoring))  # a request's n stories share one
+        try:
+            top = max((job.top_alternatives for job in scoring), default=0)
+            scored = dict(zip(prompts, score_prompts(self.model, self.tokenizer, list(map(list, prompts)), top)))
+        except Exception as e:  # a fault must reach every waiting client as an error, not end the worker thread
+            self._fail(batch, "scoring the prompt", e)
+            return
+        for job in batch:
+            if job.score_prompt:  # the top alternatives the job asked for, of those scored for the batch
+                whole = scored[tuple(job.prompt_ids)]
+                job.scored = Scored(whole.pieces, whole.logprobs, [None if o is None else o[:job.top_alternatives]
+                                                                   for o in whole.alternatives])
+            if job.config.max_new_tokens == 0:
+                job.send("done", Story("", "length", [], [], [], job.scored))
+                self._count_pending(-1)
+        writing = [job for job in batch if job.config.max_new_tokens > 0]
+        if writing:
+            self._decode(writing)
+
+    def _fail(self, batch: list[Job], doing: str, e: Exception) -> None:
+        log.exception("batch of %d failed %s", len(batch), doing)
+        for job in batch:
+            job.send("error", f"{doing} failed: {e}")
+        self._count_pending(-len(batch))
 
     def _decode(self, batch: list[Job]) -> None:
         texts = [StoryText(self.tokenizer, job.prompt_ids, job.stop) for job in batch]
+        eos = self.tokenizer.eos_id
 
         def on_token(row: int, token: int) -> bool:
             if batch[row].cancelled:
                 return True
             if piece := texts[row].push(token):
                 batch[row].send("text", piece)
-            return texts[row].stopped
+            return texts[row].stopped or token == eos
 
-        self.stats["requests"] += len(batch)
-        self.stats["batches"] += 1
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-        try:
+        try:  # no eos for generate_batch: on_token ends the row at the end-of-story token, which stays in the story
             results = generate_batch(self.model, [job.prompt_ids for job in batch], [job.config for job in batch],
-                                     self.tokenizer.eos_id, on_token,
+                                     [None] * len(batch), on_token,
                                      top_alternatives=max(job.top_alternatives for job in batch))
-        except Exception as e:  # a fault must reach every waiting client as an error, not end the worker thread
-            log.exception("batch of %d failed", len(batch))
-            for job in batch:
-                job.send("error", f"generation failed: {e}")
-            self._count_pending(-len(batch))
+        except Exception as e:
+            self._fail(batch, "generation", e)
             return
         for job, text, result in zip(batch, texts, results):
             if rest := text.finish():
@@ -211,8 +284,8 @@ class Batcher:
                 kept += 1
             alternatives = []
             if job.top_alternatives:
-                options = [o[:job.top_alternatives] for o in result.alternatives[:kept]]
+                options = [[(i, logprob(p)) for i, p in o[:job.top_alternatives]] for o in result.alternatives[:kept]]
                 alternatives = alternative_texts(self.tokenizer, job.prompt_ids, result.tokens[:kept], options)
             job.send("done", Story(text.text, "stop" if text.stopped else result.finish_reason, result.tokens[:kept],
-                                   text.pieces[:kept], alternatives))
+                                   text.pieces[:kept], alternatives, job.scored))
             self._count_pending(-1)
