@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from talelab.errors import ConfigError
 from talelab.presets import PRESETS
 from talelab.settings import Layer, Settings, option, preset_layer, require, resolve, section
+from talelab.tracking import require_package
 
 # One vocabulary of devices and precisions for every command (talelab.devices says what auto means); each field
 # takes the subset that makes sense for it, spelled the same way.
@@ -18,6 +19,10 @@ DEVICES = ("auto", "cpu", "cuda")
 TRAINING_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODING_DTYPES = ("auto", "float32", "bfloat16", "int8")
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+# Where a run's metrics go besides metrics.jsonl (talelab.tracking); train, sweep, finetune, trials and dpo share it
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
+REPORT_TO_HELP = ("also send every metrics.jsonl record and the resolved config to an experiment tracker: "
+                  "tensorboard (event files in OUT/tensorboard), wandb, mlflow or trackio (each needs its package)")
 
 
 @dataclass
@@ -221,6 +226,7 @@ class TrainConfig(Settings):
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed for initialisation, data order and dropout")
     progress: bool = option(True, "show a progress bar")
+    report_to: str = option("none", REPORT_TO_HELP, TRACKERS)
 
     def check(self):
         require("training", [(self.epochs >= 0, f"epochs: {self.epochs} is negative (0 lets max_steps decide)"),
@@ -228,6 +234,7 @@ class TrainConfig(Settings):
                                                     f"decide)"),
                              (not (self.epochs and self.max_tokens), "give epochs or max_tokens, not both: each "
                                                                      "sets the number of steps")])
+        require_package(self.report_to)
 
 
 @dataclass
@@ -322,6 +329,7 @@ class PreferenceConfig(Settings):
     eval_steps: int = option(0, "evaluate on the held-out pairs every this many steps (0: about 10 times a run)")
     save_steps: int = option(50, "write a resumable checkpoint every this many steps")
     logging_steps: int = option(1, "log training metrics every this many steps")
+    report_to: str = option("none", REPORT_TO_HELP, TRACKERS)
     dtype: str = option("float32", "weights and compute precision", WEIGHT_DTYPES[:2])
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, slower)")
     seed: int = option(42, "seed for the held-out split, LoRA initialisation and data order")
@@ -339,6 +347,7 @@ class PreferenceConfig(Settings):
             (0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio} must be in [0, 1)"),
             (self.save_steps >= 1 and self.logging_steps >= 1, "save_steps and logging_steps must be >= 1"),
             (self.eval_steps >= 0 and self.max_pairs >= 0, "eval_steps and max_pairs must be 0 or more")])
+        require_package(self.report_to)
 
 
 @dataclass
@@ -488,6 +497,7 @@ class FinetuneConfig(Settings):
     dtype: str = option("auto", "mixed-precision compute (the weights stay float32): auto is bfloat16 on a GPU that "
                         "has it, float16 on other GPUs, float32 on CPU", TRAINING_DTYPES)
     logging_steps: int = option(5, "log the training loss every this many steps")
+    report_to: str = option("none", REPORT_TO_HELP, TRACKERS)
     eval_steps: int = option(0, "evaluate held-out loss every this many steps (0: only before and after training)")
     save_steps: int = option(50, "write a resumable checkpoint every this many steps")
     save_total_limit: int = option(2, "keep at most this many checkpoints")
@@ -504,6 +514,7 @@ class FinetuneConfig(Settings):
     def check(self):
         require("finetune", [(self.batch_size >= 1 and self.max_length >= 8 and 0 <= self.eval_fraction < 1,
                               "needs batch_size >= 1, max_length >= 8 and 0 <= eval_fraction < 1")])
+        require_package(self.report_to)
 
 
 @dataclass

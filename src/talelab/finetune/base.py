@@ -21,6 +21,7 @@ from talelab.models.convert import export_hf
 from talelab.models.hf import TOKENIZER_FILES, has_tokenizer_files, is_adapter_dir, read_adapter_config
 from talelab.models.storage import WEIGHTS_FILE, load_model, resolve_model_dir
 from talelab.paths import data_root as find_data_root
+from talelab.tracking import NO_TRACKER, Tracker
 
 # LoRA target modules per architecture (model.config.model_type), as the seeds used them.
 TARGET_PRESETS = {
@@ -238,13 +239,21 @@ def precision_flags(dtype: str) -> dict:
 
 
 class MetricsLog(TrainerCallback):
-    """Appends every logged record (training steps and evaluations) to metrics.jsonl as it happens."""
+    """Appends every logged record (training steps and evaluations) to metrics.jsonl as it happens, and gives it to
+    the `--report-to` tracker (which transformers' own integrations would name and place differently)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, tracker: Tracker = NO_TRACKER):
+        self.path, self.tracker = path, tracker
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         record = {"step": state.global_step, **(logs or {})}  # the trainer's logs carry the epoch
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if state.is_world_process_zero:
+            self.tracker.log(record)
+
+
+def checkpoint_step(checkpoint: str | os.PathLike) -> int:
+    """The step of a Trainer checkpoint folder (checkpoint-N)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])

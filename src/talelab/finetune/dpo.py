@@ -31,10 +31,12 @@ from trl import DPOConfig, DPOTrainer
 from talelab.atomic import write_text_atomic
 from talelab.config import LoraConfig, PreferenceConfig
 from talelab.errors import ConfigError, InputError
-from talelab.finetune.base import MetricsLog, format_trainable, load_base, lora_config, precision_flags, resolve_base
+from talelab.finetune.base import (MetricsLog, checkpoint_step, format_trainable, load_base, lora_config,
+                                   precision_flags, resolve_base)
 from talelab.paths import resolve_input
 from talelab.plots import reward_chart
-from talelab.train.metrics import read_metrics
+from talelab.tracking import NO_TRACKER, Tracker, open_tracker
+from talelab.train.metrics import read_metrics, restart_metrics
 
 HH_ASSISTANT = "\n\nAssistant:"
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -113,8 +115,9 @@ def even_batch(count: int, limit: int) -> int:
     return max(b for b in range(1, max(1, min(count, limit)) + 1) if count % b == 0)
 
 
-def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None):
-    """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl."""
+def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None, tracker: Tracker = NO_TRACKER):
+    """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl; its
+    records go to metrics.jsonl and `tracker`."""
     pairs = read_pairs(config.data, data_root)
     if config.max_pairs:
         pairs = pairs[:config.max_pairs]
@@ -136,14 +139,15 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length, lr_scheduler_type="linear",
         warmup_steps=config.warmup_ratio, eval_strategy="steps", eval_steps=config.eval_steps or max(1, steps // 10),
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        report_to=[], disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed,
+        report_to=[],  # --report-to's tracker gets metrics.jsonl's records from MetricsLog
+        disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed,
         **precision_flags(config.dtype),
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         log_level="warning")
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=Dataset.from_list(train_pairs), eval_dataset=Dataset.from_list(heldout_pairs),
-                         callbacks=[MetricsLog(out / "metrics.jsonl")])
+                         callbacks=[MetricsLog(out / "metrics.jsonl", tracker)])
     trainer.remove_callback(PrinterCallback)  # without a progress bar transformers prints every log dict
     # sized on the pairs left after trl drops those whose prompt fills max_length
     trainer.args.per_device_eval_batch_size = even_batch(len(trainer.eval_dataset), config.batch_size)
@@ -173,27 +177,27 @@ def run_dpo(config: PreferenceConfig, data_root=None, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     summary_path = out / "summary.json"
-    if config.resume:  # records past the checkpoint will be logged again
-        step = int(Path(last).name.rsplit("-", 1)[1])
-        kept = read_metrics(metrics_path, step)
-        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-    else:
-        metrics_path.unlink(missing_ok=True)
+    resumed_step = checkpoint_step(last) if config.resume else None
+    _, logged_through = restart_metrics(metrics_path, resumed_step)
+    tracker = open_tracker(config.report_to, out, dataclasses.asdict(config), resumed_step, logged_through)
     started = time.perf_counter()
-    trainer, facts = make_trainer(config, data_root, log)
-    log(f"{format_trainable(trainer.model)}; reference: the base with the adapter disabled (no second copy)")
-    log(f"{facts['train_pairs']} training pairs, {facts['heldout_pairs']} held out, {facts['dropped_by_max_length']} "
-        f"dropped (prompt fills max_length)")
-    if config.resume and summary_path.is_file():  # written when the run started
-        before = json.loads(summary_path.read_text(encoding="utf-8"))["heldout_before"]
-    else:  # the fresh adapter is zero: policy == reference, so every reward is 0 (ties count as wrong)
-        before = heldout_figures(trainer.evaluate())
-        write_text_atomic(summary_path, json.dumps({"heldout_before": before}, indent=2) + "\n")
-    trainer.train(resume_from_checkpoint=last if config.resume else None)
-    evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
-    # the trainer may already have evaluated at the last step: evaluating again would log the same figures twice
-    done = evaluations and evaluations[-1].get("step") == trainer.state.global_step
-    after = heldout_figures(evaluations[-1] if done else trainer.evaluate())
+    try:
+        trainer, facts = make_trainer(config, data_root, log, tracker)
+        log(f"{format_trainable(trainer.model)}; reference: the base with the adapter disabled (no second copy)")
+        log(f"{facts['train_pairs']} training pairs, {facts['heldout_pairs']} held out, "
+            f"{facts['dropped_by_max_length']} dropped (prompt fills max_length)")
+        if config.resume and summary_path.is_file():  # written when the run started
+            before = json.loads(summary_path.read_text(encoding="utf-8"))["heldout_before"]
+        else:  # the fresh adapter is zero: policy == reference, so every reward is 0 (ties count as wrong)
+            before = heldout_figures(trainer.evaluate())
+            write_text_atomic(summary_path, json.dumps({"heldout_before": before}, indent=2) + "\n")
+        trainer.train(resume_from_checkpoint=last if config.resume else None)
+        evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
+        # the trainer may already have evaluated at the last step: evaluating again would log the same figures twice
+        done = evaluations and evaluations[-1].get("step") == trainer.state.global_step
+        after = heldout_figures(evaluations[-1] if done else trainer.evaluate())
+    finally:
+        tracker.close()
     trainer.model.save_pretrained(out / "adapter")
     trainer.processing_class.save_pretrained(out / "adapter")
     records = read_metrics(metrics_path, trainer.state.global_step)

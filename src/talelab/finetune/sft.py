@@ -27,10 +27,12 @@ from talelab.atomic import write_text_atomic
 from talelab.config import FinetuneConfig
 from talelab.data.tags import has_dialogue, story_prompt
 from talelab.errors import InputError
-from talelab.finetune.base import (MetricsLog, context_length, format_trainable, load_base, lora_config,
-                                   precision_flags, trainable_summary)
-from talelab.finetune.formats import bos_text, build_examples, words_used
+from talelab.finetune.base import (MetricsLog, checkpoint_step, context_length, format_trainable, load_base,
+                                   lora_config, precision_flags, trainable_summary)
+from talelab.finetune.formats import CHAT_TEMPLATES, bos_text, build_examples, words_used
 from talelab.plots import loss_chart
+from talelab.tracking import Tracker, open_tracker
+from talelab.train.metrics import read_metrics, restart_metrics
 
 CHECKPOINTS = "checkpoints"
 
@@ -82,20 +84,21 @@ def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
         save_total_limit=config.save_total_limit,
         eval_strategy="steps" if has_eval and config.eval_steps else "no", eval_steps=config.eval_steps or None,
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed, data_seed=config.seed,
+        # --report-to's tracker gets metrics.jsonl's records from MetricsLog, not from transformers' integrations
         report_to=[], disable_tqdm=not config.progress, dataloader_num_workers=0, dataset_num_proc=None,
         **precision_flags(config.dtype))
 
 
-def make_callbacks(config: FinetuneConfig, metrics_path: Path) -> list:
-    """Log every metrics row to metrics.jsonl as it comes (the log DPO keeps too), and stop at --stop-at-step after
-    a checkpoint."""
+def make_callbacks(config: FinetuneConfig, metrics_path: Path, tracker: Tracker) -> list:
+    """Log every metrics row to metrics.jsonl and the tracker as it comes (the log DPO keeps too), and stop at
+    --stop-at-step after a checkpoint."""
     class StopAtStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if config.stop_at_step and state.global_step >= config.stop_at_step:
                 control.should_save = True
                 control.should_training_stop = True
 
-    return [MetricsLog(metrics_path), StopAtStep()]
+    return [MetricsLog(metrics_path, tracker), StopAtStep()]
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
@@ -173,6 +176,7 @@ class PreparedRun:
     summary: dict
     note: Callable[[str], None]
     resume_from: str | None
+    tracker: Tracker
 
 
 def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRun:
@@ -181,7 +185,7 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
     checkpoints = out / CHECKPOINTS
     resume_from = None
     if config.resume:
-        found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        found = sorted(checkpoints.glob("checkpoint-*"), key=checkpoint_step)
         if not found:
             raise InputError(f"--resume: no checkpoint in {checkpoints} (run without --resume first)")
         resume_from = str(found[-1])
@@ -190,8 +194,10 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
                          f"choose another --out)")
     out.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
-        for stale in ("metrics.jsonl", "log.txt", "summary.json"):
+        for stale in ("log.txt", "summary.json"):
             (out / stale).unlink(missing_ok=True)
+    resumed_step = checkpoint_step(resume_from) if resume_from else None
+    _, logged_through = restart_metrics(out / "metrics.jsonl", resumed_step)
     quiet_libraries(config.progress)
 
     def note(line: str) -> None:
@@ -213,43 +219,49 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
     peft_config = None
     if not config.full:
         peft_config = lora_config(model, config.lora)
+    tracker = open_tracker(config.report_to, out, dataclasses.asdict(config), resumed_step, logged_through)
     trainer = SFTTrainer(model=model, args=sft_arguments(config, checkpoints, bool(held_out)),
                          train_dataset=trainer_rows(train), eval_dataset=trainer_rows(held_out) if held_out else None,
                          processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=make_callbacks(config, out / "metrics.jsonl"))
+                         callbacks=make_callbacks(config, out / "metrics.jsonl", tracker))
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl; the log gets the lines that matter
     trainable, total, percent = trainable_summary(trainer.model)
     note(("full fine-tuning: " if config.full else f"LoRA r={peft_config.r} alpha={peft_config.lora_alpha} on "
           f"{', '.join(sorted(peft_config.target_modules))}: ") + format_trainable(trainer.model))
     summary = {"config": dataclasses.asdict(config), "trainable_params": trainable, "total_params": total,
                "trainable_percent": percent, "train_examples": len(train), "held_out_examples": len(held_out),
-               "data_note": data_note}
-    return PreparedRun(trainer, tokenizer, held_out, summary, note, resume_from)
+               "data_note": data_note, "template": train[0].get("template") if train else None}
+    return PreparedRun(trainer, tokenizer, held_out, summary, note, resume_from, tracker)
 
 
 def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
     """Run `talelab finetune`; returns the summary also written to summary.json."""
     run = prepare_run(config, data_root, log)
     trainer, summary, note, out = run.trainer, run.summary, run.note, Path(config.out)
-    if run.held_out and run.resume_from is None:
-        summary["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-        note(f"held-out loss before fine-tuning: {summary['eval_loss_before']:.4f}")
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=run.resume_from)
-    summary.update(train_seconds=time.time() - started, steps=trainer.state.global_step,
-                   train_loss=result.training_loss, final_loss=last_loss(trainer.state.log_history))
-    if run.held_out:
-        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-        summary["perplexity"] = math.exp(min(summary["eval_loss"], 50.0))
-        note(f"held-out loss after: {summary['eval_loss']:.4f} (perplexity {summary['perplexity']:.2f})")
-    history = trainer.state.log_history
-    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    loss_chart(history, out / "loss.png", "eval_loss", "held-out loss",
+    try:  # the tracker stays open for the evaluations around training, which metrics.jsonl records too
+        if run.held_out and run.resume_from is None:
+            summary["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+            note(f"held-out loss before fine-tuning: {summary['eval_loss_before']:.4f}")
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=run.resume_from)
+        summary.update(train_seconds=time.time() - started, steps=trainer.state.global_step,
+                       train_loss=result.training_loss, final_loss=last_loss(trainer.state.log_history))
+        if run.held_out:
+            summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+            summary["perplexity"] = math.exp(min(summary["eval_loss"], 50.0))
+            note(f"held-out loss after: {summary['eval_loss']:.4f} (perplexity {summary['perplexity']:.2f})")
+    finally:
+        run.tracker.close()
+    loss_chart(read_metrics(out / "metrics.jsonl"), out / "loss.png", "eval_loss", "held-out loss",
                title=f"{config.task} fine-tuning of {Path(config.base).name}")
     stopped_early = bool(config.stop_at_step) and trainer.state.global_step < trainer.state.max_steps
     if not stopped_early:
         trainer.save_model(str(out))  # adapter (or full model) + tokenizer
         summary.update(measure(trainer.model, run.tokenizer, config, run.held_out, note))
+        if summary["template"] in CHAT_TEMPLATES and not run.tokenizer.chat_template:
+            # set only now, after every example is built: an 'auto' template would read it as the tokenizer's own
+            run.tokenizer.chat_template = CHAT_TEMPLATES[summary["template"]]
+            run.tokenizer.save_pretrained(str(out))
     summary["stopped_at_step"] = trainer.state.global_step if stopped_early else None
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary

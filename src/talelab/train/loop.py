@@ -248,7 +248,9 @@ def train(model_config: ModelConfig, config: TrainConfig, resume: bool = False, 
     if not run.ranks.is_main:
         log = lambda *_: None  # noqa: E731  (one voice: rank 0 prints, records and saves)
     describe(run, log)
-    metrics = Metrics(run.run_dir, progress_bar(run), run.ranks.is_main, run.state.step if resume else None)
+    metrics = Metrics(run.run_dir, progress_bar(run), run.ranks.is_main, run.state.step if resume else None,
+                      run.config.report_to, {"model": dataclasses.asdict(run.model_config),
+                                             "train": dataclasses.asdict(run.config)})
     try:
         last_saved = run_steps(run, metrics)
     finally:  # an exception (divergence, Ctrl-C) still leaves complete metric lines and a clean terminal

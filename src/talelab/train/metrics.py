@@ -1,5 +1,5 @@
-"""What a training run measures and records: the validation loss on fixed windows, metrics.jsonl as it trains,
-metrics.csv and the loss chart when it ends.
+"""What a training run measures and records: the validation loss on fixed windows, metrics.jsonl (and the
+`--report-to` tracker) as it trains, metrics.csv and the loss chart when it ends.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from talelab.atomic import write_text_atomic
 from talelab.data.shards import Shard
 from talelab.plots import loss_chart
+from talelab.tracking import NO_TRACKER, open_tracker
 
 
 def fixed_windows(shard: Shard, count: int, length: int) -> np.ndarray:
@@ -49,7 +51,7 @@ def write_metrics_csv(records: list[dict], path: Path) -> None:
         writer.writerows(records)
 
 
-def read_metrics(path: Path, up_to_step: int) -> list[dict]:
+def read_metrics(path: Path, up_to_step: float = math.inf) -> list[dict]:
     """Metrics of an earlier session, dropping lines past the checkpoint we resume from."""
     if not path.is_file():
         return []
@@ -57,17 +59,30 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict]:
     return [r for r in records if r["step"] <= up_to_step]
 
 
+def restart_metrics(path: Path, resumed_step: int | None) -> tuple[list[dict], int | None]:
+    """metrics.jsonl as a session of train, finetune or dpo starts: empty for a new run; resuming from the checkpoint
+    of `resumed_step`, the earlier records up to it (those past it are logged again). Returns the records kept and
+    the last step the earlier sessions logged, where a tracker that cannot discard points picks up."""
+    earlier = read_metrics(path) if resumed_step is not None else []
+    kept = [r for r in earlier if r["step"] <= resumed_step]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept, max((r["step"] for r in earlier), default=None)
+
+
 class Metrics:
     """What a run reports as it trains: a metrics.jsonl line per record, flushed so that a killed run leaves complete
-    lines; the figures on the progress bar; and the latest of them, for the run's summary. Only a process that
-    `writes` (rank 0) touches the files."""
+    lines, and the same record to the tracker `report_to` names (which gets `config` once); the figures on the
+    progress bar; and the latest of them, for the run's summary. Only a process that `writes` (rank 0) touches the
+    files and the tracker."""
 
-    def __init__(self, run_dir: Path, bar: tqdm, writes: bool, resumed_step: int | None = None):
+    def __init__(self, run_dir: Path, bar: tqdm, writes: bool, resumed_step: int | None = None,
+                 report_to: str = "none", config: dict | None = None):
         self.run_dir, self.bar, self.writes = run_dir, bar, writes
         path = run_dir / "metrics.jsonl"
-        self.records = read_metrics(path, resumed_step) if resumed_step is not None else []
+        self.records, self.tracker = [], NO_TRACKER
         if writes:
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+            self.records, logged_through = restart_metrics(path, resumed_step)
+            self.tracker = open_tracker(report_to, run_dir, config or {}, resumed_step, logged_through)
         self.file = open(path if writes else os.devnull, "a", encoding="utf-8")
         self.latest = {}
 
@@ -75,6 +90,7 @@ class Metrics:
         self.records.append(entry)
         self.file.write(json.dumps(entry) + "\n")
         self.file.flush()
+        self.tracker.log(entry)
 
     def log_loss(self, step: int, loss: float, lr: float, tokens_per_s: float, elapsed: float) -> None:
         self.record({"step": step, "loss": round(loss, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
@@ -93,6 +109,7 @@ class Metrics:
     def close(self) -> None:
         self.bar.close()
         self.file.close()
+        self.tracker.close()
 
     def write_tables(self) -> None:
         """metrics.csv and the loss chart, from every record of the run."""
