@@ -6,7 +6,9 @@ server-sent events with `"stream": true`, and end with a usage chunk when `strea
 (prompt lists, token ids, echo, scoring with `max_tokens: 0`), are in `talelab.serve.completions`.
 
 A story model has no dialogue format: a chat request's story beginning is its last user message, and the other
-messages are ignored; the answer is the continuation. Beyond OpenAI's fields a request may set `top_k`,
+messages are ignored; the answer is the continuation. An instruct model (fine-tuned with `talelab finetune --task
+instruct`, which stores its template, or one with a chat template of its own) gets every message through its chat
+template, in the form it was trained on. Beyond OpenAI's fields a request may set `top_k`,
 `repetition_penalty` and `features` (of the six TinyStories features), which enter the prompt in the TinyStories
 Instruct form `Features: Dialogue, Twist\\nStory: <beginning>`; only models tuned on that form have learned it.
 `logprobs` report the model's top alternatives after the repetition penalty, before temperature; a sampled token
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import jinja2
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
@@ -107,14 +110,24 @@ def load_models(specs: list[str], decode: DecodeConfig = DecodeConfig()) -> dict
     return served
 
 
-def story_beginning(messages: list[Message]) -> str:
-    """The last user message's text: what a story model continues."""
+def message_text(message: Message) -> str:
+    content = message.content
+    return content if isinstance(content, str) else "".join(part.text for part in content or [])
+
+
+def chat_prompt(served: Served, messages: list[Message]) -> str:
+    """What the model continues: the conversation through an instruct model's chat template, or, for a story
+    model, the last user message's text as the beginning of a story."""
+    if served.tokenizer.chat_template:
+        try:
+            return served.tokenizer.chat_prompt([{"role": m.role, "content": message_text(m)} for m in messages])
+        except jinja2.TemplateError as e:  # templates may refuse a conversation (e.g. roles that do not alternate)
+            raise APIError(400, f"messages: {served.name}'s chat template refused them ({e})", "messages") from None
     users = [m for m in messages if m.role == "user"]
     if not users:
         raise APIError(400, "messages: a story model continues the last user message, and there is none",
                        "messages")
-    content = users[-1].content
-    return content if isinstance(content, str) else "".join(part.text for part in content or [])
+    return message_text(users[-1])
 
 
 def chat_logprobs(story: Story) -> dict:
@@ -279,7 +292,8 @@ async def completions(request: Request, body: CompletionRequest):
 
 async def chat_completions(request: Request, body: ChatRequest):
     top = (body.top_logprobs or 0) if body.logprobs else 0
-    return await answer(server_state(request), body, [story_beginning(body.messages)], "messages",
+    state = server_state(request)
+    return await answer(state, body, [chat_prompt(state.find(body.model), body.messages)], "messages",
                         body.max_completion_tokens or body.max_tokens, top, CHAT)
 
 
