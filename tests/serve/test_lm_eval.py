@@ -25,26 +25,12 @@ from .conftest import live_server
 
 MAX_LENGTH = 128  # lm_eval's window: prompts of up to 127 tokens and the one token it asks to be written after them
 
-STORIES_TASK = """task: talelab_stories
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: "{data}"}}}}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list: [{{metric: word_perplexity}}, {{metric: byte_perplexity}}, {{metric: bits_per_byte}}]
-"""
-
-PROBES_TASK = """task: talelab_probes
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: "{data}"}}}}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-metric_list: [{{metric: acc}}]
-"""
+def task_yaml(name: str, data: str, output_type: str, metrics: list[str], **fields: str) -> str:
+    """An lm_eval task over a local JSONL file; `fields` are doc_to_text / doc_to_choice / doc_to_target."""
+    lines = [f"task: {name}", "dataset_path: json", f'dataset_kwargs: {{data_files: {{test: "{data}"}}}}',
+             "test_split: test", f"output_type: {output_type}", *(f"{k}: {v}" for k, v in fields.items()),
+             "metric_list: [" + ", ".join(f"{{metric: {m}}}" for m in metrics) + "]"]
+    return "\n".join(lines) + "\n"
 
 
 def write_jsonl(path, rows: list[dict]) -> str:
@@ -91,7 +77,9 @@ def test_lm_eval_perplexity_of_stories_agrees_with_talelab_eval_loss(lm_eval_ser
     stories = [p for p in reference_pieces(shared / paths.TINYSTORIES_VALID)
                if len(tokenizer.encode(p)) < MAX_LENGTH - 2][:4]
     data = write_jsonl(tmp_path / "stories.jsonl", [{"text": story} for story in stories])
-    (tmp_path / "stories.yaml").write_text(STORIES_TASK.format(data=data))
+    (tmp_path / "stories.yaml").write_text(task_yaml(
+        "talelab_stories", data, "loglikelihood_rolling", ["word_perplexity", "byte_perplexity", "bits_per_byte"],
+        doc_to_text='""', doc_to_target='"{{text}}"'))
     figures = run_lm_eval(lm_eval_server, stories260k, tmp_path, "talelab_stories")["results"]["talelab_stories"]
     ours = score_documents(model, tokenizer, stories)
     words = sum(len(re.split(r"\s+", story)) for story in stories)  # lm_eval's count of words
@@ -106,7 +94,9 @@ def test_lm_eval_multiple_choice_on_the_probes_scores_each_choice_as_the_model_d
     model, tokenizer, _ = load_model(stories260k)
     questions = probe_questions()
     data = write_jsonl(tmp_path / "probes.jsonl", questions)
-    (tmp_path / "probes.yaml").write_text(PROBES_TASK.format(data=data))
+    (tmp_path / "probes.yaml").write_text(task_yaml("talelab_probes", data, "multiple_choice", ["acc"],
+                                                    doc_to_text='"{{prompt}}"', doc_to_choice='"{{choices}}"',
+                                                    doc_to_target="gold"))
     result = run_lm_eval(lm_eval_server, stories260k, tmp_path, "talelab_probes")
     samples = sorted(result["samples"]["talelab_probes"], key=lambda s: s["doc_id"])
     model.eval()
