@@ -15,6 +15,7 @@ from talelab.generate import generate
 from talelab.models.storage import load_model
 
 from ..serve.conftest import live_server, post
+from ..serve.test_playground import CHROMIUM, CHROMIUM_ARGS, set_value
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,33 @@ def test_serve_answers_an_instruct_model_s_chat_through_its_template_and_a_story
     assert chat["choices"][0]["message"]["content"] == completion["choices"][0]["text"]
     assert chat["usage"]["prompt_tokens"] == len(tokenizer.encode(prompt, bos=True))
     assert story["choices"][0]["message"]["content"] == beginning["choices"][0]["text"]  # the last user message
+
+
+@pytest.mark.slow
+def test_the_playground_asks_an_instruct_model_through_its_chat_endpoint(alpaca_model):
+    if not CHROMIUM.exists():
+        pytest.skip(f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    question = "Name three colours."
+    with live_server({"alpaca": alpaca_model}) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page, errors = browser.new_page(), []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/")
+        page.wait_for_function("document.querySelectorAll('#model-a option').length === 1")
+        page.fill("#beginning", question)
+        for knob, value in (("#temperature", 0), ("#repetition_penalty", 1), ("#max_tokens", 16)):
+            set_value(page, knob, value)
+        page.click("button:has-text('Generate')")
+        card = page.locator(".story.done")
+        card.wait_for(timeout=30_000)
+        shown, tokens = card.locator(".generated").text_content(), card.locator(".tok").count()
+        _, chat = post(url, "/v1/chat/completions", {"model": "alpaca", "max_tokens": 16, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": question}]})
+        browser.close()
+    assert not errors, errors
+    assert shown == chat["choices"][0]["message"]["content"] and tokens > 3  # the token view reads chat logprobs
 
 
 def test_a_story_model_has_no_template_and_generate_chat_says_so(stories260k, capsys):

@@ -180,7 +180,8 @@ class ServerState:
 
     def card(self, s: Served) -> dict:
         return {"id": s.name, "object": "model", "created": self.started, "owned_by": "talelab",
-                "context_length": s.model.config.context_length, "parameters": s.model.num_parameters()}
+                "context_length": s.model.config.context_length, "parameters": s.model.num_parameters(),
+                "chat": bool(s.tokenizer.chat_template)}  # an instruct model: the playground asks it as a chat
 
     def checked_prompts(self, s: Served, request: Sampling, prompts: list[str | list[int]], prompt_param: str,
                         max_tokens: int) -> list[list[int]]:

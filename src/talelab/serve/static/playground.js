@@ -28,18 +28,33 @@ function formatCount(n) {
 }
 
 function request(model, seed) {
-  const features = [...document.querySelectorAll(".chip[aria-pressed=true]")].map((b) => b.dataset.feature);
-  return {
-    model, prompt: $("beginning").value, features, seed, stream: true, logprobs: 5,
+  const knobs = {
+    model, seed, stream: true,
     temperature: Number($("temperature").value), top_p: Number($("top_p").value),
     repetition_penalty: Number($("repetition_penalty").value), max_tokens: Number($("max_tokens").value),
     top_k: Number($("top_k").value) || 0,
+  };
+  // an instruct model (its card says chat) answers the text as a user message, through its chat template
+  if (models.find((m) => m.id === model)?.chat) {
+    return { ...knobs, messages: [{ role: "user", content: $("beginning").value }], logprobs: true, top_logprobs: 5 };
+  }
+  const features = [...document.querySelectorAll(".chip[aria-pressed=true]")].map((b) => b.dataset.feature);
+  return { ...knobs, prompt: $("beginning").value, features, logprobs: 5 };
+}
+
+// Chat logprobs ({content: [{token, logprob, top_logprobs}]}) in the completions form the token view reads.
+function completionLogprobs(logprobs) {
+  if (!logprobs?.content) return logprobs;
+  return {
+    tokens: logprobs.content.map((c) => c.token),
+    token_logprobs: logprobs.content.map((c) => c.logprob),
+    top_logprobs: logprobs.content.map((c) => Object.fromEntries(c.top_logprobs.map((t) => [t.token, t.logprob]))),
   };
 }
 
 // Reads OpenAI-style server-sent events: text chunks, then a chunk with finish_reason (and logprobs).
 async function streamCompletion(body, signal, onText, onFinish) {
-  const res = await fetch("/v1/completions", {
+  const res = await fetch(body.messages ? "/v1/chat/completions" : "/v1/completions", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal,
   });
   if (!res.ok) {
@@ -63,8 +78,10 @@ async function streamCompletion(body, signal, onText, onFinish) {
         const message = JSON.parse(data);
         if (message.error) throw new Error(message.error.message);
         const choice = message.choices[0];
-        if (choice.text) onText(choice.text);
-        if (choice.finish_reason) onFinish(choice);
+        if (!choice) continue; // a usage chunk
+        const text = choice.text ?? choice.delta?.content;
+        if (text) onText(text);
+        if (choice.finish_reason) onFinish({ ...choice, logprobs: completionLogprobs(choice.logprobs) });
       }
     }
   }
