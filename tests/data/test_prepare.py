@@ -302,12 +302,16 @@ def test_statistics_count_tokens_of_a_given_tokenizer_without_the_duplicates(tmp
 # --- interruptions: Ctrl-C and a full disk leave the previous output -----------------------------------------------
 
 
-def talelab_prepare(*args, **popen) -> subprocess.Popen:
-    # Ctrl-C as a terminal delivers it: a test suite started in the background (`cmd &` in a script) inherits SIGINT
-    # ignored, and so would this child, which then finishes its job instead of stopping (exit 0, not 130)
+def talelab_prepare(*args, setup=lambda: None) -> subprocess.Popen:
+    """`talelab prepare` in a child process; `setup` runs in the child before it starts (e.g. a resource limit)."""
+    def start():
+        # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a script) inherits SIGINT
+        # ignored, and so would this child, which would then finish its job instead of stopping (exit 0, not 130)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        setup()
+
     return subprocess.Popen([sys.executable, "-m", "talelab", "prepare", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=start)
 
 
 def big_corpus(tmp_path: Path) -> Path:
@@ -342,7 +346,7 @@ def test_disk_filling_mid_write_exits_with_one_line_and_leaves_the_previous_outp
     def limit_file_size():  # a 4 MB file-size limit: writing the 12 MB corpus' scratch file fails like a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
 
-    process = talelab_prepare("--source", str(big_corpus(tmp_path)), "--out", str(out), preexec_fn=limit_file_size)
+    process = talelab_prepare("--source", str(big_corpus(tmp_path)), "--out", str(out), setup=limit_file_size)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and len(stderr.strip().splitlines()) == 1
     assert f"while writing {out}; the previous output is intact" in stderr
