@@ -177,6 +177,20 @@ class MergeRun(Settings):
 
 
 @dataclass
+class RecipeRun(Settings):
+    recipe: str = option("", "recipe name (recipes/NAME.yaml: lora-tagged-stories, poetry-dapt-instruct, "
+                         "small-models-from-scratch, tinyllama-sft-dpo, transformer-limits) or a recipe file",
+                         required=True, positional="?")
+    scale: str = option("cpu", "smoke: a few steps per stage (CI); cpu: the study end to end on the data root in "
+                        "15-30 minutes on 2 cores, with stand-ins; full: the study's own models, data and sizes "
+                        "(a GPU and the Hub)", ("smoke", "cpu", "full"))
+    out: str = option("", "output folder (default: runs/recipes/RECIPE-SCALE); run again to resume")
+    dry_run: bool = option(False, "check every stage's config against its command and print the commands; run "
+                           "nothing", saved=False)
+    stages: list[str] = option([], "run only these stages (finished ones are still skipped)")
+
+
+@dataclass
 class PushRun(Settings):
     directory: str = option("", "run, model, export, merge or adapter directory", required=True, positional="?")
     repo: str = option("", "Hub repository, owner/name (created when missing)", required=True)
@@ -398,6 +412,15 @@ def run_push(config: PushRun, data_root) -> None:
                endpoint=config.endpoint, token_env=config.token_env, license=config.license))  # writes no directory
 
 
+def run_recipe(config: RecipeRun, data_root) -> None:
+    from talelab.recipe.book import load_recipe
+    from talelab.recipe.runner import run_recipe as run_stages
+
+    recipe = load_recipe(config.recipe)
+    out = config.out or f"runs/recipes/{recipe.name}-{config.scale}"
+    run_stages(recipe, config.scale, out, data_root, dry_run=config.dry_run, stages=config.stages)  # its own configs
+
+
 def with_card(out: Path, command: str) -> Path:
     """Give the model that `out` holds its model card, then hand `out` back (the CLI saves config.yaml there, which
     the card's reproduce line names)."""
@@ -459,5 +482,7 @@ COMMANDS: dict[str, Command] = {
     "prefs build": Command(PrefsConfig, run_prefs, "story pairs: prompt = a story's beginning, chosen = its real "
                            "continuation, rejected = that continuation shuffled or the model's own sample"),
     "push": Command(PushRun, run_push, "upload a model directory (with its model card) to the Hugging Face Hub"),
+    "recipe run": Command(RecipeRun, run_recipe, "reproduce a study (recipes/): its stages as talelab commands in "
+                          "order, resumable, ending in report.md with the study's tables side by side"),
     "merge": Command(MergeRun, run_merge, "fold a LoRA adapter into its base: a standalone Hugging Face directory"),
 }

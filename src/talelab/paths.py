@@ -9,7 +9,7 @@ from pathlib import Path
 from talelab.errors import InputError
 
 # The checkout is three levels above this file (src/talelab/paths.py); ../shared sits beside it.
-_CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -25,7 +25,7 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
         if not root.is_dir():
             raise InputError(f"TALELAB_DATA={root}: no such directory")
         return root
-    beside = _CHECKOUT.parent / "shared"
+    beside = CHECKOUT.parent / "shared"
     if beside.is_dir():
         return beside
     return None

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from talelab.devices import autocast_context, pick_device, training_dtype
+from talelab.errors import TalelabError
 from talelab.experiments.sweep import configurations, plan_runs
 from talelab.models import build_model
 from talelab.train.loop import train_step
@@ -58,7 +59,9 @@ def measure(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str
     if os.waitstatus_to_exitcode(status) != 0:
         if "out of memory" in err.lower() or "cannot allocate" in err.lower() or os.WIFSIGNALED(status):
             return "oom"
-        raise RuntimeError(f"memory measurement of {run} at batch {batch_size} failed: {err.strip()[-300:]}")
+        last = err.strip().splitlines()[-1] if err.strip() else "no output"
+        raise TalelabError(f"memory: measuring {run['preset'] or ''} {run['overrides']} at batch {batch_size} "
+                           f"failed: {last}")
     result = json.loads(out.strip().splitlines()[-1])
     if result["cuda_peak_mb"] is not None:
         return f"{result['cuda_peak_mb']:,.0f} / {result['cuda_reserved_mb']:,.0f}"

@@ -1,0 +1,230 @@
+"""A recipe's report.md: every table of its study with the published row above talelab's, one sentence per table on
+agreement (computed) and why it differs at this scale (the recipe's), every figure beside the study's caption.
+
+A measured cell names where the value is read: `STAGE/FILE:KEY.PATH`, FILE a JSON file or a CSV (a list of rows)
+under the stage's output, KEY.PATH dot-separated keys, list indices or `[field=value]` (the first row whose field
+is that value); e.g. `grid/results.csv:[name=d256].val_bpb`. A cell whose file a scale does not produce stays empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+from talelab.atomic import write_text_atomic
+from talelab.errors import ConfigError
+from talelab.recipe.book import Recipe
+
+SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[\]]+")
+
+
+class NotMeasured(Exception):
+    """The file a cell reads does not exist (its stage does not run at this scale) or lacks the key."""
+
+
+def number(text: str):
+    """A CSV cell as a number where it is one ('1,234' too: talelab's tables group thousands)."""
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
+        text = text.replace(",", "")
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def read_document(path: Path):
+    if not path.is_file():
+        raise NotMeasured(f"{path.name} not written")
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def lookup(document, key: str, where: str):
+    value = document
+    for segment in SEGMENT.findall(key):
+        if segment.startswith("["):
+            inner = segment[1:-1]
+            if "=" in inner:
+                field, _, wanted = inner.partition("=")
+                matches = [row for row in value if isinstance(row, dict) and str(row.get(field)) == wanted]
+                if not matches:
+                    raise NotMeasured(f"{where}: no row with {field}={wanted}")
+                value = matches[0]
+            else:
+                value = value[int(inner)]
+        elif isinstance(value, dict) and segment in value:
+            value = value[segment]
+        else:
+            raise NotMeasured(f"{where}: no key '{segment}'")
+    return value
+
+
+def measured_value(out: Path, cell):
+    """The value a measured cell names (a literal number or text stays as it is); NotMeasured when absent."""
+    if not isinstance(cell, str) or ":" not in cell:
+        if cell is None:
+            raise NotMeasured("not measured")
+        return cell
+    file, _, key = cell.partition(":")
+    return lookup(read_document(out / file), key, cell)
+
+
+def numeric(value) -> float | None:
+    if isinstance(value, dict) and "mean" in value:
+        value = value["mean"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def shown(value) -> str:
+    """A cell as the report prints it: published values keep their digits, measured ones get four significant."""
+    if value is None:
+        return "—"
+    if isinstance(value, dict) and "mean" in value:
+        return f"{shown(value['mean'])} ± {shown(value.get('sd'))}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def concordance(published: list[float], measured: list[float]) -> tuple[int, int]:
+    """(pairs ordered alike, pairs compared) over every pair of cells both sides rank strictly."""
+    alike = compared = 0
+    for i in range(len(published)):
+        for j in range(i + 1, len(published)):
+            a, b = published[i] - published[j], measured[i] - measured[j]
+            if a and b:
+                compared += 1
+                alike += (a > 0) == (b > 0)
+    return alike, compared
+
+
+def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
+    """One computed sentence on how talelab's cells agree with the published ones, by the table's `compare` rule."""
+    how = table.get("compare", "none")
+    pairs = []
+    for published, measured in rows:
+        cells = [(numeric(p), numeric(m)) for p, m in zip(published, measured)]
+        cells = [(p, m) for p, m in cells if p is not None and m is not None]
+        if cells:
+            pairs.append(([p for p, _ in cells], [m for _, m in cells]))
+    if how == "none":
+        return ""
+    if not pairs:
+        return "Nothing measured at this scale to compare."
+    if how == "order":
+        alike = sum(concordance(p, m)[0] for p, m in pairs)
+        compared = sum(concordance(p, m)[1] for p, m in pairs)
+        tops = sum(p.index(max(p)) == m.index(max(m)) for p, m in pairs if len(p) > 1)
+        return (f"Order: {alike} of {compared} pairs of cells are ranked alike ({100 * alike / max(compared, 1):.0f} %); "
+                f"the largest value falls in the same place in {tops} of {len(pairs)} rows.")
+    if how == "trend":
+        steps = [(p[i + 1] - p[i], m[i + 1] - m[i]) for p, m in pairs for i in range(len(p) - 1)]
+        alike = sum((a > 0) == (b > 0) for a, b in steps if a and b)
+        return f"Trend: {alike} of {len(steps)} steps between neighbouring cells go the same way."
+    ratios = sorted(abs(m - p) / abs(p) for ps, ms in pairs for p, m in zip(ps, ms) if p)
+    median = ratios[len(ratios) // 2] if ratios else float("nan")
+    return f"Values: the median cell differs from the published one by {100 * median:.1f} % ({len(ratios)} cells)."
+
+
+def table_markdown(table: dict, out: Path, scale: str) -> tuple[str, dict]:
+    columns = table.get("columns", [])
+    lines = [f"### {table['number']}: {table.get('title', '')}", "",
+             "| " + " | ".join([table.get("row_label") or "", "", *map(shown, columns)]) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    compared, absent, data = [], set(), []
+    for row in table.get("rows", []):
+        published = row.get("published") or [None] * len(columns)
+        measured = []
+        for cell in row.get("measured") or [None] * len(columns):
+            try:
+                measured.append(measured_value(out, cell))
+            except NotMeasured as e:
+                measured.append(None)
+                if cell is not None:
+                    absent.add(str(e))
+        lines.append("| " + " | ".join([shown(row.get("label", "")), "published", *map(shown, published)]) + " |")
+        if row.get("measured") is not None:
+            lines.append("| " + " | ".join(["", "**talelab**", *map(shown, measured)]) + " |")
+            compared.append((published, measured))
+        data.append({"label": row.get("label"), "published": published,
+                     "measured": measured if row.get("measured") is not None else None})
+    if table.get("compare_along") == "rows" and compared:  # compare each column's cells down the rows
+        columns_published = zip(*[p for p, _ in compared])
+        columns_measured = zip(*[m for _, m in compared])
+        compared = [(list(p), list(m)) for p, m in zip(columns_published, columns_measured)]
+    sentence = agreement(table, compared)
+    why = table.get("why", "")
+    why = why.get(scale, why.get("default", "")) if isinstance(why, dict) else why
+    if not compared:
+        sentence = "Published only: talelab does not measure this table (shown for reference)."
+    lines += ["", " ".join(s for s in (sentence, why) if s)]
+    if absent:
+        lines.append(f"Empty talelab cells: {'; '.join(sorted(absent))}.")
+    return "\n".join(lines) + "\n", {"number": table["number"], "columns": columns, "rows": data,
+                                     "agreement": sentence, "why": why}
+
+
+def figure_markdown(figure: dict, out: Path) -> str:
+    lines = [f"### {figure.get('number', 'Figure')}: {figure.get('title', '')}", "",
+             f"Published: {figure.get('shows', '')}".rstrip(), ""]
+    ours = figure.get("ours") or []
+    for path in [ours] if isinstance(ours, str) else ours:
+        lines.append(f"![{path}]({path})" if (out / path).is_file() else f"({path} was not produced at this scale)")
+    if not ours:
+        lines.append(f"Not reproduced: {figure.get('why', 'no talelab stage draws it')}")
+    elif figure.get("why"):
+        lines += ["", figure["why"]]
+    return "\n".join(lines) + "\n"
+
+
+def stage_times(recipe: Recipe, scale: str, out: Path) -> tuple[list[str], list[dict]]:
+    lines, data = ["| stage | command | seconds |", "|---|---|---:|"], []
+    for stage in recipe.stages_at(scale):
+        done = out / "stages" / f"{stage.name}.done.json"
+        seconds = json.loads(done.read_text(encoding="utf-8"))["seconds"] if done.exists() else None
+        lines.append(f"| {stage.name} | talelab {stage.command} | {shown(seconds)} |")
+        data.append({"stage": stage.name, "command": stage.command, "seconds": seconds})
+    total = sum(d["seconds"] or 0 for d in data)
+    lines.append(f"| all | | {total:,.0f} |")
+    return lines, data
+
+
+def write_report(recipe: Recipe, scale: str, out: Path) -> Path:
+    """<out>/report.md and report.json from what the stages wrote."""
+    out = Path(out)
+    if not recipe.tables:
+        raise ConfigError(f"{recipe.path}: no tables to report")
+    times, time_data = stage_times(recipe, scale, out)
+    lines = [f"# {recipe.title}: reproduced with talelab", "",
+             f"Recipe `{recipe.name}` at scale **{scale}** ({recipe.scales.get(scale, '')}); the study: "
+             f"`studies/{recipe.study}`. {recipe.summary}", ""]
+    stand_ins = recipe.stand_ins.get(scale, [])
+    if stand_ins:
+        lines += ["Stand-ins at this scale:", "", *[f"- {s}" for s in stand_ins], ""]
+    lines += ["## Stages", "", *times, "", "## Tables", "",
+              "Each row gives the published values, then talelab's measured at this scale (— where this scale does "
+              "not measure it).", ""]
+    tables = []
+    for table in recipe.tables:
+        text, data = table_markdown(table, out, scale)
+        lines.append(text)
+        tables.append(data)
+    if recipe.figures:
+        lines += ["## Figures", ""] + [figure_markdown(f, out) for f in recipe.figures]
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(lines))
+    write_text_atomic(out / "report.json", json.dumps({"recipe": recipe.name, "scale": scale, "stand_ins": stand_ins,
+                                                       "stages": time_data, "tables": tables}, indent=2) + "\n")
+    return report
