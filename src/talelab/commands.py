@@ -55,6 +55,15 @@ class SweepRun(Settings):
     train: dict = overrides(TrainConfig, "training (every run; a --grid value wins; the budget sets the steps)",
                             skip=("data", "tokenizer", "out", "device", "dtype", "max_steps", "max_minutes",
                                   "max_tokens", "schedule_steps", "epochs", "progress"))
+    eval_suites: str = option("", "evaluate every finished run with these comma-separated `talelab eval` suites "
+                              "(e.g. 'probes,diversity,judge'; empty: none) into RUN/eval, and add the reports' "
+                              "headline figures to the results as columns")
+    axis_metrics: list[str] = option(["val_loss"], "results columns (eval figures such as 'probes.accuracy.factual' "
+                                     "too) drawn against each --grid key that takes several values (axis_KEY.png)")
+    # eval's settings share names with sweep's own (--data, --batch-size, --seed, --device): their flags take the
+    # prefix 'eval_' (--eval-data, --eval-temperature), as a section's prefix does; in YAML they nest under 'eval'
+    eval: dict = overrides(EvalConfig, "evaluation of every run (with --eval-suites; its device: --device unless "
+                           "--eval-device)", skip=("model", "suite", "out", "progress"), prefix="eval_")
 
 
 @dataclass
@@ -256,7 +265,9 @@ def run_sweep(config: SweepRun, data_root) -> Path:
 
     common = {"data": config.data, "tokenizer": config.tokenizer, "device": config.device, "dtype": config.dtype}
     sweep(config.presets, config.grid or None, config.budget, config.out, common,
-          base_preset=config.base_preset or None, every_run={**config.model, **config.train})
+          base_preset=config.base_preset or None, every_run={**config.model, **config.train},
+          eval_suites=config.eval_suites, eval_settings=config.eval, data_root=data_root,
+          axis_metrics=config.axis_metrics)
     print(f"results in {config.out}/results.md")
     return Path(config.out)
 

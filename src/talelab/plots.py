@@ -58,16 +58,40 @@ def loss_chart(records: list[dict], path: Path, held_out: str, held_out_label: s
     save(fig, path, dpi=120)
 
 
-def validation_loss_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, xlabel: str) -> None:
-    """Validation loss of several runs, one line each ({run: (x, loss)}), against a shared x (tokens or time)."""
+def validation_loss_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, xlabel: str,
+                           ylabel: str = "validation loss (nats/token)") -> None:
+    """Validation loss (or another loss, named by `ylabel`) of several runs, one line each ({run: (x, loss)}),
+    against a shared x (tokens or time)."""
     fig = canvas_figure(7, 4.2, dpi=120)
     ax = fig.add_subplot()
     for name, (x, loss) in curves.items():
         ax.plot(x, loss, "o-", ms=3, label=name)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    save(fig, path, dpi=120)
+
+
+def metrics_against_axis(xs: list, panels: dict[str, dict[str, list[float | None]]], path: Path,
+                         xlabel: str) -> None:
+    """One panel per metric ({metric: {group: a value or None per x}}), a line per group against the axis values
+    `xs`: numbers spaced by value, anything else (names) evenly; a legend when the groups have labels."""
+    numeric = all(isinstance(x, (int, float)) for x in xs)
+    positions = list(xs) if numeric else list(range(len(xs)))
+    labelled = max((len(groups) for groups in panels.values() if any(groups)), default=0)
+    # the legend goes below the panels, where it hides no point: the figure grows a line per group
+    fig = canvas_figure(max(5.0, 4.2 * len(panels)), 3.8 + 0.17 * labelled, dpi=120)
+    for ax, (metric, groups) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for label, values in groups.items():
+            shown = [(p, v) for p, v in zip(positions, values) if v is not None]  # a missing run leaves no point
+            ax.plot([p for p, _ in shown], [v for _, v in shown], "o-", ms=4, label=label)
+        ax.set_xticks(positions, [str(x) for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+        if any(groups):
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     save(fig, path, dpi=120)
 
 

@@ -43,9 +43,10 @@ def section(cls, title: str, prefix: str = "", skip: tuple = (), **defaults):
                  metadata={"section": cls, "help": title, "prefix": prefix, "skip": skip, "defaults": defaults})
 
 
-def overrides(cls, title: str, skip: tuple = ()):
-    """Values of `cls`'s fields given for every run (sweeps): only those set, kept as a mapping."""
-    return field(default_factory=dict, metadata={"overrides": cls, "help": title, "prefix": "", "skip": skip,
+def overrides(cls, title: str, skip: tuple = (), prefix: str = ""):
+    """Values of `cls`'s fields given for every run (sweeps): only those set, kept as a mapping. `prefix` keeps
+    their flags apart from the command's own (a sweep's eval settings: --eval-seed beside --seed)."""
+    return field(default_factory=dict, metadata={"overrides": cls, "help": title, "prefix": prefix, "skip": skip,
                                                  "defaults": {}})
 
 

@@ -1,11 +1,12 @@
 import csv
+import json
 
 import pytest
 import yaml
 
 from talelab.cli import main
 from talelab.errors import ConfigError
-from talelab.experiments.sweep import parse_budget, parse_grid, plan_runs, sweep
+from talelab.experiments.sweep import metrics_by_axis, parse_budget, parse_grid, plan_runs, sweep
 
 
 def test_budgets_are_time_or_tokens():
@@ -50,9 +51,12 @@ def test_every_configuration_is_checked_before_the_first_one_trains(tmp_path, ca
     assert main(["sweep", "--grid", "n_layerz=2,3", "--budget", "6k", *common]) == 2
     assert main(["sweep", "--grid", "n_layers=,", "--budget", "6k", *common]) == 2
     assert main(["sweep", "tiny", "--budget", "0", *common]) == 2
+    assert main(["sweep", "tiny", "--budget", "6k", "--eval-suites", "probes,riddles", *common]) == 2
+    assert main(["sweep", "tiny", "--budget", "6k", "--axis-metrics", "loss", *common]) == 2  # val_loss is
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("talelab: error: ") for line in err)
+    assert len(err) == 6 and all(line.startswith("talelab: error: ") for line in err)
     assert "ts-99m" in err[0] and "n_layerz" in err[1] and "no combinations" in err[2] and "budget" in err[3]
+    assert "unknown suite 'riddles'" in err[4] and "'loss' is not a column" in err[5]
     assert not (tmp_path / "sweep" / "tiny").exists()  # the valid run did not start before the bad one was found
 
 
@@ -95,3 +99,51 @@ def test_model_and_training_flags_apply_to_every_run_under_its_grid_values(tmp_p
             for run, c in configs.items()} == {"tiny": (32, 1, 0.05, 0.005),
                                                "tiny-d_model32-lr0.002": (32, 1, 0.05, 0.002),
                                                "tiny-d_model48-lr0.002": (48, 1, 0.05, 0.002)}
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_evaluates_every_run_plots_each_axis_and_redoes_nothing_when_run_again(
+        tmp_path, prepared, bpe_dir, shared, capsys):
+    # three runs, not the full 2 x 2 product: both keys still take two values; one probe set keeps the evals short
+    out = tmp_path / "grid"
+    command = ["--data-root", str(shared), "sweep", "--grid", "d_model=16,32 n_layers=1; d_model=16 n_layers=2",
+               "--base-preset", "tiny", "--budget", "2k", "--data", str(prepared), "--tokenizer", str(bpe_dir),
+               "--out", str(out), "--eval-suites", "probes", "--eval-probe-sets", "factual", "--axis-metrics",
+               "val_loss", "probes.accuracy.factual"]
+    assert main(command) == 0
+    runs = ["tiny-d_model16-n_layers1", "tiny-d_model32-n_layers1", "tiny-d_model16-n_layers2"]
+    table = list(csv.DictReader(open(out / "results.csv")))
+    assert [t["name"] for t in table] == runs
+    assert 0 <= float(table[0]["probes.accuracy.factual"]) <= 1 and "probes.accuracy.factual" in (
+        out / "results.md").read_text()
+    for run in runs:
+        assert json.loads((out / run / "eval" / "report.json").read_text())["sections"]["probes"]["status"] == "ok"
+        assert f"--data-root {shared} eval" in (out / run / "eval.log").read_text()  # the data root reached it
+    for plot in ("axis_d_model.png", "axis_n_layers.png", "train_loss_curves.png", "loss_curves.png"):
+        assert (out / plot).stat().st_size > 1000 and plot in (out / "results.md").read_text()
+    assert not (out / "axis_n_heads.png").exists()
+
+    finished = {path: path.stat().st_mtime_ns for run in runs
+                for path in (out / run / "result.json", out / run / "eval" / "report.json")}
+    capsys.readouterr()
+    assert main(command) == 0
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished  # nothing trained or evaluated again
+    said = capsys.readouterr().out
+    assert said.count("done earlier") == 3 and "training" not in said and "evaluating" not in said
+
+    assert main([*command[:-2], "probes.accuracy.factuel"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'probes.accuracy.factuel' is not a column" in err[0] and "val_bpb" in err[0]
+
+
+def test_each_grid_key_with_several_values_is_an_axis_with_a_line_per_combination_of_the_others():
+    axes = {"a": {"d_model": 16, "n_layers": 1}, "b": {"d_model": 32, "n_layers": 1},
+            "c": {"d_model": 16, "n_layers": 2}, "d": {"d_model": 64, "n_heads": 4}}  # d: from a second ';' grid
+    table = [{"name": name, "val_loss": loss} for name, loss in zip("abcd", (3.0, 2.5, 2.8, 2.0))]
+    table.append({"name": "tiny", "val_loss": 1.0})  # a preset run: on no axis
+    by_axis = metrics_by_axis(table, axes, ["val_loss"])
+    assert list(by_axis) == ["d_model", "n_layers"]  # n_heads takes one value
+    assert by_axis["d_model"] == ([16, 32, 64], {"val_loss": {"n_layers=1": [3.0, 2.5, None],
+                                                              "n_layers=2": [2.8, None, None],
+                                                              "n_heads=4": [None, None, 2.0]}})
+    assert by_axis["n_layers"] == ([1, 2], {"val_loss": {"d_model=16": [3.0, 2.8], "d_model=32": [2.5, None]}})
