@@ -113,7 +113,8 @@ def run_neurons(model: str | os.PathLike, out: str | os.PathLike | None = None, 
     report = {"model": str(model), "family": subject.family, "out": str(out), "texts": len(texts), "tokens": tokens,
               "top": top, "layers": layers, "context": {"before": BEFORE, "after": AFTER}, "base_rates": base_rates,
               "ranking": [{k: n[k] for k in ("layer", "neuron", "top_class", "share", "base_rate", "selectivity",
-                                               "distinct_words", "mean_top")} | {"top_tokens": top_words(n)}
+                                               "distinct_words", "mean_top")}
+                          | {"top_tokens": top_words(n), "top": n["top"]}  # top: read without a second lookup
                           for n in ranking[:rank]],
               "neurons": neurons}
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def describe(subject: Subject, layer: int, neuron: int, best: TopActivations, ba
         entries.append({"activation": round(value, 4), "token": token_label(subject.tokenizer, window[BEFORE],
                                                                              pieces[BEFORE]),
                         "word": word, "class": cls, "before": "".join(pieces[:BEFORE]), "after": "".join(
-                            pieces[BEFORE + 1:]), "text": text, "position": position})
+                            pieces[BEFORE + 1:]), "context": "".join(pieces), "text": text, "position": position})
     shares = Counter(e["class"] for e in entries)
     shares = {c: round(shares[c] / max(len(entries), 1), 4) for c in CLASSES}
     # selective: more of its top tokens in one class than that class's share of all text ("other" is no class)

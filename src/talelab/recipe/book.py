@@ -18,8 +18,13 @@ study's tables and figures, each published value kept beside where talelab's own
         compare: order                  # how agreement is judged (talelab.recipe.report)
         why: "..."                      # why it may differ at a small scale
 
-Strings in stage configs may name `${out}` (the recipe's output folder), `${data}` (the data root), `${recipe}` (the
-folder of the recipe file, for files a recipe brings) and `${scale}`.
+Strings in stage configs, measured cells and figure paths may name `${out}` (the recipe's output folder), `${data}`
+(the data root), `${recipe}` (the folder of the recipe file, for files a recipe brings), `${scale}`, and the recipe's
+own `variables` for the scale (e.g. which sweep run stands for the study's "256-8-4" at that scale):
+
+    variables:
+      every: {judge: "eval/report.json:sections.judge.categories"}   # at every scale, under the scale's own
+      cpu: {m256_8_4: d_model128-n_layers2-n_heads4}
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Recipe:
     stages: list[Stage]
     tables: list[dict]
     figures: list[dict]
+    variables: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def stages_at(self, scale: str) -> list[Stage]:
         return [stage for stage in self.stages if scale in stage.scales]
@@ -125,9 +131,15 @@ def load_recipe(name: str) -> Recipe:
     for i, figure in enumerate(figures):
         expect(figure, dict, where, f"figures[{i}]")
     stand_ins = expect(raw.get("stand_ins", {}), dict, where, "stand_ins")
+    scale_variables = expect(raw.get("variables", {}), dict, where, "variables")
+    for scale, values in scale_variables.items():
+        if scale not in (*SCALES, "every") or not isinstance(values, dict):
+            raise ConfigError(f"{where}: variables: expected a mapping per scale ({', '.join(SCALES)}) or for "
+                              f"'every' scale, got '{scale}'")
     return Recipe(path.stem, path, raw["study"], raw.get("title", path.stem), raw.get("summary", ""),
                   expect(raw.get("scales", {}), dict, where, "scales"),
-                  {k: list(v) for k, v in stand_ins.items()}, stages, tables, figures)
+                  {k: list(v) for k, v in stand_ins.items()}, stages, tables, figures,
+                  {scale: {k: str(v) for k, v in values.items()} for scale, values in scale_variables.items()})
 
 
 def expect(value, kind, where: str, key: str):

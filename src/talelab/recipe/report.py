@@ -16,7 +16,7 @@ from pathlib import Path
 
 from talelab.atomic import write_text_atomic
 from talelab.errors import ConfigError
-from talelab.recipe.book import Recipe
+from talelab.recipe.book import Recipe, substitute
 
 SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[\]]+")
 
@@ -47,7 +47,7 @@ def read_document(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def lookup(document, key: str, where: str):
+def lookup(document, key: str):
     value = document
     for segment in SEGMENT.findall(key):
         if segment.startswith("["):
@@ -56,14 +56,14 @@ def lookup(document, key: str, where: str):
                 field, _, wanted = inner.partition("=")
                 matches = [row for row in value if isinstance(row, dict) and str(row.get(field)) == wanted]
                 if not matches:
-                    raise NotMeasured(f"{where}: no row with {field}={wanted}")
+                    raise NotMeasured(f"no row with {field}={wanted}")
                 value = matches[0]
             else:
                 value = value[int(inner)]
         elif isinstance(value, dict) and segment in value:
             value = value[segment]
         else:
-            raise NotMeasured(f"{where}: no key '{segment}'")
+            raise NotMeasured(f"no key '{segment}'")
     return value
 
 
@@ -74,7 +74,7 @@ def measured_value(out: Path, cell):
             raise NotMeasured("not measured")
         return cell
     file, _, key = cell.partition(":")
-    return lookup(read_document(out / file), key, cell)
+    return lookup(read_document(out / file), key)
 
 
 def numeric(value) -> float | None:
@@ -111,7 +111,9 @@ def concordance(published: list[float], measured: list[float]) -> tuple[int, int
 
 
 def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
-    """One computed sentence on how talelab's cells agree with the published ones, by the table's `compare` rule."""
+    """One computed sentence on how talelab's cells agree with the published ones, by the table's `compare` rule;
+    `rows`: (published, measured) cells of each row, or of each column when the table compares down its rows."""
+    lines = "columns" if table.get("compare_along") == "rows" else "rows"
     how = table.get("compare", "none")
     pairs = []
     for published, measured in rows:
@@ -128,7 +130,7 @@ def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
         compared = sum(concordance(p, m)[1] for p, m in pairs)
         tops = sum(p.index(max(p)) == m.index(max(m)) for p, m in pairs if len(p) > 1)
         return (f"Order: {alike} of {compared} pairs of cells are ranked alike ({100 * alike / max(compared, 1):.0f} %); "
-                f"the largest value falls in the same place in {tops} of {len(pairs)} rows.")
+                f"the largest value falls in the same place in {tops} of {len(pairs)} {lines}.")
     if how == "trend":
         steps = [(p[i + 1] - p[i], m[i + 1] - m[i]) for p, m in pairs for i in range(len(p) - 1)]
         alike = sum((a > 0) == (b > 0) for a, b in steps if a and b)
@@ -138,12 +140,15 @@ def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
     return f"Values: the median cell differs from the published one by {100 * median:.1f} % ({len(ratios)} cells)."
 
 
-def table_markdown(table: dict, out: Path, scale: str) -> tuple[str, dict]:
+def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str]) -> tuple[str, dict]:
+    where = f"table '{table['number']}'"  # only the measured cells name variables: published text may hold a '$'
+    table = {**table, "rows": [{**row, "measured": substitute(row.get("measured"), names, where)}
+                               for row in table.get("rows", [])]}
     columns = table.get("columns", [])
     lines = [f"### {table['number']}: {table.get('title', '')}", "",
              "| " + " | ".join([table.get("row_label") or "", "", *map(shown, columns)]) + " |",
              "|" + "---|" * (len(columns) + 2)]
-    compared, absent, data = [], set(), []
+    compared, absent, data = [], {}, []
     for row in table.get("rows", []):
         published = row.get("published") or [None] * len(columns)
         measured = []
@@ -153,7 +158,7 @@ def table_markdown(table: dict, out: Path, scale: str) -> tuple[str, dict]:
             except NotMeasured as e:
                 measured.append(None)
                 if cell is not None:
-                    absent.add(str(e))
+                    absent[str(e)] = absent.get(str(e), 0) + 1
         lines.append("| " + " | ".join([shown(row.get("label", "")), "published", *map(shown, published)]) + " |")
         if row.get("measured") is not None:
             lines.append("| " + " | ".join(["", "**talelab**", *map(shown, measured)]) + " |")
@@ -171,17 +176,22 @@ def table_markdown(table: dict, out: Path, scale: str) -> tuple[str, dict]:
         sentence = "Published only: talelab does not measure this table (shown for reference)."
     lines += ["", " ".join(s for s in (sentence, why) if s)]
     if absent:
-        lines.append(f"Empty talelab cells: {'; '.join(sorted(absent))}.")
+        reasons = "; ".join(f"{count} {'cell' if count == 1 else 'cells'}: {reason}" for reason, count in absent.items())
+        lines.append(f"Empty talelab cells ({reasons}).")
     return "\n".join(lines) + "\n", {"number": table["number"], "columns": columns, "rows": data,
                                      "agreement": sentence, "why": why}
 
 
-def figure_markdown(figure: dict, out: Path) -> str:
+def figure_markdown(figure: dict, out: Path, names: dict[str, str]) -> str:
+    figure = {**figure, "ours": substitute(figure.get("ours"), names, f"figure '{figure.get('number')}'")}
     lines = [f"### {figure.get('number', 'Figure')}: {figure.get('title', '')}", "",
              f"Published: {figure.get('shows', '')}".rstrip(), ""]
     ours = figure.get("ours") or []
-    for path in [ours] if isinstance(ours, str) else ours:
-        lines.append(f"![{path}]({path})" if (out / path).is_file() else f"({path} was not produced at this scale)")
+    for path in dict.fromkeys([ours] if isinstance(ours, str) else ours):  # scales may map two models onto one
+        if not (out / path).is_file():
+            lines.append(f"({path} was not produced at this scale)")
+        else:
+            lines.append(f"![{path}]({path})" if path.endswith(".png") else f"[{path}]({path})")
     if not ours:
         lines.append(f"Not reproduced: {figure.get('why', 'no talelab stage draws it')}")
     elif figure.get("why"):
@@ -201,8 +211,8 @@ def stage_times(recipe: Recipe, scale: str, out: Path) -> tuple[list[str], list[
     return lines, data
 
 
-def write_report(recipe: Recipe, scale: str, out: Path) -> Path:
-    """<out>/report.md and report.json from what the stages wrote."""
+def write_report(recipe: Recipe, scale: str, out: Path, names: dict[str, str]) -> Path:
+    """<out>/report.md and report.json from what the stages wrote; `names`: the ${...} variables at this scale."""
     out = Path(out)
     if not recipe.tables:
         raise ConfigError(f"{recipe.path}: no tables to report")
@@ -218,11 +228,11 @@ def write_report(recipe: Recipe, scale: str, out: Path) -> Path:
               "not measure it).", ""]
     tables = []
     for table in recipe.tables:
-        text, data = table_markdown(table, out, scale)
+        text, data = table_markdown(table, out, scale, names)
         lines.append(text)
         tables.append(data)
     if recipe.figures:
-        lines += ["## Figures", ""] + [figure_markdown(f, out) for f in recipe.figures]
+        lines += ["## Figures", ""] + [figure_markdown(f, out, names) for f in recipe.figures]
     report = out / "report.md"
     write_text_atomic(report, "\n".join(lines))
     write_text_atomic(out / "report.json", json.dumps({"recipe": recipe.name, "scale": scale, "stand_ins": stand_ins,

@@ -39,9 +39,10 @@ class StageFailed(TalelabError):
 
 
 def variables(recipe: Recipe, scale: str, out: Path, data_root) -> dict[str, str]:
+    """What ${name} stands for in the recipe at this scale: its own variables, then the fixed ones."""
     root = paths.data_root(data_root)
-    return {"out": str(out), "data": str(root) if root else "", "recipe": str(recipe.path.parent.resolve()),
-            "scale": scale}
+    return {**recipe.variables.get("every", {}), **recipe.variables.get(scale, {}), "out": str(out), "data": str(root) if root else "",
+            "recipe": str(recipe.path.parent.resolve()), "scale": scale}
 
 
 def stage_file(out: Path, stage: Stage, values: dict) -> tuple[Path, str]:
@@ -87,7 +88,7 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
     if dry_run:
         print(f"\ndry run: {len(chosen)} stage configs checked (written to {out / 'stages'})")
         return None
-    report = write_report(recipe, scale, out)
+    report = write_report(recipe, scale, out, names)
     print(f"\nreport: {report}")
     return report
 
