@@ -16,7 +16,7 @@ import yaml
 
 from talelab.errors import ConfigError
 from talelab.recipe.book import available, load_recipe
-from talelab.recipe.report import NotMeasured, agreement, concordance, measured_value, number, shown
+from talelab.recipe.report import NotMeasured, agreement, concordance, in_percent, measured_value, number, shown
 from talelab.recipe.runner import run_recipe
 
 
@@ -49,6 +49,12 @@ def test_lookup_reads_json_keys_indices_and_row_selectors(tmp_path):
     assert measured_value(tmp_path, "s/t.csv:[model=m1].2") == 1204  # grouped thousands read as a number
     assert measured_value(tmp_path, "s/t.csv:[model=m1].4") == "oom"
     assert measured_value(tmp_path, 0.5) == 0.5  # a literal stays as it is
+    (tmp_path / "s" / "c.yaml").write_text("model: {d_model: 64}\n")
+    assert measured_value(tmp_path, "s/c.yaml:model.d_model") == 64
+    assert measured_value(tmp_path, {"mean": "s/r.json:a.b[0].v", "sd": "s/r.json:a.b[1].v"}) == {"mean": 1.5, "sd": 2}
+    assert measured_value(tmp_path, ["s/r.json:a.b[1].name", "s/r.json:a.b[0].v"]) == "y 1.5"  # joined by a space
+    assert in_percent(3, "s/r.json:a.b[0].v", tmp_path) == 200  # 3 is 200 % of 1.5
+    assert in_percent("oom", "s/r.json:a.b[0].v", tmp_path) == "oom" and in_percent(3, None, tmp_path) == 3
     for missing in ("s/r.json:a.c", "s/r.json:a.b[name=z].v", "s/none.json:a", None):
         with pytest.raises(NotMeasured):
             measured_value(tmp_path, missing)

@@ -147,3 +147,20 @@ def test_each_grid_key_with_several_values_is_an_axis_with_a_line_per_combinatio
                                                               "n_layers=2": [2.8, None, None],
                                                               "n_heads=4": [None, None, 2.0]}})
     assert by_axis["n_layers"] == ([1, 2], {"val_loss": {"d_model=16": [3.0, 2.8], "d_model=32": [2.5, None]}})
+
+
+def test_loss_against_judge_grades_by_hand(tmp_path):
+    """Spearman by hand: losses rank 1..4; plot grades 5, 3.5, 4, 3 rank 4, 2, 3, 1, so d = -3, 0, 0, 3,
+    rho = 1 - 6 * 18 / (4 * 15) = -0.8; grammar falls as loss rises: -1."""
+    from talelab.experiments.sweep import loss_against_grades
+
+    table = [{"name": f"r{i}", "val_loss": loss, "judge.categories.grammar.mean": grammar,
+              "judge.categories.plot.mean": plot}
+             for i, (loss, grammar, plot) in enumerate([(2.0, 5, 3), (1.5, 6, 4), (1.2, 8, 3.5), (1.0, 9, 5)])]
+    columns = ["judge.categories.grammar.mean", "judge.categories.plot.mean"]
+    (losses, panels), rhos, runs = loss_against_grades(table, columns)
+    assert losses == [1.0, 1.2, 1.5, 2.0] and runs == 4
+    assert rhos["grammar"] == pytest.approx(-1.0) and rhos["plot"] == pytest.approx(-0.8)
+    assert panels["plot (Spearman -0.80)"] == {"": [5, 3.5, 4, 3]}
+    assert loss_against_grades(table[:2], columns) is None  # two runs say nothing
+    assert loss_against_grades(table, []) is None  # no judge columns

@@ -283,8 +283,9 @@ def write_results(rows: list[dict], out: Path, budget: str, axes: dict[str, dict
         writer.writerows(table)
     figures = columns[len(COLUMNS):]
     axis_panels = metrics_by_axis(table, axes, axis_metrics) if axis_metrics else {}
+    graded = loss_against_grades(table, figures)
     plots = ["bpb_vs_parameters.png", "loss_curves.png", "train_loss_curves.png",
-             *(f"axis_{key}.png" for key in axis_panels)]
+             *(f"axis_{key}.png" for key in axis_panels), *(["loss_vs_judge.png"] if graded else [])]
     lines = [f"# Sweep results (budget {budget} per run)", "",
              "| run | parameters | tokens seen | wall time (s) | tokens/s | val loss | val bits/byte | peak RSS (MB) |"
              + "".join(f" {figure} |" for figure in figures), "|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -297,6 +298,9 @@ def write_results(rows: list[dict], out: Path, budget: str, axes: dict[str, dict
               "different tokenizers comparable." + (" Columns after peak RSS: headline figures of each run's "
                                                     "RUN/eval/report.md." if figures else ""),
               f"Plots: {', '.join(plots)}."]
+    if graded:
+        lines += ["", f"Validation loss against the judge's mean grades, Spearman correlation over {graded[2]} runs: "
+                  + ", ".join(f"{name} {rho:+.2f}" for name, rho in graded[1].items()) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     bits_per_byte_against_parameters({r["name"]: (r["parameters"], r["val_bpb"]) for r in rows},
                                      out / "bpb_vs_parameters.png")
@@ -307,6 +311,25 @@ def write_results(rows: list[dict], out: Path, budget: str, axes: dict[str, dict
                            ylabel="training loss (nats/token)")
     for key, (xs, panels) in axis_panels.items():
         metrics_against_axis(xs, panels, out / f"axis_{key}.png", key)
+    if graded:
+        metrics_against_axis(*graded[0], out / "loss_vs_judge.png", "validation loss (nats/token)")
+
+
+def loss_against_grades(table: list[dict], figures: list[str]):
+    """With judged runs (eval columns judge.categories.NAME.mean) and at least three of them: ((losses sorted, one
+    panel per category titled with its Spearman correlation), {category: rho}, runs); else None."""
+    grades = [f for f in figures if f.startswith("judge.categories.") and f.endswith(".mean")]
+    judged = sorted((r for r in table if r.get(grades[0]) is not None), key=lambda r: r["val_loss"]) if grades else []
+    if len(judged) < 3:
+        return None
+    # deferred: `talelab memory`'s measuring children import this module and must stay light
+    from scipy.stats import spearmanr
+
+    losses = [r["val_loss"] for r in judged]
+    rhos = {g.split(".")[2]: float(spearmanr(losses, [r.get(g) for r in judged]).statistic) for g in grades}
+    panels = {f"{name} (Spearman {rho:+.2f})": {"": [r.get(g) for r in judged]}
+              for (name, rho), g in zip(rhos.items(), grades)}
+    return (losses, panels), rhos, len(judged)
 
 
 def table_cell(value) -> str:

@@ -1,9 +1,12 @@
 """A recipe's report.md: every table of its study with the published row above talelab's, one sentence per table on
 agreement (computed) and why it differs at this scale (the recipe's), every figure beside the study's caption.
 
-A measured cell names where the value is read: `STAGE/FILE:KEY.PATH`, FILE a JSON file or a CSV (a list of rows)
-under the stage's output, KEY.PATH dot-separated keys, list indices or `[field=value]` (the first row whose field
-is that value); e.g. `grid/results.csv:[name=d256].val_bpb`. A cell whose file a scale does not produce stays empty.
+A measured cell names where the value is read: `STAGE/FILE:KEY.PATH`, FILE a JSON, YAML or CSV file (a CSV is a
+list of rows) under the stage's output, KEY.PATH dot-separated keys, list indices or `[field=value]` (the first row
+whose field is that value); e.g. `grid/results.csv:[name=d256].val_bpb`. A cell may also be `{mean: SOURCE, sd:
+SOURCE}` (shown "mean ± sd") or a list of sources (their values joined by spaces: "teacher 0.13"). A row's
+`percent_of: SOURCE` shows its numbers as percentages of that value. A cell whose file a scale does not produce
+stays empty.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import math
 import re
 from pathlib import Path
+
+import yaml
 
 from talelab.atomic import write_text_atomic
 from talelab.errors import ConfigError
@@ -44,6 +49,8 @@ def read_document(path: Path):
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if path.suffix in (".yaml", ".yml"):
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -69,6 +76,10 @@ def lookup(document, key: str):
 
 def measured_value(out: Path, cell):
     """The value a measured cell names (a literal number or text stays as it is); NotMeasured when absent."""
+    if isinstance(cell, dict):
+        return {part: measured_value(out, source) for part, source in cell.items()}
+    if isinstance(cell, list):
+        return " ".join(shown(measured_value(out, source)) for source in cell)
     if not isinstance(cell, str) or ":" not in cell:
         if cell is None:
             raise NotMeasured("not measured")
@@ -140,6 +151,14 @@ def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
     return f"Values: the median cell differs from the published one by {100 * median:.1f} % ({len(ratios)} cells)."
 
 
+def in_percent(value, whole_source, out: Path):
+    """`value` as a percentage of the value `whole_source` names (a row's percent_of); as it is without one."""
+    if whole_source is None or numeric(value) is None:
+        return value
+    whole = numeric(measured_value(out, whole_source))
+    return 100 * numeric(value) / whole if whole else None
+
+
 def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str]) -> tuple[str, dict]:
     where = f"table '{table['number']}'"  # only the measured cells name variables: published text may hold a '$'
     table = {**table, "rows": [{**row, "measured": substitute(row.get("measured"), names, where)}
@@ -154,7 +173,7 @@ def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str]) ->
         measured = []
         for cell in row.get("measured") or [None] * len(columns):
             try:
-                measured.append(measured_value(out, cell))
+                measured.append(in_percent(measured_value(out, cell), row.get("percent_of"), out))
             except NotMeasured as e:
                 measured.append(None)
                 if cell is not None:
