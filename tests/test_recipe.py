@@ -55,7 +55,8 @@ def test_lookup_reads_json_keys_indices_and_row_selectors(tmp_path):
     assert measured_value(tmp_path, ["s/r.json:a.b[1].name", "s/r.json:a.b[0].v"]) == "y 1.5"  # joined by a space
     assert in_percent(3, "s/r.json:a.b[0].v", tmp_path) == 200  # 3 is 200 % of 1.5
     assert in_percent("oom", "s/r.json:a.b[0].v", tmp_path) == "oom" and in_percent(3, None, tmp_path) == 3
-    for missing in ("s/r.json:a.c", "s/r.json:a.b[name=z].v", "s/none.json:a", None):
+    for missing in ("s/r.json:a.c", "s/r.json:a.b[name=z].v", "s/none.json:a", None, "s/r.json:a.b[2].v",
+                    "s/r.json:a[0]", "s/r.json:a[name=x]"):
         with pytest.raises(NotMeasured):
             measured_value(tmp_path, missing)
     assert number("12") == 12 and number("1.25") == 1.25 and number("-") == "-"
@@ -201,3 +202,26 @@ def test_transformer_limits_smoke_fills_every_kind_of_table(tmp_path, shared):
     for picture in ("grid/axis_objective.png", "grid/axis_family.png", "grid/train_loss_curves.png",
                     "attention/heads_overview.png"):
         assert f"![{picture}]({picture})" in text and (out / picture).is_file()
+
+
+@pytest.mark.slow
+def test_small_models_from_scratch_smoke(tmp_path, shared):
+    """A transformer and a GRU trained, evaluated (completion with SD and cosine, memorization against every
+    training story, the study's probes) and their embeddings read, then every table of the study reported."""
+    out = tmp_path / "sf"
+    result = talelab("recipe", "run", "small-models-from-scratch", "--scale", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    tables = {t["number"]: t for t in json.loads((out / "report.json").read_text())["tables"]}
+    assert len(tables) == len(load_recipe("small-models-from-scratch").tables)
+    impurities = tables["Table (slide 'Impurities')"]["rows"]
+    assert all(0 <= row["measured"][0] <= 100 for row in impurities[1:])  # shares of the stories read, in %
+    stories = tables["Table (slide 'Statistics', TinyStories)"]["rows"][0]["measured"]
+    assert sum(stories) == 300  # every story of the smoke corpus is in one split
+    memorization = tables["Table: Transformer Models (AVG ± SD) (slide 'Memorization')"]["rows"][0]["measured"]
+    assert all(set(cell) == {"mean", "sd"} and 0 <= cell["mean"] <= 1 for cell in memorization)
+    gru = tables["Table: RNN Model Variants"]["rows"][2]["measured"]
+    assert gru[:3] == [384, 2, 546] and isinstance(gru[5], float)  # the gru-5m preset's shape, its val loss
+    overfitting = tables["Table (slide 'Overfitting')"]["rows"][0]["measured"]
+    assert isinstance(overfitting[0], float) and 0 <= overfitting[1]["mean"] <= 1
+    reasoning = tables["Table: Reasoning prompts"]["rows"][0]["measured"]
+    assert all(isinstance(v, str) for v in reasoning)  # at smoke scale the 1M model stands in for every size

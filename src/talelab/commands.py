@@ -163,6 +163,17 @@ class NeuronsRun(InterpretInputs):
 
 
 @dataclass
+class EmbeddingsRun(Settings):
+    model: str = option("", "talelab model or run directory (any family), or a Hugging Face model directory or hub "
+                        "id (with its tokenizer)", required=True)
+    words: str = option("", "comma-separated words whose nearest tokens to list, e.g. 'doctor,happy,ball' (a word of "
+                        "several tokens: its first token)", required=True)
+    top: int = option(10, "nearest tokens listed per word")
+    out: str = option("", "report directory (empty: runs/interpret/<model name>)")
+    device: str = option("auto", "cuda when present, else cpu", DEVICES)
+
+
+@dataclass
 class ServeRun(Settings):
     model: list[str] = option([], "a model or run directory to serve under NAME, as NAME=PATH (repeat for several)",
                               repeat=True)
@@ -354,6 +365,15 @@ def run_neurons(config: NeuronsRun, data_root) -> Path:
     return Path(report["out"])
 
 
+def run_embeddings(config: EmbeddingsRun, data_root) -> Path:
+    from talelab.interpret.embeddings import embeddings_markdown, run_embeddings
+
+    report = run_embeddings(config.model, config.words, config.out or None, top=config.top, device=config.device)
+    print(embeddings_markdown(report))
+    print(f"written {report['out']}: embeddings.md, embeddings.json")
+    return Path(report["out"])
+
+
 def run_serve(config: ServeRun, data_root) -> None:
     from talelab.serve.app import run_server
 
@@ -476,6 +496,8 @@ COMMANDS: dict[str, Command] = {
                                    "local-window)"),
     "interpret neurons": Command(NeuronsRun, run_neurons, "top activating tokens of every MLP neuron with context "
                                  "and word classes; the most class-selective neurons"),
+    "interpret embeddings": Command(EmbeddingsRun, run_embeddings, "the tokens nearest to given words in the "
+                                    "model's input embedding, by cosine similarity"),
     "serve": Command(ServeRun, run_serve, "an OpenAI-compatible API and the story playground page "
                      "(http://HOST:PORT/)"),
     "compare": Command(CompareRun, run_compare, "the headline figures of several `talelab eval` reports side by "

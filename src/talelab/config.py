@@ -44,6 +44,13 @@ class PrepareConfig(Settings):
     max_documents: int = option(0, "read at most this many documents (0: all)")
     require_field: str = option("", "keep only records where this field (dotted for nested ones, e.g. "
                                 "instruction.features) is present and not empty")
+    tag_field: str = option("instruction.features", "field (dotted) holding a record's feature tags, as TinyStories' "
+                            "all_data records hold them: the report counts the kept stories per feature and split "
+                            "when records carry it")
+    tag_rules: bool = option(False, "label each record that has no --tag-field by talelab's rule detector, before "
+                             "--require-field and --sample see it. Only the rule features (Dialogue, MoralValue) are "
+                             "labelled; BadEnding, Twist, Foreshadowing and Conflict never are. A record that "
+                             "carries the field keeps its labels")
     sample: int = option(0, "keep a random sample of this many of the documents read (0: all); reads the source "
                          "twice, first to count")
     seed: int = option(0, "seed of --sample")
@@ -76,6 +83,7 @@ class PrepareConfig(Settings):
             (0 <= self.max_non_ascii <= 1, f"max_non_ascii {self.max_non_ascii}: must be a share in [0, 1]"),
             (0 <= self.min_quality <= 1,
              f"min_quality {self.min_quality}: must be a quality score in [0, 1] (0 disables)"),
+            (bool(self.tag_field) or not self.tag_rules, "tag_rules needs a tag_field to write the labels into"),
             *[(getattr(self, name) >= 0, f"{name} {getattr(self, name)}: must be >= 0 (0 reads all)")
               for name in ("max_documents", "sample", "workers")]])
 
@@ -437,10 +445,16 @@ class EvalConfig(Settings):
     min_words: int = option(40, "completion: use only held-out texts of at least this many words")
     fraction: float = option(0.4, "completion: share of each held-out text given to the model")
     cut: str = option("words", "completion: measure that share in words or in sentences", ("words", "sentences"))
+    completion_sample: str = option("first", "completion: the first --stories held-out texts, or --stories drawn at "
+                                    "random from all of them (reservoir sampling over one pass, seeded by --seed)",
+                                    ("first", "random"))
     samples: int = option(32, "stories generated from --prompt for diversity, memorization, quality, judge and "
                           "each sweep setting")
     train_data: str = option("data/tinystories/train-head.txt", "memorization: training stories (a prepared "
                              "directory's train.jsonl, a text or JSONL file); quality: its first 200 are the reference")
+    rouge_search: str = option("candidates", "memorization: max ROUGE-2 precision over the 10 TF-IDF nearest "
+                               "training stories (candidates), or exactly over every training story (all: one more "
+                               "pass over --train-data on every core)", ("candidates", "all"))
     batch_size: int = option(16, "stories generated together, and documents scored together")
     sweep: str = option("", "decoding settings to compare (empty: no sweep), e.g. 'temperature=0.6,0.8,1.2' or "
                         "'temperature=0.7,1 top_p=0.9,1' (a grid); keys: temperature, top_k, top_p, num_beams, "
@@ -476,7 +490,7 @@ class FinetuneConfig(Settings):
     data: str = option("data/tinystories/train-head.txt", "training data (path or under the data root): a prepared "
                        "directory (its train.jsonl), a text or JSONL file, or (stories-tags) TinyStories all_data JSON")
     out: str = option("runs/finetune", "output: adapter (or model) + tokenizer, checkpoints/, metrics.jsonl, loss.png, "
-                      "summary.json, log.txt")
+                      "lr.png, summary.json, log.txt")
     eval_data: str = option("", "held-out file; empty: hold --eval-fraction of --data out")
     eval_fraction: float = option(0.05, "share of --data held out when there is no --eval-data")
     max_examples: int = option(0, "use at most this many training examples after the split (0: all)")
@@ -524,6 +538,9 @@ class TrialsConfig(Settings):
     grid: str = option("rank=4,8 alpha=8,16", "space-separated key=v1,v2 lists; keys: rank, alpha, dropout, "
                        "target_modules (';' between choices), lr, batch_size, epochs, max_steps")
     out: str = option("runs/trials", "output: one folder per trial, results.md, results.csv, results.png")
+    base_row: bool = option(True, "also measure the base model untuned (nothing trained; folder base/) the same way "
+                            "as each trial: held-out loss, perplexities and BLEU or tag adherence, as the table's "
+                            "first row")
     finetune: FinetuneConfig = section(FinetuneConfig, "fine-tuning (every trial)",
                                        skip=("out", "resume", "stop_at_step"))
 

@@ -58,6 +58,22 @@ def loss_chart(records: list[dict], path: Path, held_out: str, held_out_label: s
     save(fig, path, dpi=120)
 
 
+def learning_rate_chart(records: list[dict], path: Path, key: str = "learning_rate", title: str = "") -> None:
+    """The learning rate (records with `key`) against the optimizer step, as a PNG: the warm-up and decay a schedule
+    gave, read from what the run logged rather than from its settings."""
+    fig = canvas_figure(6, 4)
+    ax = fig.add_subplot()
+    logged = [r for r in records if key in r]
+    ax.plot([r["step"] for r in logged], [r[key] for r in logged], lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    save(fig, path, dpi=120)
+
+
 def validation_loss_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, xlabel: str,
                            ylabel: str = "validation loss (nats/token)") -> None:
     """Validation loss (or another loss, named by `ylabel`) of several runs, one line each ({run: (x, loss)}),

@@ -17,6 +17,7 @@ from talelab import paths
 from talelab.config import PrepareConfig
 from talelab.data.prepare import prepare, split_documents
 from talelab.data.sources import read_documents
+from talelab.data.tags import FEATURES, rule_features
 from talelab.errors import ConfigError, InputError
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
@@ -392,3 +393,79 @@ def test_a_bad_line_deep_in_a_cut_file_is_named_by_its_line(tmp_path, monkeypatc
     with pytest.raises(InputError, match=f"{corpus}:4322: not valid JSON"):
         run(corpus, tmp_path / "out", workers=2)
     assert not (tmp_path / "out").exists()
+
+
+def test_tag_counts_give_every_feature_per_split_from_the_records_labels(tmp_path):
+    source = tmp_path / "data00.json"
+    source.write_text(json.dumps(ALL_DATA), encoding="utf-8")
+    run(source, tmp_path / "out", text_field="story", val_fraction=0, test_fraction=0)
+    tags = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["tags"]
+    # Tom: Dialogue; Sue: none; Ben: MoralValue and Conflict. All three in train.
+    expected = {"Dialogue": 1, "BadEnding": 0, "MoralValue": 1, "Twist": 0, "Foreshadowing": 0, "Conflict": 1}
+    assert tags["field"] == "instruction.features" and tags["labelled_by_rules"] is None
+    assert tags["stories"]["train"] == tags["stories"]["all"] == expected
+    assert tags["stories"]["val"] == tags["stories"]["test"] == dict.fromkeys(expected, 0)
+    assert tags["without_feature"] == {"train": 1, "val": 0, "test": 0, "all": 1}
+    markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| feature | train | val | test | all |" in markdown and "| Conflict | 1 | 0 | 0 | 1 |" in markdown
+    assert "| (none of them) | 1 | 0 | 0 | 1 |" in markdown
+
+
+def test_text_without_tags_gets_no_tag_section(tmp_path):
+    run(paths.TINYSTORIES_TRAIN, tmp_path / "out", max_documents=20)
+    assert "tags" not in json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert "## Feature tags" not in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+TAGLESS = ["Tom saw a dog in the park. He ran to it and they played with a stick until the sun went down.",
+           'Mia held up her kite. "Look how high it goes!" she said, and her dad clapped for her.',
+           "Sam broke the vase and hid it. Later he told his mom, and he learned that it is good to tell the truth.",
+           # the quotation marks as mojibake (UTF-8 read as Windows-1252), as in TinyStories' validation file
+           "Lily found a shell on the beach. \u00e2\u20ac\u0153It is so pretty,\u00e2\u20ac\u009d she whispered to it.",
+           "The cat slept in the sun all day. At night it woke up, ate its dinner and went back to sleep again."]
+
+
+def test_tag_rules_label_records_without_tags_and_require_field_keeps_the_tagged_ones(tmp_path):
+    source = tmp_path / "stories.jsonl"
+    write_jsonl(source, TAGLESS)
+    summary = run(source, tmp_path / "out", tag_rules=True, require_field="instruction.features",
+                  val_fraction=0, test_fraction=0)
+    assert summary["removed"]["missing_field"] == 2  # Tom's and the cat's stories show no rule feature
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["instruction"]["features"] for r in rows] == [["Dialogue"], ["MoralValue"], ["Dialogue"]]
+    assert "\u201cIt is so pretty,\u201d" in rows[2]["text"]  # the quotes the rule saw, repaired in the split too
+    tags = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["tags"]
+    assert tags["labelled_by_rules"] == 5
+    assert tags["stories"]["all"] == {"Dialogue": 2, "BadEnding": 0, "MoralValue": 1, "Twist": 0, "Foreshadowing": 0,
+                                      "Conflict": 0}
+    assert "Dialogue and MoralValue only" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+def test_tag_rules_leave_the_labels_of_records_that_have_them(tmp_path):
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in ALL_DATA + [{"story": TAGLESS[1]}]), encoding="utf-8")
+    run(source, tmp_path / "out", text_field="story", tag_rules=True, val_fraction=0, test_fraction=0)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["instruction"]["features"] for r in rows] == [["Dialogue"], [], ["MoralValue", "Conflict"], ["Dialogue"]]
+    assert rows[0]["instruction"]["words"] == ["ball", "play"]  # the published record is left whole
+    assert json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["tags"]["labelled_by_rules"] == 1
+
+
+def test_tag_rules_on_shared_stories_label_each_kept_story_as_the_rules_read_it(tmp_path):
+    run(paths.TINYSTORIES_TRAIN, tmp_path / "out", tag_rules=True, max_documents=150)
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    counted = dict.fromkeys(FEATURES, 0)
+    for name in SPLIT_FILES:
+        for line in (tmp_path / "out" / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            assert row["instruction"]["features"] == rule_features(row["text"])
+            for feature in row["instruction"]["features"]:
+                counted[feature] += 1
+    assert report["tags"]["stories"]["all"] == counted and counted["Dialogue"] > 50
+
+
+def test_tag_rules_refuse_a_field_whose_parent_is_not_an_object(tmp_path):
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"text": TAGLESS[1], "instruction": "Write a story."}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"rows.jsonl: record 1: 'instruction' is not an object.*--tag-field"):
+        run(source, tmp_path / "out", tag_rules=True)

@@ -7,6 +7,7 @@ from talelab.config import ModelConfig
 from talelab.evaluate.likelihood import reference_pieces, score_documents, windows_of
 from talelab.models.transformer import Transformer
 from talelab.tokenizer import load_tokenizer
+from talelab.train.metrics import mean_perplexity
 
 
 def uniform_model(vocab_size: int, context: int = 64) -> Transformer:
@@ -63,3 +64,26 @@ def test_word_level_scores_count_unknown_words_and_say_the_figure_is_a_lower_bou
                                                  vocab_size=200))
     result = score_documents(uniform_model(words.vocab_size), words, ["The zyzzyva sat with Lily."])
     assert result["unknown_tokens"] >= 1 and "lower bound" in result["note"]
+
+
+def test_mean_perplexity_weighs_every_text_the_same_where_exp_of_the_mean_loss_weighs_every_token():
+    # text A: 2 tokens, NLL 2 ln 2 (loss ln 2, perplexity 2); text B: 1 token, NLL ln 8 (perplexity 8); C: no token
+    nll, tokens = [2 * math.log(2), math.log(8), 0.0], [2, 1, 0]
+    assert mean_perplexity(nll, tokens) == pytest.approx((2 + 8) / 2)  # 5
+    assert math.exp(sum(nll) / sum(tokens)) == pytest.approx(2 ** (5 / 3))  # 3.1748: exp(5 ln 2 / 3)
+    assert math.isnan(mean_perplexity([], []))
+
+
+def test_mean_document_perplexity_is_the_mean_of_each_documents_own_perplexity(stories260k):
+    from talelab.models.storage import load_model
+
+    model, tokenizer, _ = load_model(stories260k)
+    model.config.context_length = 24  # the long story is scored in several windows: they add up to its own figure
+    docs = ["Tom had a red ball. He liked to throw it high in the sky and catch it with both hands every day.",
+            "Lily saw a cat.", "The sun was hot. Ben and his dog went to the lake to swim and play in the water."]
+    together = score_documents(model, tokenizer, docs, batch_size=2)
+    alone = [score_documents(model, tokenizer, [d]) for d in docs]
+    assert together["mean_document_perplexity"] == pytest.approx(sum(a["perplexity"] for a in alone) / 3, rel=1e-5)
+    assert together["perplexity"] == pytest.approx(
+        math.exp(sum(a["nll_nats"] for a in alone) / sum(a["tokens"] for a in alone)), rel=1e-5)
+    assert together["mean_document_perplexity"] != pytest.approx(together["perplexity"], rel=1e-3)

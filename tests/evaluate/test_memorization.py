@@ -14,7 +14,7 @@ from talelab.data.sources import read_documents
 from talelab.data.split_view import SplitView
 from talelab.errors import InputError
 from talelab.evaluate.memorization import (NearestStoryIndex, classify, find_names, memorization_section,
-                                           novelty_bleu)
+                                           novelty_bleu, novelty_figures)
 from talelab.evaluate.report import read_stories
 
 SOURCE = ("Once upon a time, there was a girl named Lily. Lily liked to play with her red ball in the park. "
@@ -164,6 +164,11 @@ def test_novelty_bleu_by_hand():
     assert novelty_bleu(["the cat sat on the mat"], ["a dog ran"]) == [0.0]  # no word in common: sacrebleu gives 0
 
 
+def test_novelty_is_the_complement_of_novelty_bleu_so_that_higher_is_more_novel():
+    assert novelty_figures(0.5406) == {"novelty_bleu": 0.5406, "novelty": 0.4594}
+    assert novelty_figures(0.0) == {"novelty_bleu": 0.0, "novelty": 1.0}  # nothing in common with any story
+
+
 def test_novelty_bleu_of_a_copy_is_high_and_of_an_unseen_story_low(stories, unseen):
     references = stories[:5]
     copied, original = novelty_bleu([stories[2], unseen], references, sample_size=5)
@@ -178,6 +183,12 @@ def test_memorization_section_counts_copies_templates_and_originals(tmp_path, st
     assert [r["source"] for r in section["records"][:2]] == [4, 9]
     assert section["records"][0]["rouge2_precision"] == 1.0
     assert section["headline"]["nearest_cosine_max"] == pytest.approx(1.0, abs=1e-4)
+    headline = section["headline"]
+    cosines = [r["cosine"] for r in section["records"]]  # population SD by hand: mean of squared deviations
+    mean = sum(cosines) / 3
+    assert headline["nearest_cosine_sd"] == pytest.approx((sum((c - mean) ** 2 for c in cosines) / 3) ** 0.5, abs=1e-4)
+    assert headline["novelty"] == round(1 - headline["novelty_bleu"], 4) and "| novelty | novelty BLEU |" in \
+        section["markdown"]
     assert (tmp_path / "memorization_cosine.png").stat().st_size > 1000
     assert section["charts"] == ["memorization_cosine.png"] and len(section["top_pairs"]) == 2
     assert "| generation | nearest training story |" in section["markdown"]

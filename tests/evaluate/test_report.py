@@ -107,6 +107,7 @@ def test_sweep_table_has_a_row_per_setting(tiny_report):
     for row in sweep["rows"]:
         assert 0.0 <= row["self_bleu"] <= 1.0 and 0.0 < row["distinct_1"] <= 1.0
         assert 0.0 <= row["novelty_bleu"] <= 1.0 and 0.0 <= row["quality"] <= 1.0  # from memorization and quality
+        assert row["novelty"] == pytest.approx(1 - row["novelty_bleu"], abs=1e-4)  # higher is more novel
 
 
 @pytest.mark.slow
@@ -219,3 +220,35 @@ def test_report_names_keep_the_run_name_of_a_generic_model_folder(tmp_path):
     assert model_name(tmp_path / "runs" / "demo" / "model") == "demo-model"
     assert model_name(tmp_path / "stories260K") == "stories260K"
     assert str(default_out(tmp_path / "runs" / "demo" / "model")) == "runs/eval/demo-model"
+
+
+@pytest.mark.slow
+def test_random_completions_and_the_exact_rouge_search_run_from_the_command_line(tmp_path, stories260k):
+    from talelab.evaluate.completion import held_out_texts
+
+    out = tmp_path / "study"
+    assert main(["eval", str(stories260k), "--suite", "completion,memorization", "--completion-sample", "random",
+                 "--rouge-search", "all", "--stories", "3", "--samples", "3", "--max-new-tokens", "30", "--seed", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    drawn = held_out_texts("data/tinystories/valid-head.txt", 3, 40, sample="random", seed=5)
+    items = report["sections"]["completion"]["items"]
+    assert [i["beginning"] + i["true_ending"] for i in items] == drawn
+    for name in ("rouge1", "rouge2", "rougeL", "tfidf_cosine"):
+        assert 0.0 <= report["headline"][f"completion.{name}_sd"] <= report["headline"][f"completion.{name}_mean"] + 1
+    memorization = report["sections"]["memorization"]
+    assert memorization["rouge_search"] == "all"
+    assert all(0 <= r["rouge2_story"] < 2317 for r in memorization["records"])  # train-head.txt's stories
+    markdown = (out / "report.md").read_text()
+    assert "3 of at least 40 words drawn at random with seed 5" in markdown
+    assert "over all 2,317 training stories (exact)" in markdown
+
+
+@pytest.mark.slow
+def test_stories_from_an_instruct_prompt_are_scored_without_its_header(tmp_path, stories260k):
+    prompt = "Features: Dialogue\nStory: Once upon a time"
+    report = run_eval(small(stories260k, tmp_path / "out", suite="diversity", prompt=prompt, samples=3,
+                            max_new_tokens=16))
+    samples = report["sections"]["diversity"]["samples"]
+    assert len(samples) == 3 and all(s.startswith("Once upon a time") and "Features" not in s for s in samples)
+    assert "only the story after the prompt's 'Story:'" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")

@@ -4,11 +4,12 @@ a prepared all_data directory."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from talelab.finetune.base import load_finetuned
-from talelab.finetune.sft import finetune
+from talelab.finetune.sft import evaluate_untrained, finetune
 from talelab.models.storage import load_model
 
 
@@ -34,10 +35,12 @@ def test_stories_tags_lora_lowers_held_out_loss_and_dialogue_follows_the_tag(sto
     assert "trainable params: 46,240 || all params: 306,272 || trainable%: 15.0977" in log
     assert lines == log.splitlines()
     # the adapter, tokenizer, metrics and chart are where a user (and talelab's loaders) look for them
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "metrics.jsonl", "loss.png"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "metrics.jsonl", "loss.png",
+                 "lr.png"):
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 31))
+    assert max(r["learning_rate"] for r in rows if "loss" in r) > 0  # what lr.png draws
     model, tokenizer = load_finetuned(out)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 46_240
@@ -55,3 +58,19 @@ def test_a_prepared_directory_with_labels_fine_tunes_and_the_log_says_as_labelle
     assert summary["train_examples"] + summary["held_out_examples"] == 25 and summary["steps"] == 2
     note = f"features: as labelled in {prepared / 'train.jsonl'} (25 stories)"
     assert summary["data_note"] == note and note in (out / "log.txt").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.mark.slow
+def test_the_base_model_measured_untrained_on_one_story_gives_one_perplexity_both_ways(stories260k_hf, quick,
+                                                                                        tmp_path):
+    # one held-out story: the mean over examples of exp(loss) is exp(eval_loss), if both score the same tokens (the
+    # story, not its Features prompt) the same way
+    summary = evaluate_untrained(quick(base=str(stories260k_hf), task="stories-tags", out=str(tmp_path / "base"),
+                                       data="data/tinystories/train-head.txt", eval_fraction=0.0004),
+                                 log=lambda line: None)
+    assert summary["held_out_examples"] == 1 and summary["steps"] == 0 and summary["trainable_percent"] == 0
+    assert summary["mean_example_perplexity"] == pytest.approx(summary["perplexity"], rel=1e-4)
+    assert summary["perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
+    assert json.loads((tmp_path / "base" / "summary.json").read_text(encoding="utf-8"))["eval_loss"] == \
+        summary["eval_loss"]
+    assert not (tmp_path / "base" / "adapter_model.safetensors").exists()  # nothing trained, nothing saved

@@ -22,8 +22,9 @@ from talelab.data.dedupe import exact_key, signatures, word_hashes
 from talelab.data.parallel import batched
 from talelab.data.quality import quality_too_low
 from talelab.data.recase import Recaser, is_lowercased
-from talelab.data.sources import iter_range_records
+from talelab.data.sources import field_value, iter_range_records
 from talelab.data.statistics import WordCounts
+from talelab.data.tags import feature_bits
 from talelab.tokenizer import load_tokenizer
 
 BATCH_DOCUMENTS = 512  # per batch: large enough that per-batch overhead (numpy, inter-process) is small
@@ -39,6 +40,7 @@ class WorkerSettings:
     min_quality: float = 0.0
     recaser: Recaser | None = None  # learned from the cased documents when --recase
     tokenizer: str = ""  # a tokenizer path whose token counts go into the corpus statistics
+    tag_field: str = ""  # the (dotted) field of a record's feature tags, counted per split in the report
 
     def rule_reports(self) -> list[dict]:
         """Empty report entries for the rules workers apply, in order: recase, edits, drops, quality."""
@@ -60,6 +62,7 @@ class BatchResult:
     word_counts: np.ndarray  # int32 words per kept document
     char_counts: np.ndarray  # int64 characters per kept document
     token_counts: np.ndarray  # int32 tokens per kept document (zeros without a statistics tokenizer)
+    feature_bits: np.ndarray  # uint8 per kept document: its tag field as tags.feature_bits encodes it
     token_ids: np.ndarray  # occurrences of each token id in the batch (empty without a statistics tokenizer)
     word_hashes: np.ndarray  # the distinct words of the batch's kept documents, by hash
     word_hash_counts: np.ndarray  # and their occurrences
@@ -113,13 +116,13 @@ def process_batch(records: list[dict]) -> BatchResult:
                 record_removal(by_rule["low_quality"], text, why)
                 continue
         kept.append((text, record))
-    result = summarize(kept, reports)
+    result = summarize(kept, reports, settings.tag_field)
     result.documents_read = len(records)
     return result
 
 
 
-def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
+def summarize(kept: list[tuple[str, dict]], reports: list[dict], tag_field: str = "") -> BatchResult:
     """The kept documents' JSON lines and numbers."""
     texts = [text for text, _ in kept]
     ids, lengths = word_hashes(texts)
@@ -139,6 +142,8 @@ def summarize(kept: list[tuple[str, dict]], reports: list[dict]) -> BatchResult:
         word_counts=lengths.astype(np.int32),
         char_counts=np.array([len(t) for t in texts], np.int64),
         token_counts=token_counts,
+        feature_bits=np.array([feature_bits(field_value(r, tag_field), tag_field) if tag_field else 0
+                               for _, r in kept], np.uint8),
         token_ids=token_ids,
         word_hashes=distinct,
         word_hash_counts=occurrences,
@@ -157,7 +162,8 @@ class Cleaned:
     """Cleaned documents, batch after batch: the scratch files holding their lines (in corpus order), their numbers,
     the rules' counts and the word counts. A worker fills one for its range; the main process absorbs them in order."""
 
-    NUMBERS = ("line_bytes", "exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts")
+    NUMBERS = ("line_bytes", "exact_keys", "signatures", "positions", "word_counts", "char_counts", "token_counts",
+               "feature_bits")
 
     def __init__(self, settings: WorkerSettings):
         self.reports = settings.rule_reports()

@@ -2,7 +2,8 @@
 
 Output directory (config.out):
     train.jsonl, val.jsonl, test.jsonl   one {"text": ..., the record's other fields} per line, in corpus order
-    report.json, report.md                counts in/out, per rule changed/removed with examples, split sizes, statistics
+    report.json, report.md                counts in/out, per rule changed/removed with examples, split sizes,
+                                          statistics, and stories per feature tag when records carry tags
     lengths.png, coverage.png             words per document, and vocabulary coverage
 
 How it scales to corpora larger than memory: one worker process per core (talelab.data.batches) recases, cleans
@@ -33,13 +34,14 @@ from talelab.atomic import atomic_directory
 from talelab.config import PrepareConfig
 from talelab.data.batches import (BATCH_DOCUMENTS, Cleaned, Scratch, WorkerSettings, clean_range, configure_worker,
                                   process_batch, split_position)
-from talelab.data.clean import EXAMPLES_PER_RULE, record_removal
+from talelab.data.clean import EXAMPLES_PER_RULE, record_removal, repair_mojibake
 from talelab.data.dedupe import (SLOTS, candidate_pairs, confirm_near_duplicates, first_occurrences,
                                  near_duplicate_reason, pair_members, word_hashes)
 from talelab.data.parallel import batched, ordered_map, worker_count
 from talelab.data.recase import learn_recasing
-from talelab.data.sources import iter_records, split_file
+from talelab.data.sources import field_value, iter_records, split_file
 from talelab.data.statistics import WordCounts, corpus_statistics, coverage_curve, statistics_markdown
+from talelab.data.tags import CARRIES_TAGS, FEATURES, RULE_FEATURES, rule_features
 from talelab.errors import InputError
 from talelab.plots import coverage_chart, length_histogram
 from talelab.tokenizer import load_tokenizer
@@ -59,14 +61,14 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
     source = Source(config, data_root)
     recaser, recase_rule = learn_recasing(r["text"] for r in source.records()) if config.recase else (None, None)
     settings = WorkerSettings(config.min_chars, config.max_chars, config.max_non_ascii, config.min_quality,
-                              recaser, config.stats_tokenizer)
+                              recaser, config.stats_tokenizer, config.tag_field)
     try:
         with atomic_directory(out) as partial:
             cleaned = clean_in_workers(source, settings, partial, progress)
             rules = source.rules + ([recase_rule] if recase_rule else []) + cleaned.reports
             if config.recase:  # the workers' counts join the rule that holds the held-out accuracy
                 rules = merge_recase(rules)
-            report = publish(cleaned, rules, config, partial, source.documents_in)
+            report = publish(cleaned, rules, config, partial, source.documents_in, source.labelled)
             report["seconds"] = round(time.perf_counter() - started, 2)
             (partial / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
@@ -80,11 +82,11 @@ def prepare(config: PrepareConfig, data_root: str | os.PathLike | None = None, p
 
 
 class Source:
-    """The records prepare reads: the source(s) with --max-documents, --require-field and --sample applied, and a
-    drop rule for each filter in use so that the report's counts add up."""
+    """The records prepare reads: the source(s) labelled by --tag-rules, with --max-documents, --require-field and
+    --sample applied, and a drop rule for each filter in use so that the report's counts add up."""
 
     def __init__(self, config: PrepareConfig, data_root):
-        self.config, self.data_root, self.documents_in = config, data_root, 0
+        self.config, self.data_root, self.documents_in, self.labelled = config, data_root, 0, 0
         self.missing = {"rule": "missing_field", "action": "drop", "removed": 0, "examples": []}
         self.unsampled = {"rule": "sample", "action": "drop", "removed": 0, "examples": []}
         self.rules = [self.missing] * bool(config.require_field) + [self.unsampled] * bool(config.sample)
@@ -92,9 +94,10 @@ class Source:
 
     @property
     def filtered(self) -> bool:
-        """True when a filter needs every record in order (then they stream through this process)."""
+        """True when a filter needs every record in order, or --tag-rules labels them before the filters: then they
+        stream through this process."""
         config = self.config
-        return bool(config.max_documents or config.require_field or config.sample)
+        return bool(config.max_documents or config.require_field or config.sample or config.tag_rules)
 
     def _read(self) -> Iterator[dict]:
         config = self.config
@@ -119,24 +122,40 @@ class Source:
                 self.unsampled["removed"] += 1
 
     def _filtered(self) -> Iterator[dict]:
-        self.documents_in = 0
-        field = self.config.require_field
+        self.documents_in = self.labelled = 0
+        config, field = self.config, self.config.require_field
         for record in self._read():
             self.documents_in += 1
+            if config.tag_rules:
+                self.labelled += label_by_rules(record, config.tag_field,
+                                                f"{config.source}: record {self.documents_in}")
             if field and not has_field(record, field):
-                record_removal(self.missing, record["text"], f"no '{field}'")
+                record_removal(self.missing, record["text"], f"'{field}' missing or empty")
                 continue
             yield record
 
 
 def has_field(record: dict, dotted: str) -> bool:
     """True when the (dotted, nested) field is present and not empty."""
-    value = record
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return False
-        value = value[key]
-    return value not in (None, "", [], {})
+    return field_value(record, dotted) not in (None, "", [], {})
+
+
+def label_by_rules(record: dict, dotted: str, where: str) -> bool:
+    """Give a record without the (dotted) tag field the rule features of its story there; False when it has one (a
+    published label, such as TinyStories' all_data carries, says more than two rules can)."""
+    if field_value(record, dotted) is not None:
+        return False
+    *parents, last = dotted.split(".")
+    holder = record
+    for key in parents:
+        holder = holder.setdefault(key, {})
+        if not isinstance(holder, dict):
+            raise InputError(f"{where}: '{key}' is not an object, so --tag-rules cannot write '{dotted}' there; "
+                             "choose another --tag-field")
+    # The rules look for quotation marks, which mojibake (`â€œ`) hides until cleaning repairs it: they see it
+    # repaired, as the split will hold it.
+    holder[last] = rule_features(repair_mojibake(record["text"]))
+    return True
 
 
 def clean_in_workers(source: Source, settings: WorkerSettings, partial: Path, progress: bool) -> Cleaned:
@@ -181,8 +200,10 @@ def merge_recase(rules: list[dict]) -> list[dict]:
     return [r for r in rules if not any(r is c for c in counted)]
 
 
-def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial: Path, documents_in: int) -> dict:
-    """Decide duplicates and splits on the numbers, copy the scratch files into the splits, write the charts."""
+def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial: Path, documents_in: int,
+            labelled: int = 0) -> dict:
+    """Decide duplicates and splits on the numbers, copy the scratch files into the splits, write the charts;
+    `labelled`: the records --tag-rules labelled."""
     if not cleaned.documents:
         counts = ", ".join(f"{r['rule']} removed {r['removed']}" for r in rules if r.get("removed"))
         raise InputError(f"{config.source}: no documents left after cleaning ({counts}); "
@@ -213,6 +234,7 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
     length_histogram(word_counts, partial / "lengths.png")
     coverage_chart(coverage_curve(words), partial / "coverage.png", dropped.word_level_vocabulary)
     chars = cleaned.numbers("char_counts")
+    tags = tag_counts(cleaned.numbers("feature_bits"), split)
     return {
         "source": config.source,
         "documents_in": documents_in,
@@ -221,8 +243,24 @@ def publish(cleaned: Cleaned, rules: list[dict], config: PrepareConfig, partial:
                    for i, name in enumerate(SPLITS)},
         "rules": rules + [exact, near],
         "statistics": statistics,
+        **({"tags": {"field": config.tag_field, "labelled_by_rules": labelled if config.tag_rules else None, **tags}}
+           if tags else {}),
         "config": dataclasses.asdict(config),
     }
+
+
+def tag_counts(bits: np.ndarray, split: np.ndarray) -> dict | None:
+    """Kept stories per feature (all six, 0 where none) and those with none of them, per split and in all; None when
+    no kept record carries the tag field. `bits`: tags.feature_bits per document, `split`: its split or -1."""
+    kept = split >= 0
+    if not (bits[kept] & CARRIES_TAGS).any():
+        return None
+    places = {name: split == i for i, name in enumerate(SPLITS)} | {"all": kept}
+    shown = {feature: (bits & (1 << k)) != 0 for k, feature in enumerate(FEATURES)}
+    untagged = (bits & (CARRIES_TAGS - 1)) == 0
+    return {"stories": {place: {feature: int((has & where).sum()) for feature, has in shown.items()}
+                        for place, where in places.items()},
+            "without_feature": {place: int((untagged & where).sum()) for place, where in places.items()}}
 
 
 def assign_splits(positions: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
@@ -336,6 +374,8 @@ def render_markdown(report: dict) -> str:
                       "of the cased documents is applied to the other half, lowercased."]
     lines += ["", "| split | documents | characters |", "|---|---:|---:|"]
     lines += [f"| {name} | {s['documents']:,} | {s['characters']:,} |" for name, s in splits.items()]
+    if "tags" in report:
+        lines += tags_markdown(report["tags"])
     lines += statistics_markdown(report["statistics"])
     lines += ["", "## Examples"]
     for rule in report["rules"]:
@@ -349,6 +389,21 @@ def render_markdown(report: dict) -> str:
             else:
                 lines += [f"- before: {_code(example['before'])}", f"  after: {_code(example['after'])}"]
     return "\n".join(lines) + "\n"
+
+
+def tags_markdown(tags: dict) -> list[str]:
+    """The stories per feature tag as a table of features by split, under its own heading."""
+    places = list(tags["without_feature"])
+    lines = ["", "## Feature tags", "", f"Kept stories per feature, from the records' `{tags['field']}` (a story "
+             "with several features counts under each)."]
+    if tags["labelled_by_rules"] is not None:
+        lines[-1] += (f" --tag-rules labelled {tags['labelled_by_rules']:,} records that had none by rules: "
+                      f"{' and '.join(RULE_FEATURES)} only, the other features are never labelled by rules.")
+    lines += ["", "| feature | " + " | ".join(places) + " |", "|---|" + "---:|" * len(places)]
+    for feature in FEATURES:
+        lines.append(f"| {feature} | " + " | ".join(f"{tags['stories'][p][feature]:,}" for p in places) + " |")
+    lines.append("| (none of them) | " + " | ".join(f"{tags['without_feature'][p]:,}" for p in places) + " |")
+    return lines
 
 
 def _code(snippet: str) -> str:

@@ -81,6 +81,17 @@ def iter_texts(source: str | os.PathLike, **options) -> Iterator[str]:
     return (record["text"] for record in iter_records(source, **options))
 
 
+def field_value(record: dict, dotted: str):
+    """The value of a record's (dotted, nested: instruction.features) field, or None when a key on the way is
+    missing."""
+    value = record
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
 def read_documents(source: str | os.PathLike, *, max_documents: int = 0, **options) -> list[str]:
     """The stripped, non-empty texts of a small source as a list (at most max_documents of them when > 0)."""
     texts = iter_texts(source, **options)

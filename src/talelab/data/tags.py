@@ -46,6 +46,21 @@ def rule_features(story: str) -> list[str]:
     return [name for name in RULE_FEATURES if RULES[name](story)]
 
 
+# A record's tags in one byte, so that prepare counts them per split from a number per story: bit k for FEATURES[k],
+# and CARRIES_TAGS when the record has the tag field at all (an empty list too: labelled as showing none).
+CARRIES_TAGS = 1 << 7
+
+
+def feature_bits(value, field: str) -> int:
+    """The byte of a record's tag field value (None: the record has no such field); names outside FEATURES are not
+    counted."""
+    if value is None:
+        return 0
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"--tag-field {field}: a record holds {value!r:.60}, not a list of feature names")
+    return CARRIES_TAGS | sum(1 << FEATURES.index(name) for name in set(value) if name in FEATURES)
+
+
 def story_prompt(features: list[str], words: list[str] = (), summary: str = "", bos: str = "",
                  beginning: str | None = None) -> str:
     """The TinyStoriesInstruct prompt: Features, Words and Summary lines, then 'Story:'; the story follows after a
@@ -61,6 +76,22 @@ def story_prompt(features: list[str], words: list[str] = (), summary: str = "", 
         return bos + beginning
     prompt = bos + "".join(line + "\n" for line in lines) + "Story:"
     return prompt if beginning is None else f"{prompt} {beginning}"
+
+
+_STORY_LINE = re.compile(r"(?:^|\n)Story:")
+
+
+def story_part(prompt: str) -> str:
+    """The part of a generation prompt that is story text: in story_prompt's Instruct form (Features / Words /
+    Summary lines, then 'Story:') what follows 'Story:' (often nothing), else the whole prompt (a story's
+    beginning, such as 'Once upon a time')."""
+    match = _STORY_LINE.search(prompt)
+    return prompt if match is None else prompt[match.end():].lstrip()
+
+
+def story_of(prompt: str, continuation: str) -> str:
+    """A generated story as a reader gets it: the prompt's story part, then what the model wrote after the prompt."""
+    return (story_part(prompt) + continuation).lstrip()
 
 
 def check_features(names, where: str) -> list[str]:

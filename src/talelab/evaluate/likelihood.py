@@ -19,6 +19,7 @@ from talelab.data.sources import read_documents
 from talelab.errors import InputError
 from talelab.generate import load_decoder
 from talelab.paths import resolve_input
+from talelab.train.metrics import mean_perplexity
 
 REFERENCE_PIECES = 300
 
@@ -60,34 +61,42 @@ def next_token_logits(model, rows: list[list[int]], device) -> torch.Tensor:
 
 
 def score_documents(model, tokenizer, documents: list[str], batch_size: int = 16, device=None) -> dict:
-    """Summed NLL (nats), token and byte counts, and the derived loss, perplexity and bits per byte."""
+    """Summed NLL (nats), token and byte counts, and the derived loss, perplexities and bits per byte.
+
+    Two perplexities: `perplexity` is exp(loss), the loss being the mean over every scored token (each token weighs
+    the same); `mean_document_perplexity` is the mean over documents of exp(the document's own mean loss) (each
+    document weighs the same), as papers that average per-story or per-batch perplexities report it."""
     device = device or next(model.parameters()).device
     context = model.config.context_length
-    rows = []  # (tokens, first scored target index)
+    rows = []  # (tokens, first scored target index, document index)
     unk_id = tokenizer.backend.token_to_id(tokenizer.unk_token) if tokenizer.unk_token else None
     unknown = 0
-    for ids in tokenizer.encode_batch(documents):
-        rows.extend(windows_of([tokenizer.bos_id, *ids], context))
+    for d, ids in enumerate(tokenizer.encode_batch(documents)):
+        rows.extend((window, first, d) for window, first in windows_of([tokenizer.bos_id, *ids], context))
         unknown += ids.count(unk_id) if unk_id is not None else 0
     rows.sort(key=lambda r: len(r[0]))  # similar lengths per batch: less padding
     was_training = model.training
     model.eval()
-    nll, tokens = 0.0, 0
+    nll, tokens = [0.0] * len(documents), [0] * len(documents)  # per document
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
-        logits = next_token_logits(model, [ids for ids, _ in batch], device)
+        logits = next_token_logits(model, [ids for ids, _, _ in batch], device)
         targets = torch.full(logits.shape[:2], -1, dtype=torch.long)
-        for j, (ids, first) in enumerate(batch):
+        for j, (ids, first, _) in enumerate(batch):
             targets[j, first:len(ids) - 1] = torch.tensor(ids[1 + first:])
         targets = targets.to(device)
-        nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum").item()
-        tokens += int((targets != -1).sum())
+        per_row = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-1, reduction="none").sum(1)
+        for (ids, first, d), row_nll in zip(batch, per_row.tolist()):
+            nll[d] += row_nll
+            tokens[d] += len(ids) - 1 - first
     model.train(was_training)
     num_bytes = sum(len(d.encode("utf-8")) for d in documents)
-    loss = nll / max(tokens, 1)
-    result = {"documents": len(documents), "tokens": tokens, "bytes": num_bytes, "nll_nats": nll, "loss": loss,
-              "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(num_bytes, 1),
-              "bytes_per_token": num_bytes / max(tokens, 1)}
+    total_nll, total_tokens = sum(nll), sum(tokens)
+    loss = total_nll / max(total_tokens, 1)
+    result = {"documents": len(documents), "tokens": total_tokens, "bytes": num_bytes, "nll_nats": total_nll,
+              "loss": loss, "perplexity": math.exp(loss), "mean_document_perplexity": mean_perplexity(nll, tokens),
+              "bits_per_byte": total_nll / math.log(2) / max(num_bytes, 1),
+              "bytes_per_token": num_bytes / max(total_tokens, 1)}
     if unknown:  # an <unk> stands for a whole word the model never has to spell: the figure flatters it
         result["unknown_tokens"] = unknown
         result["note"] = (f"{unknown} tokens were {tokenizer.unk_token}: a lossy tokenizer's bits per byte are a lower "

@@ -4,12 +4,14 @@ Four measures, each with its own tokenizer (none of them is the model's, so they
 - nearest training story by TF-IDF cosine (scikit-learn TfidfVectorizer: lowercased words of two or more letters
   or digits, English stop words removed; rows L2-normalised, so a copy scores 1);
 - the max ROUGE-2 precision of the generation against the training set (rouge-score's tokenizer: lowercase
-  alphanumeric runs, no stemming), computed on the TF-IDF top CANDIDATES stories only: a training story with many
-  of the generation's bigrams shares its words too, so it ranks there;
+  alphanumeric runs, no stemming), and which story gives it: by default among the TF-IDF top CANDIDATES stories
+  only (a training story with many of the generation's bigrams shares its words too, so it ranks there), or
+  exactly over every training story (rouge_search "all": rouge2_search.py, one more streaming pass);
 - exact copy / template match / original (see `classify`: word 4-grams of WORD, names masked);
 - novelty as a seed project defined it: the mean sacrebleu sentence BLEU (13a tokens, exp smoothing, effective
   order) of a generation against NOVELTY_SAMPLE training stories drawn with a fixed seed, in [0, 1] like the
-  report's other BLEU figures; lower is more novel.
+  report's other BLEU figures; lower is more novel. The headline gives its complement beside it, novelty =
+  1 - novelty BLEU (higher is more novel), the direction a figure named Novelty is read in.
 
 The search scales to all of TinyStories (2.1M stories) in bounded memory. The stories are read in one streaming
 pass (a SplitView of the prepared split serves every later look-up by seek), counted as scikit-learn's
@@ -30,7 +32,6 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,9 +40,10 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from talelab.errors import InputError
+from talelab.errors import ConfigError, InputError
 from talelab.evaluate.overlap import bleu
 from talelab.evaluate.render import cell
+from talelab.evaluate.rouge2_search import max_rouge2_precision
 from talelab.plots import score_histogram
 
 CANDIDATES = 10  # TF-IDF neighbours per generation on which ROUGE-2 and the classification are computed
@@ -360,19 +362,27 @@ def novelty_bleu(generations: list[str], train_stories: Sequence[str], sample_si
     return [sum(bleu(g, [r]) for r in references) / len(references) for g in generations]
 
 
-def max_rouge2_precision(generation: str, candidates: list[str]) -> float:
-    """The highest ROUGE-2 precision of the generation against any candidate (share of its bigrams they hold)."""
-    scorer = rouge2_scorer()
-    return max((scorer.score(c, generation)["rouge2"].precision for c in candidates), default=0.0)
+def novelty_figures(mean_novelty_bleu: float) -> dict:
+    """A set's mean novelty BLEU (lower: closer to no training story) and its complement, novelty = 1 - novelty BLEU
+    (higher: further from the training stories), both rounded to 4 places."""
+    return {"novelty_bleu": round(mean_novelty_bleu, 4), "novelty": round(1 - mean_novelty_bleu, 4)}
 
 
-@lru_cache(maxsize=1)
-def rouge2_scorer():
-    """ROUGE-2 only (overlap.rouge_scorer adds ROUGE-L, quadratic in length), with the same tokenizer, no stemming."""
-    # deferred: rouge-score loads nltk (seconds), and only ROUGE figures need it
-    from rouge_score.rouge_scorer import RougeScorer
-
-    return RougeScorer(["rouge2"], use_stemmer=False)
+def max_rouge2(generations: list[str], train_stories: Sequence[str], neighbours: np.ndarray, search: str,
+               progress: bool = True) -> list[tuple[float, int]]:
+    """Per generation, (its highest ROUGE-2 precision against a training story, that story's index; -1 when no
+    story shares a bigram): among its TF-IDF `neighbours` (search "candidates", nearest first on a tie) or exactly
+    over every training story in one streaming pass on every core (search "all", the earliest story on a tie)."""
+    if search == "all":
+        scores, stories = max_rouge2_precision(generations, train_stories, progress=progress)
+        return [(float(score), int(story)) for score, story in zip(scores, stories)]
+    if search != "candidates":
+        raise ConfigError(f"--rouge-search {search!r}: choose candidates or all")
+    found = []
+    for generation, rows in zip(generations, neighbours):
+        scores, best = max_rouge2_precision([generation], [train_stories[j] for j in rows], workers=1)
+        found.append((float(scores[0]), int(rows[best[0]]) if best[0] >= 0 else -1))
+    return found
 
 
 # --- the report section --------------------------------------------------------------------------------------------
@@ -391,12 +401,14 @@ def index_for(stories: Sequence[str], progress: bool = True) -> NearestStoryInde
 
 
 def memorization_section(generations: list[str], train_stories: Sequence[str], out_dir: Path, top: int = 5,
-                         progress: bool = True) -> dict:
-    """Nearest training story, max ROUGE-2 precision, copy classification and novelty BLEU of the generations."""
+                         progress: bool = True, rouge_search: str = "candidates") -> dict:
+    """Nearest training story, max ROUGE-2 precision (see `max_rouge2` for `rouge_search`), copy classification and
+    novelty BLEU of the generations."""
     if not generations:
         raise InputError("memorization: no generated stories to compare")
     index = index_for(train_stories, progress)
     cosines, neighbours = index.search(generations, k=CANDIDATES)
+    rouge2 = max_rouge2(generations, train_stories, neighbours, rouge_search, progress)
     records = []
     for i, generation in enumerate(generations):
         candidates = [train_stories[j] for j in neighbours[i]]
@@ -404,14 +416,16 @@ def memorization_section(generations: list[str], train_stories: Sequence[str], o
         strongest = min(range(len(verdicts)), key=lambda j: (LABELS.index(verdicts[j]["label"]),
                                                              -verdicts[j]["masked_overlap"]))
         records.append({"nearest": int(neighbours[i][0]), "cosine": round(float(cosines[i][0]), 4),
-                        "rouge2_precision": round(max_rouge2_precision(generation, candidates), 4),
+                        "rouge2_precision": round(rouge2[i][0], 4), "rouge2_story": rouge2[i][1],
                         **verdicts[strongest], "source": int(neighbours[i][strongest])})
     novelty = novelty_bleu(generations, train_stories)
     for record, score in zip(records, novelty):
         record["novelty_bleu"] = round(score, 4)
     counts = {label: sum(r["label"] == label for r in records) for label in LABELS}
     mean = lambda key: round(sum(r[key] for r in records) / len(records), 4)  # noqa: E731
-    headline = {"novelty_bleu": mean("novelty_bleu"), "nearest_cosine_mean": mean("cosine"),
+    headline = {**novelty_figures(mean("novelty_bleu")), "nearest_cosine_mean": mean("cosine"),
+                # population SD, as the completion protocol's: the from-scratch study gives mean (SD)
+                "nearest_cosine_sd": round(float(np.std([r["cosine"] for r in records])), 4),
                 "nearest_cosine_max": max(r["cosine"] for r in records),
                 "rouge2_precision_max_mean": mean("rouge2_precision"),
                 "exact_copy_share": round(counts["exact copy"] / len(records), 4),
@@ -427,6 +441,7 @@ def memorization_section(generations: list[str], train_stories: Sequence[str], o
     section = {"headline": headline, "generations": len(generations), "training_stories": len(train_stories),
                "classification": counts, "records": records, "top_pairs": top_pairs,
                "novelty_sample": NOVELTY_SAMPLE, "novelty_seed": NOVELTY_SEED, "candidates": CANDIDATES,
+               "rouge_search": rouge_search,
                "charts": ["memorization_cosine.png"]}
     section["markdown"] = render_markdown(section)
     return section
@@ -437,23 +452,28 @@ def render_markdown(section: dict) -> str:
     h, counts = section["headline"], section["classification"]
     lines = [f"{section['generations']} generated stories against {section['training_stories']:,} training "
              "stories.", "",
-             "| novelty BLEU | nearest cosine (mean) | nearest cosine (max) | max ROUGE-2 precision (mean) | "
-             "exact copies | template matches | originals |", "|---:|---:|---:|---:|---:|---:|---:|",
-             f"| {h['novelty_bleu']:.4f} | {h['nearest_cosine_mean']:.4f} | {h['nearest_cosine_max']:.4f} | "
+             "| novelty | novelty BLEU | nearest cosine (mean) | nearest cosine (max) | max ROUGE-2 precision (mean) | "
+             "exact copies | template matches | originals |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {h['novelty']:.4f} | {h['novelty_bleu']:.4f} | {h['nearest_cosine_mean']:.4f} | "
+             f"{h['nearest_cosine_max']:.4f} | "
              f"{h['rouge2_precision_max_mean']:.4f} | {counts['exact copy']} | {counts['template match']} | "
              f"{counts['original']} |", "",
              "- Nearest story: TF-IDF cosine (words of 2+ letters, English stop words removed; 1 = same words).",
-             f"- Max ROUGE-2 precision: share of a generation's bigrams found in one training story, over the "
-             f"{section['candidates']} TF-IDF nearest stories (not the whole set).",
+             "- Max ROUGE-2 precision: share of a generation's bigrams found in one training story (rouge-score's "
+             "tokens, no stemming), " + (f"over all {section['training_stories']:,} training stories (exact)."
+                                         if section["rouge_search"] == "all" else
+                                         f"over the {section['candidates']} TF-IDF nearest stories (not the whole "
+                                         "set)."),
              f"- Copies: word {NGRAM}-grams of the generation found in a candidate story; exact copy at >= "
              f"{COPY_THRESHOLD:.0%} with the same names, template match at >= {COPY_THRESHOLD:.0%} once names "
              "(capitalised mid-sentence, or common TinyStories names) are masked.",
              "- Novelty BLEU: mean sentence BLEU in [0, 1] (sacrebleu 13a, exp smoothing) against "
              f"{section['novelty_sample']} training stories drawn with seed {section['novelty_seed']}; lower is "
-             "more novel.", "",
+             "more novel. Novelty: 1 - novelty BLEU; higher is more novel.", "",
              "![nearest training story cosine](memorization_cosine.png)", "",
-             "| generation | nearest training story | cosine | ROUGE-2 P | label |", "|---|---|---:|---:|---|"]
+             "| generation | nearest training story | cosine | ROUGE-2 P (story) | label |", "|---|---|---:|---:|---|"]
     for pair in section["top_pairs"]:
         lines.append(f"| {cell(pair['generation'], 600)} | {cell(pair['training_story'], 600)} | "
-                     f"{pair['cosine']:.4f} | {pair['rouge2_precision']:.4f} | {pair['label']} |")
+                     f"{pair['cosine']:.4f} | {pair['rouge2_precision']:.4f} (#{pair['rouge2_story']}) | "
+                     f"{pair['label']} |")
     return "\n".join(lines) + "\n"

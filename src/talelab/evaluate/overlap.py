@@ -8,6 +8,8 @@ Each metric fixes its own word tokenizer, so a model's tokenizer never changes a
   as sacrebleu's sentence BLEU does; reported in [0, 1] rather than sacrebleu's [0, 100].
 - distinct-n: lowercased words (runs of letters, digits and apostrophes; punctuation ignored); n-grams never cross
   from one text into the next.
+- TF-IDF cosine of pairs (scikit-learn's TfidfVectorizer with its defaults: lowercased words of 2+ letters or digits,
+  no stop words removed, smoothed idf, rows L2-normalised), fitted on the texts of the pairs compared.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from sacrebleu.metrics.helpers import extract_all_word_ngrams
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 TOKENIZERS_NOTE = ("ROUGE: rouge-score's default tokenizer (lowercased letters and digits, no stemming); BLEU and "
                    "Self-BLEU: sacrebleu's 13a tokenizer (case kept, punctuation split off), orders 1-4, exp "
-                   "smoothing; distinct-n: lowercased words (letters, digits, apostrophes). None depends on the "
-                   "model's tokenizer.")
+                   "smoothing; distinct-n: lowercased words (letters, digits, apostrophes); TF-IDF cosine: "
+                   "scikit-learn's default words (2+ letters or digits, lowercased). None depends on the model's "
+                   "tokenizer.")
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -47,6 +50,26 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     result = {name: scores[name].fmeasure for name in ROUGE_TYPES}
     result["rouge2_precision"], result["rouge2_recall"] = scores["rouge2"].precision, scores["rouge2"].recall
     return result
+
+
+def tfidf_cosines(predictions: list[str], references: list[str]) -> list[float]:
+    """The TF-IDF cosine similarity of each prediction with its reference (0 where either has no word).
+
+    The vectorizer (scikit-learn's TfidfVectorizer, default settings) is fitted on these predictions and references
+    together, so the idf weights are those of the texts compared in this call and nothing else.
+    """
+    # deferred: scikit-learn takes about 2 s to import, and only this figure and memorization use it
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    vectorizer = TfidfVectorizer()
+    analyze = vectorizer.build_analyzer()
+    if not any(analyze(text) for text in predictions + references):  # no word anywhere: no vocabulary to fit
+        return [0.0] * len(predictions)
+    vectors = vectorizer.fit_transform(predictions + references)
+    n = len(predictions)
+    # pair by pair: the whole n x n matrix of cosine_similarity would be quadratic in memory for its diagonal
+    return [float(cosine_similarity(vectors[i], vectors[n + i])[0, 0]) for i in range(n)]
 
 
 def bleu(hypothesis: str, references: list[str]) -> float:

@@ -7,9 +7,11 @@ names in the report directory) and optional "headline" (the figures `talelab com
 
 Which stories each section reads:
 - likelihood scores the validation text (--text, by the reference protocol unless --protocol documents);
-- completion continues the first --fraction of --stories held-out texts (--data) and compares with the true ending;
-- diversity, memorization, quality and judge read the same --samples stories, each sampled from --prompt (the
-  prompt is part of the story, as a reader sees it); completions are left out of them because their beginnings are
+- completion continues the first --fraction of --stories held-out texts (--data; the first ones, or drawn at random
+  with --completion-sample random) and compares with the true ending;
+- diversity, memorization, quality and judge read the same --samples stories, each sampled from --prompt (a plain
+  prompt is part of the story, as a reader sees it; of an Instruct prompt, Features/Words/Summary lines and then
+  'Story:', only what follows 'Story:' is); completions are left out of them because their beginnings are
   human-written;
 - tags (under the same sampling settings) and probes (greedily) generate from their own prompts through the same
   batched `complete` function;
@@ -20,11 +22,10 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,11 +34,12 @@ from talelab.atomic import write_text_atomic
 from talelab.config import EVAL_SUITES, EvalConfig, SamplingConfig
 from talelab.data.sources import iter_texts, resolve_source
 from talelab.data.split_view import SplitView
+from talelab.data.tags import story_of, story_part
 from talelab.errors import ConfigError, InputError, TalelabError
 from talelab.evaluate.completion import Complete, completer, completion_section, held_out_texts, quote
 from talelab.evaluate.judge import judge_section
 from talelab.evaluate.likelihood import score_documents, validation_documents
-from talelab.evaluate.memorization import memorization_section
+from talelab.evaluate.memorization import memorization_section, novelty_bleu, novelty_figures
 from talelab.evaluate.overlap import TOKENIZERS_NOTE, diversity
 from talelab.evaluate.probes import probes_section
 from talelab.evaluate.quality import quality_section, summarize as summarize_quality
@@ -114,9 +116,9 @@ class Evaluation:
 
     @cached_property
     def samples(self) -> list[str]:
-        """--samples stories from --prompt, prompt included."""
+        """--samples stories from --prompt, each the prompt's story part and what the model wrote (tags.story_of)."""
         prompt = self.sampling.prompt
-        return [prompt + c for c in self.complete([prompt] * self.config.samples)]
+        return [story_of(prompt, c) for c in self.complete([prompt] * self.config.samples)]
 
     @cached_property
     def train_stories(self) -> SplitView:
@@ -131,24 +133,29 @@ def likelihood(ev: Evaluation) -> dict:
     how = ("the reference protocol of shared/README.md (blank-line pieces 2..301, each scored on its own after the "
            "beginning-of-story token)" if c.protocol == "reference" else "every document, each on its own")
     lines = [f"Text: `{path}`, {scores['documents']} documents by {how}.", "",
-             "| loss (nats/token) | perplexity | bits per byte | tokens | bytes | bytes per token |",
-             "|---:|---:|---:|---:|---:|---:|",
-             f"| {scores['loss']:.4f} | {scores['perplexity']:.2f} | {scores['bits_per_byte']:.4f} | "
-             f"{scores['tokens']:,} | {scores['bytes']:,} | {scores['bytes_per_token']:.3f} |", "",
+             "| loss (nats/token) | perplexity | mean document perplexity | bits per byte | tokens | bytes | "
+             "bytes per token |", "|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {scores['loss']:.4f} | {scores['perplexity']:.2f} | {scores['mean_document_perplexity']:.2f} | "
+             f"{scores['bits_per_byte']:.4f} | {scores['tokens']:,} | {scores['bytes']:,} | "
+             f"{scores['bytes_per_token']:.3f} |", "",
+             "Perplexity is exp(loss), the loss averaged over every token; mean document perplexity averages each "
+             "document's own exp(loss), so every document weighs the same. "
              "Loss and perplexity are per token, so they depend on how the tokenizer cuts the text. Bits per byte "
              "(total negative log-likelihood in bits / UTF-8 bytes of the text) do not: they make models with "
              "different tokenizers comparable."]
     if "note" in scores:
         lines += ["", f"Note: {scores['note']}."]
     return {"text": str(path), "protocol": c.protocol, **scores, "markdown": "\n".join(lines),
-            "headline": {k: scores[k] for k in ("bits_per_byte", "loss", "perplexity")}}
+            "headline": {k: scores[k] for k in ("bits_per_byte", "loss", "perplexity", "mean_document_perplexity")}}
 
 
 def completion(ev: Evaluation) -> dict:
     c = ev.config
-    texts = held_out_texts(c.data, c.stories, c.min_words, ev.data_root)
-    return completion_section(ev.complete, texts, c.fraction, c.cut, ev.out,
-                              source=f"from `{c.data}`, the first {c.stories} of at least {c.min_words} words")
+    texts = held_out_texts(c.data, c.stories, c.min_words, ev.data_root, c.completion_sample, c.sampling.seed)
+    chosen = f"{c.stories} of at least {c.min_words} words"
+    chosen = f"the first {chosen}" if c.completion_sample == "first" else \
+        f"{chosen} drawn at random with seed {c.sampling.seed}"
+    return completion_section(ev.complete, texts, c.fraction, c.cut, ev.out, source=f"from `{c.data}`, {chosen}")
 
 
 def diversity_section(ev: Evaluation) -> dict:
@@ -156,7 +163,8 @@ def diversity_section(ev: Evaluation) -> dict:
     score_histogram({"": scores["max_rouge2_to_others"]}, ev.out / "diversity_similarity.png",
                     "max ROUGE-2 F1 against the other generations", "texts",
                     f"similarity across {len(ev.samples)} generations from {ev.sampling.prompt!r}")
-    lines = [f"{len(ev.samples)} stories sampled from {ev.sampling.prompt!r} (prompt included).", "",
+    prompt = ev.sampling.prompt
+    lines = [f"{len(ev.samples)} stories sampled from {prompt!r} ({prompt_in_stories(prompt)}).", "",
              "| Self-BLEU | distinct-1 | distinct-2 | distinct-3 | max ROUGE-2 to others: mean | max |",
              "|---:|---:|---:|---:|---:|---:|",
              f"| {scores['self_bleu']:.4f} | {scores['distinct_1']:.4f} | {scores['distinct_2']:.4f} | "
@@ -174,7 +182,8 @@ def diversity_section(ev: Evaluation) -> dict:
 
 
 def memorization(ev: Evaluation) -> dict:
-    return memorization_section(ev.samples, ev.train_stories, ev.out, progress=ev.config.progress)
+    return memorization_section(ev.samples, ev.train_stories, ev.out, progress=ev.config.progress,
+                                rouge_search=ev.config.rouge_search)
 
 
 def quality(ev: Evaluation) -> dict:
@@ -196,25 +205,24 @@ def judge(ev: Evaluation) -> dict:
 
 
 def sweep(ev: Evaluation) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:  # the per-setting charts of memorization go here
-        return sweep_section(ev.complete, ev.sampling, parse_sweep(ev.config.sweep), ev.config.samples, ev.out,
-                             scorers=sweep_scorers(ev, Path(scratch)), progress=ev.config.progress)
+    return sweep_section(ev.complete, ev.sampling, parse_sweep(ev.config.sweep), ev.config.samples, ev.out,
+                         scorers=sweep_scorers(ev), progress=ev.config.progress)
 
 
-def sweep_scorers(ev: Evaluation, scratch: Path) -> dict:
-    """Novelty BLEU (from the memorization section) and quality columns for the sweep."""
-    return {"novelty_bleu": lambda stories: first_number(memorization_section(stories, ev.train_stories, scratch,
-                                                                              progress=False), "novelty"),
+def sweep_scorers(ev: Evaluation) -> dict:
+    """Novelty BLEU and novelty (as the memorization section defines them) and quality columns for the sweep."""
+    @lru_cache(maxsize=1)  # a setting's two novelty columns read one computation
+    def novelty(stories: tuple) -> dict:
+        return novelty_figures(sum(novelty_bleu(list(stories), ev.train_stories)) / len(stories))
+
+    return {"novelty_bleu": lambda stories: novelty(tuple(stories))["novelty_bleu"],
+            "novelty": lambda stories: novelty(tuple(stories))["novelty"],
             "quality": lambda stories: summarize_quality(stories)["quality"]}  # the figure only: no chart to draw
 
 
-def first_number(section: dict, word: str) -> float:
-    """The first headline (else top-level) figure whose name contains `word`."""
-    for source in (section.get("headline") or {}, section):
-        for key, value in source.items():
-            if word in key and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-    return float("nan")
+def prompt_in_stories(prompt: str) -> str:
+    """What of --prompt the scored stories hold, in the report's words."""
+    return "prompt included" if story_part(prompt) == prompt else "only the story after the prompt's 'Story:'"
 
 
 RUNNERS = {"likelihood": likelihood, "completion": completion, "diversity": diversity_section,
@@ -357,9 +365,9 @@ def write_report(report: dict, out: Path) -> None:
              f"{report['seconds']} s. Generation: temperature {s['temperature']}, top-k {s['top_k']}, top-p "
              f"{s['top_p']}, beams {s['num_beams']}, repetition penalty {s['repetition_penalty']}, at most "
              f"{s['max_new_tokens']} new tokens, seed {s['seed']} (story i uses seed + i). Diversity, memorization, "
-             f"quality and judge read the same {c['samples']} stories sampled from {s['prompt']!r} (prompt "
-             f"included); completion and tags generate from their own prompts with these settings, probes "
-             f"greedily.", "",
+             f"quality and judge read the same {c['samples']} stories sampled from {s['prompt']!r} "
+             f"({prompt_in_stories(s['prompt'])}); completion and tags generate from their own prompts with these "
+             f"settings, probes greedily.", "",
              "## Headline figures", "", headline_markdown(report)]
     for name, section in report["sections"].items():
         body = section["markdown"].strip()

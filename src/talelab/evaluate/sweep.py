@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from talelab.config import SamplingConfig
+from talelab.data.tags import story_of
 from talelab.settings import grid_axis
 from talelab.errors import ConfigError
 from talelab.evaluate.overlap import diversity
@@ -24,7 +25,8 @@ from talelab.plots import bars_per_setting
 SWEEP_KEYS = {"temperature": float, "top_k": int, "top_p": float, "num_beams": int, "repetition_penalty": float}
 COLUMNS = ("self_bleu", "distinct_1", "distinct_2", "distinct_3", "max_rouge2_to_others_mean")
 LABELS = {"self_bleu": "Self-BLEU", "distinct_1": "distinct-1", "distinct_2": "distinct-2", "distinct_3": "distinct-3",
-          "max_rouge2_to_others_mean": "max ROUGE-2 to others", "novelty_bleu": "novelty BLEU", "quality": "quality"}
+          "max_rouge2_to_others_mean": "max ROUGE-2 to others", "novelty_bleu": "novelty BLEU", "novelty": "novelty",
+          "quality": "quality"}
 
 
 def parse_sweep(text: str) -> list[dict]:
@@ -50,13 +52,14 @@ def setting_label(setting: dict) -> str:
 def sweep_section(complete, base: SamplingConfig, settings: list[dict], samples: int, out_dir: Path,
                   scorers: dict[str, Callable[[list[str]], float]] | None = None, progress: bool = True) -> dict:
     """Sample `samples` stories from `base.prompt` under each setting (the other settings as in `base`) and score
-    them; `scorers` adds columns (e.g. novelty, quality) computed from the stories."""
+    them (each as tags.story_of gives it: an Instruct prompt's header is no part of a story); `scorers` adds columns
+    (e.g. novelty, quality) computed from the stories."""
     # replace() checks each setting as it builds it, so a bad one is refused before any story is generated
     configs = [dataclasses.replace(base, **setting) for setting in settings]
     scorers = scorers or {}
     rows = []
     for setting, config in tqdm(list(zip(settings, configs)), desc="sweep", unit="setting", disable=not progress):
-        stories = [config.prompt + c for c in complete([config.prompt] * samples, config)]
+        stories = [story_of(config.prompt, c) for c in complete([config.prompt] * samples, config)]
         scores = diversity(stories)
         row = {"setting": setting_label(setting), **setting, **{c: scores[c] for c in COLUMNS}}
         for name, score in scorers.items():
@@ -86,7 +89,8 @@ def sweep_section(complete, base: SamplingConfig, settings: list[dict], samples:
         lines += ["", "Beam search is deterministic: every story of a beam setting is the same, so its Self-BLEU is 1."]
     if "novelty_bleu" in scorers:
         lines += ["", "Novelty BLEU: mean BLEU of each story against sampled training stories, as the memorization "
-                  "section defines it; lower is more novel. Quality: the quality score in [0, 1]."]
+                  "section defines it; lower is more novel. Novelty: 1 - novelty BLEU; higher is more novel. "
+                  "Quality: the quality score in [0, 1]."]
     lines += ["", "Written: sweep.csv, sweep.png.", "", "![sweep](sweep.png)"]
     return {"rows": rows, "columns": columns, "markdown": "\n".join(lines), "charts": ["sweep.png"],
             "files": ["sweep.csv"]}

@@ -1,7 +1,8 @@
 """`talelab finetune`: supervised fine-tuning with trl's SFTTrainer, LoRA (peft) or full, resumable.
 
 The output directory holds what `load_finetuned` (and talelab's loaders) read: the adapter or the full model with
-its tokenizer; beside it checkpoints/, metrics.jsonl, loss.png, summary.json and the run log.
+its tokenizer; beside it checkpoints/, metrics.jsonl, loss.png, lr.png (the learning rate per step), summary.json
+and the run log.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import datasets
 import sacrebleu
 import torch
+import torch.nn.functional as F
 import transformers
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
@@ -30,9 +32,9 @@ from talelab.errors import InputError
 from talelab.finetune.base import (MetricsLog, checkpoint_step, context_length, format_trainable, load_base,
                                    lora_config, precision_flags, trainable_summary)
 from talelab.finetune.formats import CHAT_TEMPLATES, bos_text, build_examples, words_used
-from talelab.plots import loss_chart
+from talelab.plots import learning_rate_chart, loss_chart
 from talelab.tracking import Tracker, open_tracker
-from talelab.train.metrics import read_metrics, restart_metrics
+from talelab.train.metrics import mean_perplexity, read_metrics, restart_metrics
 
 CHECKPOINTS = "checkpoints"
 
@@ -247,13 +249,12 @@ def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
         summary.update(train_seconds=time.time() - started, steps=trainer.state.global_step,
                        train_loss=result.training_loss, final_loss=last_loss(trainer.state.log_history))
         if run.held_out:
-            summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-            summary["perplexity"] = math.exp(min(summary["eval_loss"], 50.0))
-            note(f"held-out loss after: {summary['eval_loss']:.4f} (perplexity {summary['perplexity']:.2f})")
+            summary.update(held_out_figures(trainer, note, "after"))
     finally:
         run.tracker.close()
-    loss_chart(read_metrics(out / "metrics.jsonl"), out / "loss.png", "eval_loss", "held-out loss",
-               title=f"{config.task} fine-tuning of {Path(config.base).name}")
+    records, title = read_metrics(out / "metrics.jsonl"), f"{config.task} fine-tuning of {Path(config.base).name}"
+    loss_chart(records, out / "loss.png", "eval_loss", "held-out loss", title=title)
+    learning_rate_chart(records, out / "lr.png", title=title)
     stopped_early = bool(config.stop_at_step) and trainer.state.global_step < trainer.state.max_steps
     if not stopped_early:
         trainer.save_model(str(out))  # adapter (or full model) + tokenizer
@@ -265,6 +266,55 @@ def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
     summary["stopped_at_step"] = trainer.state.global_step if stopped_early else None
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def evaluate_untrained(config: FinetuneConfig, data_root=None, log=print) -> dict:
+    """The figures of a run of `config` trained for no step: held-out loss and perplexities, and what `measure`
+    measures, of the model every run starts from (LoRA's B matrices start at zero: the base model itself). Summary
+    written to summary.json in config.out."""
+    run = prepare_run(config, data_root, log)
+    if not run.held_out:
+        raise InputError(f"--data {config.data}: no held-out examples to measure the base model on (set "
+                         "--eval-fraction above 0 or give --eval-data)")
+    summary = {**run.summary, "trainable_params": 0, "trainable_percent": 0.0, "steps": 0, "train_loss": None}
+    try:
+        summary.update(held_out_figures(run.trainer, run.note, "untrained"))
+        summary.update(measure(run.trainer.model, run.tokenizer, config, run.held_out, run.note))
+    finally:
+        run.tracker.close()
+    write_text_atomic(Path(config.out) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def held_out_figures(trainer, note, when: str) -> dict:
+    """Held-out loss (transformers' eval_loss) with its perplexity, and the mean per-example perplexity; noted."""
+    loss = trainer.evaluate()["eval_loss"]
+    figures = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+               "mean_example_perplexity": mean_example_perplexity(trainer)}
+    note(f"held-out loss {when}: {loss:.4f} (perplexity {figures['perplexity']:.2f}; mean per-example perplexity "
+         f"{figures['mean_example_perplexity']:.2f})")
+    return figures
+
+
+@torch.no_grad()
+def mean_example_perplexity(trainer) -> float:
+    """The mean over held-out examples of exp(the example's own loss), from the batches trainer.evaluate reads (the
+    same tokens, prompts masked the same way): every example weighs the same, where exp(eval_loss) weighs every
+    token the same. Each batch's logits are held whole, as transformers' models return them."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    nll, tokens = [], []
+    for batch in trainer.get_eval_dataloader():
+        labels = batch.pop("labels").to(model.device)
+        inputs = {k: v.to(model.device) for k, v in batch.items() if torch.is_tensor(v)}
+        with trainer.compute_loss_context_manager():  # the precision trainer.evaluate computes in
+            logits = model(**inputs).logits[:, :-1].float()
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        nll += F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(1).tolist()
+        tokens += (targets != -100).sum(1).tolist()
+    model.train(was_training)
+    return mean_perplexity(nll, tokens)
 
 
 def last_loss(history: list[dict]) -> float | None:

@@ -1,6 +1,6 @@
-"""What the interpret commands read: a model (talelab, or a Hugging Face Llama / GPT-2 causal LM or a LoRA adapter
-over one, all through models.storage.load_model), its tokenizer, and texts encoded as beginning-of-story token +
-tokens, a padded batch at a time.
+"""What the interpret commands read: a model (talelab, or a Hugging Face causal LM or a LoRA adapter over one, all
+through models.storage.load_model; attention and neurons need a talelab transformer or a Llama / GPT-2), its
+tokenizer, and texts encoded as beginning-of-story token + tokens, a padded batch at a time.
 
 Hugging Face models are used as they are, through forward hooks and `output_attentions`; nothing is copied.
 """
@@ -52,17 +52,25 @@ class Subject:
         return [attrgetter(name)(block) for block in self.blocks()]
 
 
+def load_studied_model(path: str | os.PathLike, device: str = "cpu", **hf_options) \
+        -> tuple[torch.nn.Module, Tokenizer]:
+    """The model and tokenizer of a talelab model or run directory, or of a Hugging Face model directory or hub id
+    (or a LoRA adapter over one), on `device` (auto: CUDA when present); `hf_options` go to load_model."""
+    if not Path(path).is_dir() and not looks_like_hub_id(path):
+        raise InputError(f"{Path(path)}: no such model directory")
+    model, tokenizer, _ = load_model(path, device=pick_device(device), **hf_options)
+    return model, tokenizer
+
+
 def load_subject(path: str | os.PathLike, device: str = "cpu") -> Subject:
     """A talelab transformer (model or run directory), or a Hugging Face model directory or hub id (or a LoRA
     adapter over one) of a supported type, on `device` (auto: CUDA when present). What the hooks collect comes back
     to the CPU, where the scores add up."""
     directory = Path(path)
-    if not directory.is_dir() and not looks_like_hub_id(path):
-        raise InputError(f"{directory}: no such model directory")
     raw = read_config(directory) if (directory / "config.json").is_file() else {}
     check_hf_family(directory, raw.get("model_type"))  # before any weights load
     # eager attention: the fused kernels (sdpa, flash) never materialise the weights that output_attentions returns
-    model, tokenizer, _ = load_model(path, device=pick_device(device), attn_implementation="eager")
+    model, tokenizer = load_studied_model(path, device, attn_implementation="eager")
     if isinstance(model, HFCausalLM):
         check_hf_family(directory, model.config.model_type)  # an adapter's base
         hf = model.transformers_model  # hooks and output_attentions need transformers' own modules and outputs

@@ -43,9 +43,11 @@ def number(text: str):
             return text
 
 
-def read_document(path: Path):
-    if not path.is_file():
-        raise NotMeasured(f"{path.name} not written")
+def read_document(out: Path, file: str):
+    path = out / file
+    if not path.is_file():  # the stage and the file name say enough: "models-v2/…/report.json not written"
+        stage, name = Path(file).parts[0], Path(file).name
+        raise NotMeasured(f"{stage}/{'…/' if len(Path(file).parts) > 2 else ''}{name} not written")
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -61,12 +63,16 @@ def lookup(document, key: str):
             inner = segment[1:-1]
             if "=" in inner:
                 field, _, wanted = inner.partition("=")
-                matches = [row for row in value if isinstance(row, dict) and str(row.get(field)) == wanted]
+                matches = [row for row in value if isinstance(row, dict) and str(row.get(field)) == wanted] \
+                    if isinstance(value, list) else []
                 if not matches:
                     raise NotMeasured(f"no row with {field}={wanted}")
                 value = matches[0]
             else:
-                value = value[int(inner)]
+                index = int(inner)
+                if not isinstance(value, list) or not -len(value) <= index < len(value):
+                    raise NotMeasured(f"no item {index}")
+                value = value[index]
         elif isinstance(value, dict) and segment in value:
             value = value[segment]
         else:
@@ -85,7 +91,7 @@ def measured_value(out: Path, cell):
             raise NotMeasured("not measured")
         return cell
     file, _, key = cell.partition(":")
-    return lookup(read_document(out / file), key)
+    return lookup(read_document(out, file), key)
 
 
 def numeric(value) -> float | None:

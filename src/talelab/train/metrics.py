@@ -43,6 +43,13 @@ def windowed_loss(model, windows: np.ndarray, batch_size: int, device, autocast)
     return total / count
 
 
+def mean_perplexity(nll: list[float], tokens: list[int]) -> float:
+    """The mean over texts of exp(a text's NLL / its scored tokens), texts without a scored token left out (nan when
+    none has one): every text weighs the same, where exp(total NLL / total tokens) weighs every token the same."""
+    per_text = [math.exp(n / t) for n, t in zip(nll, tokens) if t]
+    return sum(per_text) / len(per_text) if per_text else math.nan
+
+
 def write_metrics_csv(records: list[dict], path: Path) -> None:
     columns = sorted({key for r in records for key in r}, key=lambda k: (k != "step", k))
     with open(path, "w", newline="", encoding="utf-8") as f:
