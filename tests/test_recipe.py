@@ -225,3 +225,20 @@ def test_small_models_from_scratch_smoke(tmp_path, shared):
     assert isinstance(overfitting[0], float) and 0 <= overfitting[1]["mean"] <= 1
     reasoning = tables["Table: Reasoning prompts"]["rows"][0]["measured"]
     assert all(isinstance(v, str) for v in reasoning)  # at smoke scale the 1M model stands in for every size
+
+
+@pytest.mark.slow
+def test_lora_tagged_stories_smoke(tmp_path, shared):
+    """stories260K exported to Hugging Face, rule-tagged stories, three LoRA ranks beside the base model, and each
+    model's stories at three temperatures: the four tables filled."""
+    out = tmp_path / "lora"
+    result = talelab("recipe", "run", "lora-tagged-stories", "--scale", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    tables = {t["number"]: t for t in json.loads((out / "report.json").read_text())["tables"]}
+    dialogue, *others = tables["Table 1"]["rows"][0]["measured"]
+    assert dialogue > 0 and others[:3] == [0, 0, 0]  # rules label Dialogue and MoralValue only
+    counts = [row["measured"][0] for row in tables["Table 2"]["rows"]]
+    assert counts[1] == 2 * counts[0] and counts[2] == 2 * counts[1]  # LoRA parameters double with the rank
+    losses = tables["Table 3"]["rows"][0]["measured"]
+    assert all(isinstance(v, float) for v in losses)  # the base model and the three ranks
+    assert all(isinstance(v, float) for row in tables["Table 4"]["rows"] for v in row["measured"])

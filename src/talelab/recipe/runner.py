@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from string import Template
 
 import yaml
 
@@ -39,10 +40,13 @@ class StageFailed(TalelabError):
 
 
 def variables(recipe: Recipe, scale: str, out: Path, data_root) -> dict[str, str]:
-    """What ${name} stands for in the recipe at this scale: its own variables, then the fixed ones."""
+    """What ${name} stands for in the recipe at this scale: its own variables (which may name the fixed ones, e.g.
+    `base: ${out}/base`), then the fixed ones: out, data, recipe, scale."""
     root = paths.data_root(data_root)
-    return {**recipe.variables.get("every", {}), **recipe.variables.get(scale, {}), "out": str(out), "data": str(root) if root else "",
-            "recipe": str(recipe.path.parent.resolve()), "scale": scale}
+    fixed = {"out": str(out), "data": str(root) if root else "", "recipe": str(recipe.path.parent.resolve()),
+             "scale": scale}
+    own = {**recipe.variables.get("every", {}), **recipe.variables.get(scale, {})}
+    return {**{name: Template(value).safe_substitute(fixed) for name, value in own.items()}, **fixed}
 
 
 def stage_file(out: Path, stage: Stage, values: dict) -> tuple[Path, str]:
