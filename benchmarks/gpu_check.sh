@@ -185,6 +185,12 @@ check "finetune 3 steps (bf16 on cuda)" talelab finetune --base "$WORK/fp32" --t
 check "dpo 3 steps (bfloat16)" bash -c "talelab prefs build --data '$WORK/prepared' --out '$WORK/pairs.jsonl' \
     --max-pairs 26 --prompt-fraction 0.1 && talelab dpo --base '$WORK/fp32' --data '$WORK/pairs.jsonl' --out '$WORK/dpo' \
     --batch-size 8 --max-length 64 --dtype bfloat16 --no-progress"
+# float16 (T4-class GPUs have no bfloat16): Trainer's fp16 path, autocast with loss scaling; dpo loads float16
+# weights under float32 LoRA weights
+check "finetune 3 steps ($FP16)" talelab finetune --base "$WORK/fp32" --task lm --data "$WORK/prepared/train.jsonl" \
+    --out "$WORK/ft16" --max-steps 3 --batch-size 4 --max-length 64 --samples 0 --dtype "$FP16" --no-progress
+check "dpo 3 steps ($FP16)" talelab dpo --base "$WORK/fp32" --data "$WORK/pairs.jsonl" --out "$WORK/dpo16" \
+    --batch-size 8 --max-length 64 --dtype "$FP16" --no-progress
 
 printf '\n%-34s %-8s %s\n' check status time
 printf '%s\n' "${ROWS[@]}"

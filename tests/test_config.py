@@ -73,7 +73,7 @@ def test_one_lora_config_for_finetune_dpo_and_trials(tmp_path):
     dpo = settle("dpo", "--base", "b", "--data", "d", "--lora-rank", 4)
     trials = settle("trials", "--preset", "distilgpt2-tags", "--lora-rank", 4)
     assert finetune.lora == dpo.lora.__class__(rank=4, dropout=0.05) and dpo.lora == LoraConfig(rank=4, dropout=0.0)
-    assert trials.finetune.lora == LoraConfig(rank=4, target_modules="gpt2")
+    assert LoraConfig(**trials.finetune["lora"]) == LoraConfig(rank=4, target_modules="gpt2")  # every trial's
     assert finetune.lora.effective_alpha == 8.0  # alpha 0 means 2 x rank everywhere
 
 

@@ -49,7 +49,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, title: str, path: str = "", 
     destination 'section.field' so that the values nest again as YAML's do."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or field_kind(f) == "list[dict]":  # a list of mappings (trials') is written in YAML only
             continue
         if nested(f):
             meta = f.metadata

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from talelab.errors import ConfigError
 from talelab.presets import PRESETS
-from talelab.settings import Layer, Settings, option, preset_layer, require, resolve, section
+from talelab.settings import Layer, Settings, option, overrides, preset_layer, require, resolve, section
 from talelab.tracking import require_package
 
 # One vocabulary of devices and precisions for every command (talelab.devices says what auto means); each field
@@ -293,6 +293,14 @@ class ServeConfig(Settings):
     batch_window_ms: float = option(10.0, "how long a batch waits for more requests after the first arrives")
 
 
+QUESTIONS_HELP = ("a fixed question set, JSONL of {\"prompt\", \"answer\"} rows as instruct data are read (e.g. "
+                  "data/instruct/dolly-subset.jsonl: prompts already in the Alpaca form are kept as they are): the "
+                  "trained model answers each greedily; summary.json gets the corpus BLEU (sacrebleu, 0-100) of the "
+                  "answers against the reference answers and the perplexity of the reference answers given the "
+                  "questions (their completion tokens and EOS, as training scores an answer); answers.jsonl holds "
+                  "every answer (empty: none)")
+
+
 @dataclass
 class LoraConfig(Settings):
     """A LoRA adapter's shape, the same for finetune, dpo and trials."""
@@ -323,7 +331,12 @@ class PreferenceConfig(Settings):
     data: str = option("", "preference pairs: JSONL (.gz too) with prompt/chosen/rejected, or Anthropic HH rows "
                        "whose chosen/rejected dialogues share a prompt up to the last '\\n\\nAssistant:'",
                        required=True)
-    out: str = option("runs/dpo", "output: adapter/, checkpoints/, metrics.jsonl, dpo.png, report.md, summary.json")
+    prompt_field: str = option("prompt", "field of a pair's prompt, e.g. instruction (UltraFeedback); a row without "
+                               "it whose chosen/rejected are Anthropic HH dialogues gets its prompt split off")
+    chosen_field: str = option("chosen", "field of the preferred response, e.g. chosen_response")
+    rejected_field: str = option("rejected", "field of the other response, e.g. rejected_response")
+    out: str = option("runs/dpo", "output: adapter/, checkpoints/, metrics.jsonl, dpo.png, report.md, summary.json "
+                      "(and answers.jsonl with --questions)")
     beta: float = option(0.1, "DPO temperature: how far the policy may move from the reference")
     lr: float = option(5e-5, "peak learning rate (linear decay after warmup)")
     warmup_ratio: float = option(0.1, "share of the steps spent warming the learning rate up")
@@ -338,9 +351,12 @@ class PreferenceConfig(Settings):
     save_steps: int = option(50, "write a resumable checkpoint every this many steps")
     logging_steps: int = option(1, "log training metrics every this many steps")
     report_to: str = option("none", REPORT_TO_HELP, TRACKERS)
-    dtype: str = option("float32", "weights and compute precision", WEIGHT_DTYPES[:2])
+    dtype: str = option("float32", "weights and compute precision; float16 (GPU only): float16 weights, float32 "
+                        "LoRA weights, mixed-precision steps with loss scaling (trl fp16=True)", WEIGHT_DTYPES)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, slower)")
     seed: int = option(42, "seed for the held-out split, LoRA initialisation and data order")
+    questions: str = option("", QUESTIONS_HELP)
+    max_new_tokens: int = option(200, "most tokens per generated answer to --questions")
     progress: bool = option(True, "show a progress bar")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint", saved=False)
 
@@ -354,7 +370,9 @@ class PreferenceConfig(Settings):
             (0 < self.heldout_fraction < 1, f"heldout_fraction={self.heldout_fraction} must be in (0, 1)"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio} must be in [0, 1)"),
             (self.save_steps >= 1 and self.logging_steps >= 1, "save_steps and logging_steps must be >= 1"),
-            (self.eval_steps >= 0 and self.max_pairs >= 0, "eval_steps and max_pairs must be 0 or more")])
+            (self.eval_steps >= 0 and self.max_pairs >= 0, "eval_steps and max_pairs must be 0 or more"),
+            (len({self.prompt_field, self.chosen_field, self.rejected_field}) == 3,
+             "prompt_field, chosen_field and rejected_field must name three different fields")])
         require_package(self.report_to)
 
 
@@ -489,10 +507,14 @@ class FinetuneConfig(Settings):
                        ("stories-tags", "lm", "instruct"))
     data: str = option("data/tinystories/train-head.txt", "training data (path or under the data root): a prepared "
                        "directory (its train.jsonl), a text or JSONL file, or (stories-tags) TinyStories all_data JSON")
+    text_field: str = option("text", "lm: the field holding each document in JSONL, JSON or parquet rows (e.g. Poem)")
     out: str = option("runs/finetune", "output: adapter (or model) + tokenizer, checkpoints/, metrics.jsonl, loss.png, "
-                      "lr.png, summary.json, log.txt")
+                      "lr.png, summary.json, log.txt (and answers.jsonl with --questions)")
     eval_data: str = option("", "held-out file; empty: hold --eval-fraction of --data out")
     eval_fraction: float = option(0.05, "share of --data held out when there is no --eval-data")
+    test_fraction: float = option(0.0, "share of --data held out as a test split (seeded, like --eval-fraction), "
+                                  "never seen in training or evaluation until its loss is measured once at the end "
+                                  "(0: none); e.g. --eval-fraction 0.05 --test-fraction 0.15 for an 80/5/15 split")
     max_examples: int = option(0, "use at most this many training examples after the split (0: all)")
     template: str = option("auto", "instruct: prompt template ('auto': chat for 'messages' rows when the tokenizer has "
                            "a chat template, else alpaca)", ("auto", "alpaca", "user-assistant", "chat"))
@@ -522,27 +544,54 @@ class FinetuneConfig(Settings):
                           "instruct: held-out answers generated for BLEU (0: skip)")
     max_new_tokens: int = option(200, "most tokens per generated story or answer")
     temperature: float = option(0.8, "sampling temperature for the adherence stories (answers are greedy)")
+    questions: str = option("", QUESTIONS_HELP + "; answers of up to --max-new-tokens, prompts in the run's template")
     seed: int = option(0, "seed of the split, LoRA initialisation, data order and samples")
     progress: bool = option(True, "show progress bars")
 
     def check(self):
         require("finetune", [(self.batch_size >= 1 and self.max_length >= 8 and 0 <= self.eval_fraction < 1,
-                              "needs batch_size >= 1, max_length >= 8 and 0 <= eval_fraction < 1")])
+                              "needs batch_size >= 1, max_length >= 8 and 0 <= eval_fraction < 1"),
+                             (0 <= self.test_fraction and self.eval_fraction + self.test_fraction < 1,
+                              f"test_fraction={self.test_fraction}: must be >= 0 and leave training examples "
+                              f"(eval_fraction + test_fraction < 1)")])
         require_package(self.report_to)
+
+
+TRIALS_GRID = "rank=4,8 alpha=8,16"
 
 
 @dataclass
 class TrialsConfig(Settings):
-    """`talelab trials`: a grid of LoRA configurations, each a `talelab finetune` run, compared in one table."""
+    """`talelab trials`: LoRA configurations (a grid or a list), each a `talelab finetune` or `talelab dpo` run,
+    compared in one table."""
 
-    grid: str = option("rank=4,8 alpha=8,16", "space-separated key=v1,v2 lists; keys: rank, alpha, dropout, "
-                       "target_modules (';' between choices), lr, batch_size, epochs, max_steps")
+    method: str = option("sft", "what every trial runs: sft (`talelab finetune`, its flags below) or dpo (`talelab "
+                         "dpo`, its flags prefixed --dpo-, e.g. --dpo-base, --dpo-data, --dpo-beta)", ("sft", "dpo"))
+    grid: str = option(TRIALS_GRID, "space-separated key=v1,v2 lists; keys: rank, alpha, dropout, target_modules "
+                       "(';' between choices), lr, batch_size, epochs, max_steps, beta (dpo) or any flag of the "
+                       "method's command; a `trials:` list in --config YAML replaces it")
+    trials: list[dict] = option([], "YAML only: the trials one by one, each {name: ..., key: value, ...} with the "
+                                "grid's keys (target_modules a comma-separated string or a list); run and shown "
+                                "in this order under their names, instead of the grid")
     out: str = option("runs/trials", "output: one folder per trial, results.md, results.csv, results.png")
     base_row: bool = option(True, "also measure the base model untuned (nothing trained; folder base/) the same way "
-                            "as each trial: held-out loss, perplexities and BLEU or tag adherence, as the table's "
-                            "first row")
-    finetune: FinetuneConfig = section(FinetuneConfig, "fine-tuning (every trial)",
-                                       skip=("out", "resume", "stop_at_step"))
+                            "as each trial: held-out loss, perplexities and BLEU or tag adherence (sft; dpo: held-out "
+                            "reward figures), and the --questions figures, as the table's first row")
+    finetune: dict = overrides(FinetuneConfig, "fine-tuning (every trial, method sft)",
+                               skip=("out", "resume", "stop_at_step"))
+    dpo: dict = overrides(PreferenceConfig, "DPO (every trial, method dpo)", skip=("out", "resume"), prefix="dpo_")
+
+    def check(self):
+        names = [t.get("name") if isinstance(t, dict) else None for t in self.trials]
+        bad = next((i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip()
+                    or "/" in name or name == "base"), None)
+        require("trials", [
+            (bad is None, f"list entry {bad}: each trial must be a mapping with a 'name' (a folder name other than "
+                          f"'base'), got {self.trials[bad] if bad is not None else ''!r}"),
+            (len(set(names)) == len(names), f"two trials share a name ({', '.join(sorted(map(str, names)))})"),
+            (not self.trials or self.grid == TRIALS_GRID, "give --grid or a trials list, not both"),
+            (self.method != "dpo" or all(self.dpo.get(k) for k in ("base", "data")),
+             "method dpo needs --dpo-base and --dpo-data (in YAML: dpo: {base: ..., data: ...})")])
 
 
 @dataclass

@@ -85,3 +85,12 @@ def test_mixed_precision_flags_tell_trainer_it_runs_on_the_cpu_when_there_is_no_
 
     assert precision_flags("bfloat16") == {"bf16": True, "fp16": False, "use_cpu": True}
     assert precision_flags("auto") == {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def test_float16_without_a_gpu_is_one_line_before_any_model_loads(tmp_path, capsys):
+    """fp16 needs CUDA's gradient scaler: finetune and dpo say so before loading a model or reading data (a base and
+    data that do not exist are never reached)."""
+    for argv in (["finetune", "--base", "nowhere"], ["dpo", "--base", "nowhere", "--data", "nothing.jsonl"]):
+        assert main([*argv, "--dtype", "float16", "--out", str(tmp_path / argv[0])]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "dtype=float16 needs a GPU" in error, argv

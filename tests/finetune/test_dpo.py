@@ -174,3 +174,29 @@ def test_missing_base_or_resume_without_checkpoint_is_a_one_line_error(tmp_path,
     assert "--base" in capsys.readouterr().err
     with pytest.raises(InputError, match="no checkpoint to resume"):
         run_dpo(PreferenceConfig(base="x", data=str(story_pairs), out=str(tmp_path / "o"), resume=True))
+
+
+ULTRAFEEDBACK = ("instruction", "chosen_response", "rejected_response")
+
+
+def test_ultrafeedback_columns_read_as_the_hh_pairs_they_were_renamed_from(shared, tmp_path, capsys):
+    pairs = read_pairs(HH_PAIRS, data_root=shared)[:30]
+    data = tmp_path / "ultrafeedback.jsonl"  # argilla/ultrafeedback-binarized-preferences' column names
+    data.write_text("".join(json.dumps(dict(zip(ULTRAFEEDBACK, (p["prompt"], p["chosen"], p["rejected"]))))
+                            + "\n" for p in pairs), encoding="utf-8")
+    assert read_pairs(str(data), fields=ULTRAFEEDBACK) == pairs
+    with pytest.raises(InputError, match=r"ultrafeedback\.jsonl:1: .*missing or not text: prompt, chosen, rejected"):
+        read_pairs(str(data))  # today's names by default
+    config = PreferenceConfig(base="b", data=str(data), prompt_field="instruction", chosen_field="chosen_response",
+                              rejected_field="rejected_response")
+    assert (config.prompt_field, config.chosen_field, config.rejected_field) == ULTRAFEEDBACK
+    with pytest.raises(ConfigError, match="three different fields"):
+        PreferenceConfig(base="b", data="d", chosen_field="prompt")
+    renamed = tmp_path / "hh-renamed.jsonl"  # HH dialogues under other names: the prompt is still split off
+    renamed.write_text("".join(json.dumps({"good": p["prompt"] + p["chosen"], "bad": p["prompt"] + p["rejected"]})
+                               + "\n" for p in pairs), encoding="utf-8")
+    assert read_pairs(str(renamed), fields=("instruction", "good", "bad")) == pairs
+    assert main(["dpo", "--base", "b", "--data", str(data), "--out", str(tmp_path / "o"), "--chosen-field", "best",
+                 "--prompt-field", "instruction", "--rejected-field", "rejected_response"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and f"{data}:1:" in error and "missing or not text: best" in error

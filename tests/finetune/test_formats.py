@@ -1,5 +1,6 @@
 """Prompt templates: TinyStories Instruct prompts (with labels from all_data records, raw or prepared, or derived by
-rules), the Alpaca template with its EOS placeholder, User/Assistant turns and the tokenizer's own chat template."""
+rules), the Alpaca template with its EOS placeholder, User/Assistant turns (also from one `conversation` string) and
+the tokenizer's own chat template; plain text from a named field."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 
 import pytest
 
-from talelab.finetune.base import load_tokenizer_of
 from talelab.data.tags import story_prompt
-from talelab.finetune.formats import build_examples, parse_instruct_story, words_used
+from talelab.errors import InputError
+from talelab.finetune.base import load_tokenizer_of
+from talelab.finetune.formats import build_examples, clean_sonnets, parse_instruct_story, words_used
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +108,49 @@ def test_user_assistant_and_chat_templates(tokenizer, tmp_path):
         tokenizer.chat_template = None
     assert "template chat" in note
     assert example["prompt"] == messages[:3] and example["completion"] == [messages[3]]
+
+
+POEM_REQUEST = ("User: Can you write me a poem about faults and love?\nAssistant: Sure, here's a poem about faults and "
+                "love:\n\nLet me not to the marriage of true minds\nAdmit impediments.")
+
+
+def test_conversation_rows_become_prompt_and_completion(tokenizer, tmp_path):
+    data = tmp_path / "poetry-instructions.jsonl"
+    follow_up = POEM_REQUEST + "\nUser: Shorter, please.\nAssistant: Love is not love."
+    data.write_text(json.dumps({"conversation": POEM_REQUEST}) + "\n" + json.dumps({"conversation": follow_up}) + "\n",
+                    encoding="utf-8")
+    (first, second), note = build_examples("instruct", str(data), tokenizer)
+    assert "template user-assistant" in note  # turns kept as turns (this tokenizer has no chat template)
+    assert first == {"prompt": "<s>User: Can you write me a poem about faults and love?\nAssistant:",
+                     "completion": " Sure, here's a poem about faults and love:\n\nLet me not to the marriage of true "
+                                   "minds\nAdmit impediments.", "template": "user-assistant"}
+    # several turns: the earlier ones are the prompt, the last Assistant turn alone is the completion
+    assert second["prompt"] == ("<s>User: Can you write me a poem about faults and love?\nAssistant: Sure, here's a "
+                                "poem about faults and love:\n\nLet me not to the marriage of true minds\nAdmit "
+                                "impediments.\nUser: Shorter, please.\nAssistant:")
+    assert second["completion"] == " Love is not love."
+    (alpaca, _), _ = build_examples("instruct", str(data), tokenizer, template="alpaca")
+    assert "### Instruction:\nCan you write me a poem about faults and love?\n\n### Response:" in alpaca["prompt"]
+    assert alpaca["completion"].startswith("\nSure, here's a poem")
+
+
+@pytest.mark.parametrize("conversation", ["Assistant: Hello.", "Tell me a poem.\nUser: A poem?\nAssistant: No.",
+                                          "User: A poem?", "User: A poem?\nAssistant:", "User: Hi\nUser: A poem?"])
+def test_a_conversation_that_does_not_parse_names_file_and_line(tokenizer, tmp_path, conversation):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"conversation": POEM_REQUEST}) + "\n" + json.dumps({"conversation": conversation})
+                    + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{data}:2: 'conversation' ") as e:
+        build_examples("instruct", str(data), tokenizer)
+    assert "\n" not in str(e.value)
+
+
+def test_lm_reads_documents_from_a_named_field(tokenizer, shared, tmp_path):
+    poems = clean_sonnets((shared / "data/poetry/shakespeare-sonnets.txt").read_text(encoding="utf-8"))[:3]
+    data = tmp_path / "poems.jsonl"  # Poetry-Foundation-Poems' layout: the poem in 'Poem'
+    data.write_text("".join(json.dumps({"Title": f"Sonnet {i}", "Poem": p}) + "\n" for i, p in enumerate(poems)),
+                    encoding="utf-8")
+    examples, note = build_examples("lm", str(data), tokenizer, text_field="Poem")
+    assert examples == [{"text": "<s>" + p} for p in poems] and note == "lm: 3 documents from poems.jsonl"
+    with pytest.raises(InputError, match=rf"{data}:1: no string field 'text' .*set --text-field"):
+        build_examples("lm", str(data), tokenizer)

@@ -79,3 +79,21 @@ def test_gpt2_lora_learns_eos_and_generation_stops_there(gpt2_small, shared, qui
         assert tokenizer.eos_token_id in row, "every sample ends at EOS within 60 tokens"
         end = row.index(tokenizer.eos_token_id)
         assert all(t == tokenizer.pad_token_id for t in row[end + 1:])  # after EOS only padding
+
+
+def test_lora_on_gpt2_c_attn_alone_trains_under_0_3_percent_of_gpt2():
+    """The poetry study's "<0.3 %": rank 8 on c_attn alone is 12 layers x 8 x (768 + 2304) = 294,912 parameters
+    beside GPT-2's 124,439,808 (built on the meta device: shapes without weights)."""
+    from peft import get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from talelab.config import LoraConfig
+    from talelab.finetune.base import lora_config, trainable_summary
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape
+    peft_config = lora_config(model, LoraConfig(rank=8, target_modules="c_attn"))
+    assert peft_config.target_modules == {"c_attn"}
+    trainable, total, percent = trainable_summary(get_peft_model(model, peft_config))
+    assert (trainable, total) == (12 * 8 * (768 + 2304), 124_439_808 + 294_912)
+    assert round(percent, 4) == 0.2364

@@ -10,6 +10,7 @@ Output directory:
     metrics.jsonl     every logged record (training steps and held-out evaluations), one JSON object a line
     dpo.png           margins and reward accuracy over steps, training and held-out
     report.md, summary.json
+    answers.jsonl     with --questions: the trained model's answers to the question set, beside their references
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from talelab.atomic import write_text_atomic
 from talelab.config import LoraConfig, PreferenceConfig
 from talelab.errors import ConfigError, InputError
 from talelab.finetune.base import (MetricsLog, checkpoint_step, format_trainable, load_base, lora_config,
-                                   precision_flags, resolve_base)
+                                   precision_flags, resolve_base, trainable_summary)
+from talelab.finetune.questions import question_figures, stored_template
 from talelab.paths import resolve_input
 from talelab.plots import reward_chart
 from talelab.tracking import NO_TRACKER, Tracker, open_tracker
@@ -57,8 +59,10 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     return chosen[:end], chosen[end:], rejected[end:]
 
 
-def read_pairs(data: str, data_root=None) -> list[dict]:
-    """Preference pairs of a JSONL file (gzip-compressed too): prompt/chosen/rejected rows or Anthropic HH rows."""
+def read_pairs(data: str, data_root=None, fields: tuple[str, str, str] = PAIR_FIELDS) -> list[dict]:
+    """Preference pairs of a JSONL file (gzip-compressed too) as {prompt, chosen, rejected}: rows with the three
+    `fields` (prompt, chosen, rejected by default; instruction, chosen_response, rejected_response for UltraFeedback)
+    or Anthropic HH rows (chosen and rejected dialogues without a prompt field)."""
     path = resolve_input(data, data_root)
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a JSONL file of preference pairs")
@@ -68,7 +72,7 @@ def read_pairs(data: str, data_root=None) -> list[dict]:
         with opener(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 if line.strip():
-                    pairs.append(pair_of(line, f"{path}:{number}"))
+                    pairs.append(pair_of(line, f"{path}:{number}", fields))
     except (UnicodeDecodeError, OSError, EOFError) as e:
         raise InputError(f"{path}: unreadable ({' '.join(str(e).split())[:160]}); expected UTF-8 JSONL, optionally "
                          f"gzip-compressed") from None
@@ -77,26 +81,28 @@ def read_pairs(data: str, data_root=None) -> list[dict]:
     return pairs
 
 
-def pair_of(line: str, where: str) -> dict:
-    """One row as {prompt, chosen, rejected}, or an InputError naming file and line."""
+def pair_of(line: str, where: str, fields: tuple[str, str, str] = PAIR_FIELDS) -> dict:
+    """One row as {prompt, chosen, rejected} from its `fields`, or an InputError naming file and line."""
+    prompt, chosen, rejected = fields
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object with prompt, chosen and rejected, found a JSON "
+        raise InputError(f"{where}: expected a JSON object with {prompt}, {chosen} and {rejected}, found a JSON "
                          f"{type(row).__name__}")
-    if all(isinstance(row.get(k), str) for k in PAIR_FIELDS):
-        return {k: row[k] for k in PAIR_FIELDS}
-    if "prompt" not in row and all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-        parts = split_dialogue(row["chosen"], row["rejected"])
+    if all(isinstance(row.get(k), str) for k in fields):
+        return {name: row[k] for name, k in zip(PAIR_FIELDS, fields)}
+    if prompt not in row and all(isinstance(row.get(k), str) for k in (chosen, rejected)):
+        parts = split_dialogue(row[chosen], row[rejected])
         if parts is None:
-            raise InputError(f"{where}: chosen and rejected share no '\\n\\nAssistant:' turn, so no prompt can be "
-                             f"split off (Anthropic HH format expected, or give a 'prompt' field)")
+            raise InputError(f"{where}: {chosen} and {rejected} share no '\\n\\nAssistant:' turn, so no prompt can "
+                             f"be split off (Anthropic HH format expected, or give a '{prompt}' field)")
         return dict(zip(PAIR_FIELDS, parts))
-    missing = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str)]
-    raise InputError(f"{where}: a pair needs string fields prompt, chosen and rejected (Anthropic HH rows: chosen and "
-                     f"rejected); missing or not text: {', '.join(missing)} (keys: {', '.join(sorted(row)) or 'none'})")
+    missing = [k for k in fields if not isinstance(row.get(k), str)]
+    raise InputError(f"{where}: a pair needs string fields {prompt}, {chosen} and {rejected} (Anthropic HH rows: "
+                     f"{chosen} and {rejected}; other names: --prompt-field, --chosen-field, --rejected-field); "
+                     f"missing or not text: {', '.join(missing)} (keys: {', '.join(sorted(row)) or 'none'})")
 
 
 def hold_out(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -118,7 +124,8 @@ def even_batch(count: int, limit: int) -> int:
 def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None, tracker: Tracker = NO_TRACKER):
     """(DPOTrainer with a fresh LoRA adapter, facts for the report): the pairs read, split and handed to trl; its
     records go to metrics.jsonl and `tracker`."""
-    pairs = read_pairs(config.data, data_root)
+    precision = precision_flags(config.dtype)  # float16 without a GPU stops here, before anything loads
+    pairs = read_pairs(config.data, data_root, (config.prompt_field, config.chosen_field, config.rejected_field))
     if config.max_pairs:
         pairs = pairs[:config.max_pairs]
     train_pairs, heldout_pairs = hold_out(pairs, config.heldout_fraction, config.seed)
@@ -140,8 +147,7 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
         warmup_steps=config.warmup_ratio, eval_strategy="steps", eval_steps=config.eval_steps or max(1, steps // 10),
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         report_to=[],  # --report-to's tracker gets metrics.jsonl's records from MetricsLog
-        disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed,
-        **precision_flags(config.dtype),
+        disable_tqdm=not config.progress, seed=config.seed, data_seed=config.seed, **precision,
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         log_level="warning")
@@ -151,9 +157,11 @@ def make_trainer(config: PreferenceConfig, data_root=None, log=lambda line: None
     trainer.remove_callback(PrinterCallback)  # without a progress bar transformers prints every log dict
     # sized on the pairs left after trl drops those whose prompt fills max_length
     trainer.args.per_device_eval_batch_size = even_batch(len(trainer.eval_dataset), config.batch_size)
+    trainable, total, percent = trainable_summary(trainer.model)
     facts = {"base": source, "data": config.data, "pairs": len(pairs), "train_pairs": len(trainer.train_dataset),
              "heldout_pairs": len(trainer.eval_dataset), "dropped_by_max_length": len(pairs) - len(
-                 trainer.train_dataset) - len(trainer.eval_dataset), "planned_steps": steps}
+                 trainer.train_dataset) - len(trainer.eval_dataset), "planned_steps": steps,
+             "trainable_params": trainable, "total_params": total, "trainable_percent": percent}
     if not len(trainer.train_dataset) or not len(trainer.eval_dataset):
         raise ConfigError(f"dpo: every {'training' if not len(trainer.train_dataset) else 'held-out'} pair's prompt "
                           f"fills max_length={config.max_length} tokens; raise --max-length")
@@ -191,7 +199,7 @@ def run_dpo(config: PreferenceConfig, data_root=None, log=print) -> dict:
         else:  # the fresh adapter is zero: policy == reference, so every reward is 0 (ties count as wrong)
             before = heldout_figures(trainer.evaluate())
             write_text_atomic(summary_path, json.dumps({"heldout_before": before}, indent=2) + "\n")
-        trainer.train(resume_from_checkpoint=last if config.resume else None)
+        trained = trainer.train(resume_from_checkpoint=last if config.resume else None)
         evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
         # the trainer may already have evaluated at the last step: evaluating again would log the same figures twice
         done = evaluations and evaluations[-1].get("step") == trainer.state.global_step
@@ -202,11 +210,35 @@ def run_dpo(config: PreferenceConfig, data_root=None, log=print) -> dict:
     trainer.processing_class.save_pretrained(out / "adapter")
     records = read_metrics(metrics_path, trainer.state.global_step)
     reward_chart(records, out / "dpo.png")
-    summary = {**facts, "out": str(out), "steps": trainer.state.global_step, "heldout_before": before,
-               "heldout_after": after, "wall_seconds": round(time.perf_counter() - started, 1),
-               "config": dataclasses.asdict(config)}
+    summary = {**facts, "out": str(out), "steps": trainer.state.global_step, "train_loss": trained.training_loss,
+               "heldout_before": before, "heldout_after": after, **answer_questions(trainer, config, data_root, log),
+               "wall_seconds": round(time.perf_counter() - started, 1), "config": dataclasses.asdict(config)}
     write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "report.md", render_report(summary, format_trainable(trainer.model)))
+    return summary
+
+
+def answer_questions(trainer, config: PreferenceConfig, data_root, log) -> dict:
+    """{"questions": figures} of the trainer's model on --questions (prompts in the template talelab stored with the
+    base, else as instruct data default), answers in answers.jsonl; {} without --questions."""
+    if not config.questions:
+        return {}
+    tokenizer = trainer.processing_class
+    return {"questions": question_figures(trainer.model, tokenizer, config.questions, stored_template(tokenizer),
+                                          config.max_new_tokens, config.max_length, Path(config.out), log, data_root)}
+
+
+def evaluate_untrained(config: PreferenceConfig, data_root=None, log=print) -> dict:
+    """The figures of a run of `config` trained for no step: the held-out pairs' (the policy is the reference: every
+    margin 0, loss ln 2) and the --questions figures of the base model itself. Written to summary.json in config.out."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, facts = make_trainer(config, data_root, log)
+    heldout = heldout_figures(trainer.evaluate())
+    summary = {**facts, "out": str(out), "steps": 0, "train_loss": None, "trainable_params": 0,
+               "trainable_percent": 0.0, "heldout_before": heldout, "heldout_after": heldout,
+               **answer_questions(trainer, config, data_root, log), "config": dataclasses.asdict(config)}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -228,8 +260,19 @@ def render_report(summary: dict, trainable: str) -> str:
         "A pair is ranked right when the chosen completion's implicit reward, beta * (log pi - log pi_ref), exceeds "
         "the rejected one's (a tie counts as wrong, so accuracy is 0 before training, when the policy is the "
         "reference); the margin is the mean difference of the two rewards.", "",
-        "| figure | before | after |", "|---|---|---|", rows, "",
+        "| figure | before | after |", "|---|---|---|", rows, "", *questions_lines(summary.get("questions")),
         "![margins and accuracy over steps](dpo.png)", "",
         f"Every logged figure is in `metrics.jsonl`. `talelab merge --adapter {summary['out']}/adapter --out <dir>` "
         "makes a standalone model of the adapter in `adapter/`.", ""]
     return "\n".join(lines)
+
+
+def questions_lines(figures: dict | None) -> list[str]:
+    """The report's question-set section (none without --questions)."""
+    if not figures:
+        return []
+    return ["## Questions", "",
+            f"{figures['count']} questions of `{figures['file']}` (template {figures['template']}), answered greedily "
+            f"after training: BLEU {figures['bleu']:.2f} (sacrebleu corpus BLEU against the reference answers); "
+            f"perplexity of the reference answers given the questions {figures['perplexity']:.2f} (their "
+            f"{figures['scored_tokens']} completion tokens and EOS). Every answer is in `{figures['answers']}`.", ""]

@@ -1,8 +1,11 @@
 """Prompt templates: each task turns a data file into trl's formats (prompt + completion, or plain text).
 
 - stories-tags: TinyStories Instruct prompts (`Features:`, `Words:`, `Summary:`, then `Story:`); loss on the story.
-- lm: plain text for domain-adaptive pretraining (the shared sonnets are cleaned of headings and line numbers).
+- lm: plain text for domain-adaptive pretraining (the shared sonnets are cleaned of headings and line numbers), or
+  one field of JSONL, JSON or parquet rows.
 - instruct: the Alpaca template, `User:`/`Assistant:` turns, or the tokenizer's own chat template; loss on answers.
+  Rows hold prompt/answer, instruction/output, chat `messages`, or one `conversation` string of `User:` /
+  `Assistant:` turns.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import random
 import re
 from pathlib import Path
 
-from talelab.data.sources import read_documents, read_jsonl, read_text
+from talelab.data.sources import detect_format, read_documents, read_jsonl, read_text
 from talelab.data.tags import RULE_FEATURES, check_features, labels_of, rule_features, story_prompt, story_rows
 from talelab.errors import ConfigError, InputError
 from talelab.paths import resolve_input
@@ -28,6 +31,7 @@ ALPACA_HEADER_WITH_INPUT = ("Below is an instruction that describes a task, pair
 _SONNET_HEADING = re.compile(r"^\s*SONNET(?: [IVXLCDM]+)?\s*$", re.MULTILINE)
 _LINE_NUMBER = re.compile(r"\s+\d+\s*$", re.MULTILINE)
 _INSTRUCT_KEYS = ("Features:", "Words:", "Summary:", "Random sentence:", "Story:")
+_TURN = re.compile(r"^(User|Assistant):[ \t]*", re.MULTILINE)  # a turn of a `conversation` string starts a line
 # Words too common to test instruction following when required words are drawn from an unlabelled story.
 _COMMON = set("""the and was were that with they them then there their this from have had for but not she her his him
 one day very said what when who would could what into your you are all out saw big little too some went came""".split())
@@ -150,15 +154,14 @@ def clean_sonnets(text: str) -> list[str]:
     return poems
 
 
-def lm_documents(path: Path) -> list[str]:
-    """Plain documents of a text or JSONL file ('text' field); sonnet files are cleaned first."""
-    if not is_jsonl(path):
+def lm_documents(path: Path, text_field: str = "text") -> list[str]:
+    """Plain documents of a text file (sonnet files cleaned first), or the `text_field` of JSONL, JSON or parquet
+    rows; stripped, blank ones left out."""
+    if detect_format(path) in ("eot", "blank-line"):
         text = read_text(path)
         if len(_SONNET_HEADING.findall(text)) >= 2:
             return clean_sonnets(text)
-    if is_jsonl(path):
-        return [field(row, ("text",), f"{path}:{n}") for n, row in read_jsonl(path)]
-    return read_documents(path)
+    return read_documents(path, text_field=text_field)
 
 
 # ---------------------------------------------------------------- instruct
@@ -193,8 +196,30 @@ def strip_eos_placeholder(answer: str, eos_token: str) -> str:
     return answer.replace(EOS_PLACEHOLDER, eos_token)
 
 
+def parse_conversation(text: str, where: str) -> list[dict]:
+    """A `conversation` string of 'User: ...' / 'Assistant: ...' turns as chat messages. A turn runs until the next
+    line that starts with 'User:' or 'Assistant:'; the turns must alternate from User to a last Assistant turn."""
+    marks = list(_TURN.finditer(text))
+    if not marks or text[:marks[0].start()].strip():
+        raise InputError(f"{where}: 'conversation' does not start with a 'User:' line")
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    messages = [{"role": "user" if m.group(1) == "User" else "assistant", "content": text[m.end():end].strip()}
+                for m, end in zip(marks, ends)]
+    roles = [m["role"] for m in messages]
+    alternating = all(role == ("user", "assistant")[i % 2] for i, role in enumerate(roles))
+    if not alternating or roles[-1] != "assistant" or not all(m["content"] for m in messages):
+        turns = " ".join(f"{'User' if m['role'] == 'user' else 'Assistant'}{'' if m['content'] else '(empty)'}"
+                         for m in messages)
+        raise InputError(f"{where}: 'conversation' turns must alternate User: and Assistant:, none empty, ending "
+                         f"with Assistant: (found {turns})")
+    return messages
+
+
 def conversation_of(row: dict, where: str) -> list[dict]:
-    """A row as chat messages: `messages`, or the instruction/answer fields of the Alpaca-style datasets."""
+    """A row as chat messages: `messages`, a `conversation` string of User:/Assistant: turns, or the
+    instruction/answer fields of the Alpaca-style datasets."""
+    if isinstance(row.get("conversation"), str) and "messages" not in row:
+        return parse_conversation(row["conversation"], where)
     if isinstance(row.get("messages"), list):
         messages = row["messages"]
         if not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
@@ -242,7 +267,7 @@ def choose_template(template: str, rows: list[tuple[int, dict]], tokenizer) -> s
                           f"--template alpaca or user-assistant)")
     if template != "auto":
         return template
-    if "messages" in rows[0][1]:
+    if "messages" in rows[0][1] or "conversation" in rows[0][1]:
         return "chat" if has_chat else "user-assistant"
     return "alpaca"
 
@@ -259,11 +284,12 @@ def bos_text(tokenizer) -> str:
 
 
 def build_examples(task: str, data: str, tokenizer, template: str = "auto", derive_words: int = 0,
-                   data_root=None, split: str = "train") -> tuple[list[dict], str]:
+                   data_root=None, split: str = "train", text_field: str = "text") -> tuple[list[dict], str]:
     """The examples of `data` (a file, or a prepared directory's `split`.jsonl) for `task` (trl's prompt/completion
     or text rows) and a line for the run log.
 
-    stories-tags rows also keep `features` and `words`, which the tag-adherence measure reads.
+    stories-tags rows also keep `features` and `words`, which the tag-adherence measure reads; lm reads documents
+    from `text_field` of JSONL, JSON or parquet rows.
     """
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is not one of {', '.join(TASKS)}")
@@ -273,11 +299,12 @@ def build_examples(task: str, data: str, tokenizer, template: str = "auto", deri
         records, note = story_records(path, derive_words)
         return [{**story_example(r, bos), "features": r["features"], "words": r["words"]} for r in records], note
     if task == "lm":
-        documents = lm_documents(path)
+        documents = lm_documents(path, text_field)
         return [{"text": bos + d} for d in documents], f"lm: {len(documents)} documents from {path.name}"
     rows = read_jsonl(path) if is_jsonl(path) else None
-    if rows is None:
-        raise InputError(f"{path}: instruct data must be JSONL (prompt/answer, instruction/output or messages rows)")
+    if not rows:
+        raise InputError(f"{path}: instruct data must be JSONL with at least one row (prompt/answer, "
+                         f"instruction/output, messages or conversation rows)")
     template = choose_template(template, rows, tokenizer)
     # each example names its template: the run stores it with the model (sft.finetune), for serve and generate --chat
     examples = [{**instruct_example(row, f"{path}:{n}", template, tokenizer, "" if template == "chat" else bos),

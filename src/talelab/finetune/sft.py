@@ -1,8 +1,8 @@
 """`talelab finetune`: supervised fine-tuning with trl's SFTTrainer, LoRA (peft) or full, resumable.
 
 The output directory holds what `load_finetuned` (and talelab's loaders) read: the adapter or the full model with
-its tokenizer; beside it checkpoints/, metrics.jsonl, loss.png, lr.png (the learning rate per step), summary.json
-and the run log.
+its tokenizer; beside it checkpoints/, metrics.jsonl, loss.png, lr.png (the learning rate per step), summary.json,
+the run log, and with --questions the model's answers (answers.jsonl).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import sacrebleu
 import torch
 import torch.nn.functional as F
 import transformers
@@ -32,6 +31,7 @@ from talelab.errors import InputError
 from talelab.finetune.base import (MetricsLog, checkpoint_step, context_length, format_trainable, load_base,
                                    lora_config, precision_flags, trainable_summary)
 from talelab.finetune.formats import CHAT_TEMPLATES, bos_text, build_examples, words_used
+from talelab.finetune.questions import complete, corpus_bleu, question_figures, reference_text
 from talelab.plots import learning_rate_chart, loss_chart
 from talelab.tracking import Tracker, open_tracker
 from talelab.train.metrics import mean_perplexity, read_metrics, restart_metrics
@@ -51,23 +51,28 @@ def quiet_libraries(progress: bool) -> None:
 
 
 def split_examples(examples: list[dict], config: FinetuneConfig, tokenizer,
-                   data_root=None) -> tuple[list[dict], list[dict]]:
-    """(train, held out): --eval-data when given, else a seeded --eval-fraction of the examples."""
-    if config.eval_data:
+                   data_root=None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, held out, test): a seeded shuffle of the examples cut into --eval-fraction (unless --eval-data gives
+    the held-out examples), then --test-fraction, then the rest for training; each part in file order."""
+    order = list(range(len(examples)))
+    random.Random(config.seed).shuffle(order)
+
+    def share(fraction: float) -> int:
+        return max(1, round(len(examples) * fraction)) if fraction > 0 else 0
+
+    eval_cut = 0 if config.eval_data else share(config.eval_fraction)
+    test_cut = eval_cut + share(config.test_fraction)
+    held_out, test, train = ([examples[i] for i in sorted(part)]
+                             for part in (order[:eval_cut], order[eval_cut:test_cut], order[test_cut:]))
+    if config.eval_data:  # a prepared directory: its validation split
         held_out, _ = build_examples(config.task, config.eval_data, tokenizer, config.template, config.derive_words,
-                                     data_root, split="val")  # a prepared directory: its validation split
-        train = examples
-    else:
-        order = list(range(len(examples)))
-        random.Random(config.seed).shuffle(order)
-        cut = max(1, round(len(examples) * config.eval_fraction)) if config.eval_fraction > 0 else 0
-        held_out = [examples[i] for i in sorted(order[:cut])]
-        train = [examples[i] for i in sorted(order[cut:])]
+                                     data_root, split="val", text_field=config.text_field)
     if config.max_examples:
         train = train[: config.max_examples]
     if not train:
-        raise InputError(f"--data {config.data}: no training examples left after holding {len(held_out)} out")
-    return train, held_out
+        raise InputError(f"--data {config.data}: no training examples left after holding "
+                         f"{len(held_out) + len(test)} out")
+    return train, held_out, test
 
 
 def trainer_rows(examples: list[dict]):
@@ -76,7 +81,7 @@ def trainer_rows(examples: list[dict]):
     return Dataset.from_list([{k: e[k] for k in keep if k in e} for e in examples])
 
 
-def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
+def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool, precision: dict):
     return SFTConfig(
         output_dir=str(checkpoints), learning_rate=config.lr, warmup_steps=config.warmup_ratio,  # < 1: a ratio
         lr_scheduler_type="linear", weight_decay=config.weight_decay, per_device_train_batch_size=config.batch_size,
@@ -88,7 +93,7 @@ def sft_arguments(config: FinetuneConfig, checkpoints: Path, has_eval: bool):
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed, data_seed=config.seed,
         # --report-to's tracker gets metrics.jsonl's records from MetricsLog, not from transformers' integrations
         report_to=[], disable_tqdm=not config.progress, dataloader_num_workers=0, dataset_num_proc=None,
-        **precision_flags(config.dtype))
+        **precision)
 
 
 def make_callbacks(config: FinetuneConfig, metrics_path: Path, tracker: Tracker) -> list:
@@ -101,40 +106,6 @@ def make_callbacks(config: FinetuneConfig, metrics_path: Path, tracker: Tracker)
                 control.should_training_stop = True
 
     return [MetricsLog(metrics_path, tracker), StopAtStep()]
-
-
-def encode_prompt(tokenizer, prompt) -> list[int]:
-    """Token ids of a text prompt, or of chat messages with the assistant's turn opened."""
-    if isinstance(prompt, list):
-        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"])
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
-@torch.no_grad()
-def complete(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
-             batch_size: int = 8) -> list[str]:
-    """The generated continuation of each prompt (decoded without special tokens), stopping at EOS."""
-    model.eval()
-    tokenizer.padding_side = "left"  # generation continues from the last position of every row
-    context = context_length(model)
-    if context:  # keep the prompt's end when prompt + answer would outgrow the model's positions
-        max_new_tokens = min(max_new_tokens, context // 2)
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        ids = [encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-        ids = [i[-(context - max_new_tokens):] for i in ids] if context else ids
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids])
-        attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
-        torch.manual_seed(seed + start)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
-        generated = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, **sampling)
-        outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-    tokenizer.padding_side = "right"
-    return [o.strip() for o in outputs]
 
 
 def tag_adherence(model, tokenizer, held_out: list[dict], samples: int, max_new_tokens: int, temperature: float,
@@ -162,19 +133,19 @@ def answer_bleu(model, tokenizer, held_out: list[dict], samples: int, max_new_to
     """Corpus BLEU (sacrebleu) of greedy answers to held-out prompts against their reference answers."""
     rows = held_out[:samples]
     answers = complete(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
-    references = [r["completion"][0]["content"] if isinstance(r["completion"], list) else r["completion"].strip()
-                  for r in rows]
-    bleu = sacrebleu.corpus_bleu(answers, [references])
-    return {"bleu": bleu.score, "answers": len(rows), "example_answer": answers[0] if answers else ""}
+    return {"bleu": corpus_bleu(answers, [reference_text(r) for r in rows]), "answers": len(rows),
+            "example_answer": answers[0] if answers else ""}
 
 
 @dataclass
 class PreparedRun:
-    """A fine-tuning run ready to train: the trainer, its tokenizer, the held-out examples and the log so far."""
+    """A fine-tuning run ready to train: the trainer, its tokenizer, the held-out and test examples and the log so
+    far."""
 
     trainer: object
     tokenizer: object
     held_out: list[dict]
+    test: list[dict]
     summary: dict
     note: Callable[[str], None]
     resume_from: str | None
@@ -185,6 +156,7 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
     """Load the base, build the examples, wrap LoRA and set up trl's SFTTrainer (resuming if asked)."""
     out = Path(config.out)
     checkpoints = out / CHECKPOINTS
+    precision = precision_flags(config.dtype)  # float16 without a GPU stops here, before anything loads
     resume_from = None
     if config.resume:
         found = sorted(checkpoints.glob("checkpoint-*"), key=checkpoint_step)
@@ -214,15 +186,16 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
         note(f"max_length {config.max_length} -> {context}, the model's context")
         config = dataclasses.replace(config, max_length=context)
     examples, data_note = build_examples(config.task, config.data, tokenizer, config.template, config.derive_words,
-                                         data_root)
+                                         data_root, text_field=config.text_field)
     note(data_note)
-    train, held_out = split_examples(examples, config, tokenizer, data_root)
-    note(f"examples: {len(train)} for training, {len(held_out)} held out")
+    train, held_out, test = split_examples(examples, config, tokenizer, data_root)
+    note(f"examples: {len(train)} for training, {len(held_out)} held out" + (f", {len(test)} for the test" if test
+                                                                               else ""))
     peft_config = None
     if not config.full:
         peft_config = lora_config(model, config.lora)
     tracker = open_tracker(config.report_to, out, dataclasses.asdict(config), resumed_step, logged_through)
-    trainer = SFTTrainer(model=model, args=sft_arguments(config, checkpoints, bool(held_out)),
+    trainer = SFTTrainer(model=model, args=sft_arguments(config, checkpoints, bool(held_out), precision),
                          train_dataset=trainer_rows(train), eval_dataset=trainer_rows(held_out) if held_out else None,
                          processing_class=tokenizer, peft_config=peft_config,
                          callbacks=make_callbacks(config, out / "metrics.jsonl", tracker))
@@ -232,8 +205,9 @@ def prepare_run(config: FinetuneConfig, data_root=None, log=print) -> PreparedRu
           f"{', '.join(sorted(peft_config.target_modules))}: ") + format_trainable(trainer.model))
     summary = {"config": dataclasses.asdict(config), "trainable_params": trainable, "total_params": total,
                "trainable_percent": percent, "train_examples": len(train), "held_out_examples": len(held_out),
-               "data_note": data_note, "template": train[0].get("template") if train else None}
-    return PreparedRun(trainer, tokenizer, held_out, summary, note, resume_from, tracker)
+               "test_examples": len(test), "data_note": data_note,
+               "template": train[0].get("template") if train else None}
+    return PreparedRun(trainer, tokenizer, held_out, test, summary, note, resume_from, tracker)
 
 
 def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
@@ -259,6 +233,7 @@ def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
     if not stopped_early:
         trainer.save_model(str(out))  # adapter (or full model) + tokenizer
         summary.update(measure(trainer.model, run.tokenizer, config, run.held_out, note))
+        summary.update(unseen_figures(run, config, data_root))
         if summary["template"] in CHAT_TEMPLATES and not run.tokenizer.chat_template:
             # set only now, after every example is built: an 'auto' template would read it as the tokenizer's own
             run.tokenizer.chat_template = CHAT_TEMPLATES[summary["template"]]
@@ -280,10 +255,27 @@ def evaluate_untrained(config: FinetuneConfig, data_root=None, log=print) -> dic
     try:
         summary.update(held_out_figures(run.trainer, run.note, "untrained"))
         summary.update(measure(run.trainer.model, run.tokenizer, config, run.held_out, run.note))
+        summary.update(unseen_figures(run, config, data_root))
     finally:
         run.tracker.close()
     write_text_atomic(Path(config.out) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def unseen_figures(run: PreparedRun, config: FinetuneConfig, data_root=None) -> dict:
+    """What the model makes of text it never trained on besides the held-out split: the test split's loss (measured
+    as the held-out loss is, once), and the --questions figures (in the template the run trained with)."""
+    figures = {}
+    if run.test:
+        loss = run.trainer.evaluate(eval_dataset=trainer_rows(run.test), metric_key_prefix="test")["test_loss"]
+        figures.update(test_loss=loss, test_perplexity=math.exp(min(loss, 50.0)))
+        run.note(f"test loss: {loss:.4f} (perplexity {figures['test_perplexity']:.2f}) on {len(run.test)} examples "
+                 f"never trained or evaluated on")
+    if config.questions:
+        figures["questions"] = question_figures(run.trainer.model, run.tokenizer, config.questions,
+                                                run.summary["template"] or config.template, config.max_new_tokens,
+                                                config.max_length, Path(config.out), run.note, data_root)
+    return figures
 
 
 def held_out_figures(trainer, note, when: str) -> dict:
