@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from talelab.config import ModelConfig, SamplingConfig
-from talelab.generate import generate
+from talelab.generate import generate, generate_batch
 from talelab.models import build_model
 from talelab.models.storage import load_model
 from talelab.train.loop import train
@@ -47,6 +47,18 @@ def test_generation_with_the_history_cache_equals_full_forward_greedy():
         for _ in range(12):
             ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
     assert fast == ids[3:]
+
+
+def test_a_batch_whose_finished_rows_ride_past_the_context_still_decodes():
+    """A long prompt that may write little beside a short one that writes much: the first row ends at the context
+    and rides along while the second writes on (the transformer-limits recipe's completion suite met this)."""
+    model = compressor()
+    configs = [SamplingConfig(temperature=0.0, max_new_tokens=30), SamplingConfig(temperature=0.0, max_new_tokens=20)]
+    long, short = list(range(1, 30)), [4, 9, 2]
+    rows = generate_batch(model, [long, short], configs, None)
+    assert len(rows[0].tokens) == 32 - len(long)  # cut at the context
+    alone = generate(model, short, configs[1], eos_id=None)[0]
+    assert rows[1].tokens == alone  # the short row writes what it writes alone
 
 
 def test_compressor_trains_saves_reloads_and_learns(tiny_configs, tmp_path):

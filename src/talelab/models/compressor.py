@@ -114,7 +114,9 @@ class CompressorLM(nn.Module):
         logits = torch.zeros(B, T, self.config.vocab_size, device=idx.device, dtype=self.lm_head.weight.dtype)
         for r in range(B):
             new = idx[r, real[r]]
-            cache.rows[r] = torch.cat([cache.rows[r], new])
+            # a row that has ended rides along while others write on, and may pass the context (its logits are
+            # never read): keeping its last context_length tokens keeps the pairs within the position tables
+            cache.rows[r] = torch.cat([cache.rows[r], new])[-self.config.context_length:]
             if len(new):
                 logits[r, real[r]] = self.predictions(cache.rows[r][None])[0, -len(new):]
         return logits

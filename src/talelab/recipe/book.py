@@ -124,7 +124,8 @@ def load_recipe(name: str) -> Recipe:
                                                                                 "stages"))]
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{where}: stage names repeat ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"{where}: stage names repeat ({', '.join(repeated)})")
     tables = [read_table(t, f"{where}: tables[{i}]", names) for i, t in enumerate(expect(raw["tables"], list, where,
                                                                                        "tables"))]
     figures = expect(raw.get("figures", []), list, where, "figures")

@@ -1,12 +1,12 @@
 """A recipe's report.md: every table of its study with the published row above talelab's, one sentence per table on
 agreement (computed) and why it differs at this scale (the recipe's), every figure beside the study's caption.
 
-A measured cell names where the value is read: `STAGE/FILE:KEY.PATH`, FILE a JSON, YAML or CSV file (a CSV is a
-list of rows) under the stage's output, KEY.PATH dot-separated keys, list indices or `[field=value]` (the first row
-whose field is that value); e.g. `grid/results.csv:[name=d256].val_bpb`. A cell may also be `{mean: SOURCE, sd:
-SOURCE}` (shown "mean ± sd") or a list of sources (their values joined by spaces: "teacher 0.13"). A row's
-`percent_of: SOURCE` shows its numbers as percentages of that value. A cell whose file a scale does not produce
-stays empty.
+A measured cell names where the value is read: `STAGE/FILE:KEY.PATH`, FILE a JSON, JSONL, YAML or CSV file (JSONL
+and CSV are lists of rows) under the stage's output, KEY.PATH dot-separated keys, list indices or `[field=value]`
+(the first row whose field is that value); e.g. `grid/results.csv:[name=d256].val_bpb`. A cell may also be
+`{mean: SOURCE, sd: SOURCE}` (shown "mean ± sd") or a list of sources (their values joined by spaces: "teacher
+0.13"). A row's `percent_of: SOURCE` shows its numbers as percentages of that value. A cell whose file a scale does
+not produce stays empty.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def read_document(out: Path, file: str):
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if path.suffix == ".jsonl":  # a list of rows, as a CSV is
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix in (".yaml", ".yml"):
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     return json.loads(path.read_text(encoding="utf-8"))
@@ -146,7 +148,8 @@ def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
         alike = sum(concordance(p, m)[0] for p, m in pairs)
         compared = sum(concordance(p, m)[1] for p, m in pairs)
         tops = sum(p.index(max(p)) == m.index(max(m)) for p, m in pairs if len(p) > 1)
-        return (f"Order: {alike} of {compared} pairs of cells are ranked alike ({100 * alike / max(compared, 1):.0f} %); "
+        share = 100 * alike / max(compared, 1)
+        return (f"Order: {alike} of {compared} pairs of cells are ranked alike ({share:.0f} %); "
                 f"the largest value falls in the same place in {tops} of {len(pairs)} {lines}.")
     if how == "trend":
         steps = [(p[i + 1] - p[i], m[i + 1] - m[i]) for p, m in pairs for i in range(len(p) - 1)]
@@ -201,7 +204,8 @@ def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str]) ->
         sentence = "Published only: talelab does not measure this table (shown for reference)."
     lines += ["", " ".join(s for s in (sentence, why) if s)]
     if absent:
-        reasons = "; ".join(f"{count} {'cell' if count == 1 else 'cells'}: {reason}" for reason, count in absent.items())
+        reasons = "; ".join(f"{count} {'cell' if count == 1 else 'cells'}: {reason}"
+                            for reason, count in absent.items())
         lines.append(f"Empty talelab cells ({reasons}).")
     return "\n".join(lines) + "\n", {"number": table["number"], "columns": columns, "rows": data,
                                      "agreement": sentence, "why": why}
