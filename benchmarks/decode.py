@@ -15,7 +15,7 @@ Weights are random (seed 0): the forward pass's speed does not depend on their v
 the next-token distribution is nearly uniform over 32k tokens (entropy 10.3 nats), the worst case for top-p, whose
 nucleus a trained story model finds among a few hundred tokens. The (tied) embedding is scaled by 3, which makes
 the distributions peaked (entropy ~0.7 nats, 95 % of the mass in the 256 most likely tokens) as a trained model's
-are. Rounds alternate contenders; medians reported.
+are. Rounds alternate contenders; medians reported (the cost against greedy is the median of each round's ratio).
 
     python benchmarks/decode.py [--rounds 3] [--llama2c "/tmp/llama2c/bench {model} {steps}"]
 """
@@ -138,7 +138,9 @@ def main() -> None:
     for name, rate in median.items():
         variant = next((v for v in ("plain fp32", "compiled fp32", "compiled bf16", "compiled int8")
                         if f"talelab {v} " in name), None)
-        cost = (median[f"talelab {variant} greedy"] / rate if variant and "streams" not in name else None)
+        # each round's ratio, then their median: a shared machine's load changes less within a round than across
+        cost = (statistics.median(g / r for g, r in zip(rates[f"talelab {variant} greedy"], rates[name]))
+                if variant and "streams" not in name else None)
         extra = f"   time per token vs its greedy {cost:.2f}x" if cost is not None else ""
         print(f"{name:48s} {rate:9.0f} tokens/s   {rate / bar:6.2f}x llama2.c{extra}")
 

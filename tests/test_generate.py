@@ -218,6 +218,70 @@ def test_every_stream_stops_at_its_own_eos():
     assert stopped == [row[:row.index(eos)] if eos in row else row for row in free]
 
 
+@torch.no_grad()
+def reference_beam_search(model, prompt: list[int], beams: int, steps: int, eos: int | None,
+                          length_penalty: float) -> list[tuple[float, list[int]]]:
+    """Beam search as a textbook writes it: every hypothesis re-read in full, no cache, and all beams x vocab
+    continuations ranked by one stable sort (of equal sums the lower beam, then the lower token first). The rules
+    are talelab's (Hugging Face's): 2 x beams candidates; an eos among the best `beams` ends a hypothesis, its
+    length counting the eos; stop once no running beam can beat the worst of `beams` finished ones.
+    Returns (normalised score, tokens), best first."""
+    done = []
+
+    def finish(tokens, score, length):
+        done.append((score / length ** length_penalty, tokens))
+        done.sort(key=lambda hypothesis: -hypothesis[0])
+        del done[beams:]
+
+    running, scores = [[]], torch.zeros(1)
+    for step in range(steps):
+        logits, _ = model(torch.tensor([prompt + tokens for tokens in running]))
+        sums = (scores[:, None] + logits[:, -1].log_softmax(dim=-1)).view(-1)
+        kept = []
+        for rank, i in enumerate(sums.sort(descending=True, stable=True).indices[:2 * beams].tolist()):
+            beam, token = divmod(i, logits.size(-1))
+            if token != eos:
+                kept.append((beam, token, float(sums[i])))
+            elif rank < beams:
+                finish(running[beam], float(sums[i]), len(running[beam]) + 1)
+            if len(kept) == beams:
+                break
+        running = [running[beam] + [token] for beam, token, _ in kept]
+        scores = torch.tensor([score for _, _, score in kept])
+        best_possible = kept[0][2] / (steps if length_penalty > 0 else step + 1) ** length_penalty
+        if len(done) == beams and best_possible <= done[-1][0]:
+            break
+    for tokens, score in zip(running, scores.tolist()):
+        finish(tokens, score, len(tokens))
+    return done
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eos_rank, length_penalty", [(None, 1.0), (1, 1.0), (1, 0.0), (0, 2.0)])
+def test_beam_search_returns_what_a_reference_beam_search_without_cache_returns(seed, eos_rank, length_penalty):
+    model = random_model(seed)
+    [greedy] = generate(model, PROMPT, SamplingConfig(max_new_tokens=16, **GREEDY), eos_id=None)
+    eos = None if eos_rank is None else greedy[eos_rank]
+    config = SamplingConfig(max_new_tokens=16, num_beams=4, num_samples=4, length_penalty=length_penalty)
+    fast = beam_search(model, PROMPT, config, eos_id=eos)
+    reference = reference_beam_search(model, PROMPT, 4, 16, eos, length_penalty)
+    assert fast == [tokens for _, tokens in reference]
+    ended = [b + [eos] if len(b) < 16 else b for b in fast]
+    rescored = [log_prob(model, PROMPT, b) / len(b) ** length_penalty for b in ended]
+    assert rescored == pytest.approx([score for score, _ in reference], abs=1e-4)
+
+
+def test_beam_search_breaks_ties_for_the_lower_token_as_the_reference_does():
+    """Tokens 32-63 always score exactly as tokens 0-31 (the same output rows): every candidate has a twin."""
+    model = random_model(tie_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight[32:] = model.lm_head.weight[:32]
+    config = SamplingConfig(max_new_tokens=10, num_beams=4, num_samples=4)
+    fast = beam_search(model, PROMPT, config, eos_id=None)
+    assert fast == [tokens for _, tokens in reference_beam_search(model, PROMPT, 4, 10, None, 1.0)]
+    assert fast[1] == fast[0][:-1] + [fast[0][-1] + 32]  # twins end the best two, equal: the lower token first
+
+
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
 def test_beam_search_ranks_hypotheses_by_log_prob_including_eos_and_leaves_eos_out(length_penalty):
     model = random_model()

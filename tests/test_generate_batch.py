@@ -1,11 +1,13 @@
-"""Batched generation: left-padded prompts of different lengths, each row under its own settings, for every model
-family (recurrent and compressor models once stopped here: "cannot decode left-padded batches")."""
+"""Batched generation: prompts of different lengths, each row under its own settings, for every model family
+(recurrent and compressor models once stopped here: "cannot decode left-padded batches"), and rows that join a
+running batch (continuous batching)."""
 
 import pytest
 import torch
 
 from talelab.config import ModelConfig, SamplingConfig
-from talelab.generate import generate, generate_batch, pick
+from talelab.errors import MismatchError
+from talelab.generate import DecodingBatch, generate, generate_batch, pick
 from talelab.models import build_model
 
 PROMPTS = [[5, 9, 13], [7], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12]]
@@ -119,3 +121,55 @@ def test_rows_near_the_end_of_the_context_stop_there_while_others_go_on():
     assert (len(batch[0].tokens), len(batch[1].tokens)) == (4, 20)
     assert batch[1].tokens == generate(model, PROMPTS[1], SamplingConfig(temperature=0.0, max_new_tokens=20),
                                        eos_id=None)[0]
+
+
+def alone(model, prompt: list[int], config: SamplingConfig, top_alternatives: int = 0):
+    return generate_batch(model, [prompt], [config], eos_ids=None, top_alternatives=top_alternatives)[0]
+
+
+def test_rows_that_join_a_running_batch_midway_tell_the_story_they_tell_alone():
+    """Continuous batching: rows join at later steps, into slots that finished rows freed, and the cache grows for
+    a row that reaches further than those before it; each row's tokens equal its run alone. Probabilities agree to
+    float rounding only: CPU matmul and attention kernels for one row and for several sum in different orders."""
+    model = model_with("rope")
+    configs = [SamplingConfig(temperature=0.0, max_new_tokens=4), SamplingConfig(temperature=0.9, seed=3,
+                                                                                 max_new_tokens=12),
+               SamplingConfig(temperature=1.1, top_k=7, seed=8, max_new_tokens=25),
+               SamplingConfig(temperature=0.8, top_p=0.9, repetition_penalty=1.4, seed=1, max_new_tokens=20)]
+    batch = DecodingBatch(model, capacity=2)
+    joins = {0: [0, 1], 5: [2], 13: [3]}  # step: the prompts that join then (rows 0 and 1 have ended by 13)
+    results, slots = {}, {}
+    for step in range(40):
+        for i in joins.get(step, []):
+            slots[batch.admit([PROMPTS[i]], [configs[i]], [None], [3])[0]] = i
+        if not batch.live_rows:
+            break
+        for slot, result in batch.step():
+            results[slots.pop(slot)] = result
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, config in enumerate(configs):
+        mine = alone(model, PROMPTS[i], config, top_alternatives=3)
+        assert results[i].tokens == mine.tokens
+        for got, want in zip(results[i].alternatives, mine.alternatives, strict=True):
+            assert [t for t, _ in got] == [t for t, _ in want]
+            assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-3)
+        assert len(results[i].tokens) == config.max_new_tokens
+
+
+def test_a_full_batch_refuses_more_rows_and_a_row_with_nothing_to_write_takes_none():
+    batch = DecodingBatch(model_with("rope"), capacity=1)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=5)
+    assert batch.admit([PROMPTS[0], PROMPTS[1]], [greedy, SamplingConfig(max_new_tokens=0)], [None] * 2,
+                       [0, 0]) == [0, None]
+    with pytest.raises(MismatchError, match="0 free"):
+        batch.admit([PROMPTS[1]], [greedy], [None], [0])
+
+
+def test_other_families_join_only_an_empty_batch():
+    batch = DecodingBatch(model_with("rope", "gru"), capacity=4)
+    assert batch.admit(PROMPTS[:2], [SamplingConfig(temperature=0.0, max_new_tokens=3)] * 2, [None] * 2,
+                       [0, 0]) == [0, 1]
+    assert batch.free_rows == 0  # static batching: the next rows wait until these have ended
+    while batch.live_rows:
+        batch.step()
+    assert batch.free_rows == 4

@@ -31,6 +31,20 @@ def test_kv_cache_decoding_equals_the_full_forward_pass(variant):
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("index", [[0, 1, 2, 3], [0, 0, 2, 3], [2, 1, 2, 0], [1, 0, 3, 2], [3, 3, 3, 3]])
+def test_beam_reorder_in_place_equals_a_gather_of_the_filled_positions_and_leaves_the_rest(index):
+    """Whether no row, some rows or every row moves, and whether a moved row's own history is another's source."""
+    torch.manual_seed(0)
+    cache = KVCache(small(), 4, "cpu", torch.float32)
+    for t in (*cache.keys, *cache.values):
+        t.normal_()
+    before = [t.clone() for t in (*cache.keys, *cache.values)]
+    cache.reorder(torch.tensor(index), filled=20)
+    for old, new in zip(before, (*cache.keys, *cache.values)):
+        assert torch.equal(new[:, :, :20], old[index, :, :20])
+        assert torch.equal(new[:, :, 20:], old[:, :, 20:])
+
+
 def test_loss_ignores_padding_targets():
     torch.manual_seed(0)
     model = Transformer(small()).eval()

@@ -19,9 +19,11 @@ from talelab.serve.app import create_app, load_models
 
 
 @contextmanager
-def live_server(models: dict[str, Path], **config):
-    """Serve `models` on a free loopback port (the OS picks it) in a thread; yield the base URL; shut down."""
-    app = create_app(load_models([f"{name}={path}" for name, path in models.items()]), ServeConfig(**config))
+def live_server(models: dict[str, Path], continuous: bool = True, **config):
+    """Serve `models` on a free loopback port (the OS picks it) in a thread; yield the base URL; shut down.
+    `continuous=False`: static batches."""
+    app = create_app(load_models([f"{name}={path}" for name, path in models.items()]), ServeConfig(**config),
+                     continuous)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

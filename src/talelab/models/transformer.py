@@ -121,13 +121,27 @@ class KVCache:
 
         With `filled` (positions written so far) and as many rows as before, rows are permuted in place over the
         filled positions only: a beam step then copies what it uses, not the whole preallocated context, and the
-        tensors a compiled decode step sees stay the same."""
+        tensors a compiled decode step sees stay the same. Only the rows that take another row's history are
+        written, one copy each (most beam steps keep two or three beams where they are, many keep all four);
+        when a row is both read and overwritten, every row is gathered first."""
         if filled is not None and index.numel() == self.keys[0].size(0):
+            moves = {row: source for row, source in enumerate(index.tolist()) if row != source}
+            overwrites_a_source = any(source in moves for source in moves.values())
             for t in (*self.keys, *self.values):
-                t[:, :, :filled] = t[:, :, :filled].index_select(0, index)
+                if overwrites_a_source:
+                    t[:, :, :filled] = t[:, :, :filled].index_select(0, index)
+                    continue
+                for row, source in moves.items():
+                    t[row, :, :filled] = t[source, :, :filled]
             return
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+
+    def place(self, rows: torch.Tensor, other: KVCache) -> None:
+        """Copy every row of `other` (all its positions) into this cache's rows `rows`: new rows join a batch."""
+        length = other.keys[0].size(2)
+        for mine, theirs in zip((*self.keys, *self.values), (*other.keys, *other.values)):
+            mine[rows, :, :length] = theirs
 
 
 class Attention(nn.Module):
@@ -152,11 +166,18 @@ class Attention(nn.Module):
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int, mask: torch.Tensor | None = None):
+    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int | torch.Tensor,
+                mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         q, k, v = self.project(x, rope)
         causal = mask is None
-        if cache is not None:
+        if cache is not None and isinstance(start, torch.Tensor):  # one token per row, each at its own slot
+            rows = torch.arange(B, device=x.device)
+            cache.keys[layer][rows, :, start] = k[:, :, 0]
+            cache.values[layer][rows, :, start] = v[:, :, 0]
+            span = mask.size(-1)  # the slots the longest row has filled: no attention over the empty rest
+            k, v = cache.keys[layer][:B, :, :span], cache.values[layer][:B, :, :span]
+        elif cache is not None:
             cache.keys[layer][:, :, start:start + T] = k
             cache.values[layer][:, :, start:start + T] = v
             k, v = cache.keys[layer][:, :, :start + T], cache.values[layer][:, :, :start + T]
@@ -285,14 +306,22 @@ class Transformer(nn.Module):
         return KVCache(self.config, batch_size, device, dtype, length)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                start: int = 0, positions: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
+                start: int | torch.Tensor = 0, positions: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None):
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy over targets that are not -1.
 
         `start` is the cache slot of idx[:, 0]. Left-padded batches of different lengths pass `positions` (B, T),
         each row's own token positions, and `key_mask` (B, start + T), True where a cache slot holds a real token.
+        Rows at different places (continuous batching, talelab.generate.DecodingBatch) pass one token each, `start`
+        as a tensor (B,) of each row's own slot for it (by default also its position), and `key_mask` (B, S): the
+        slots each row's token sees, its own included; the cache may hold more rows, which are left alone.
         """
         B, T = idx.shape
-        check_fits_context(self.config, start + T, positions)
+        per_row = isinstance(start, torch.Tensor)
+        if per_row:  # rows stay within the context by their limits (generate.start): no check reads the slots back
+            positions = start[:, None] if positions is None else positions
+        else:
+            check_fits_context(self.config, start + T, positions)
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)  # (T,), shared by every row
         x = self.embed(idx)  # (B, T, d_model)
@@ -304,7 +333,9 @@ class Transformer(nn.Module):
         else:
             rope = (self.rope_cos[positions], self.rope_sin[positions])
         mask = None
-        if key_mask is not None:
+        if per_row:
+            mask = key_mask[:, None, None, :]  # (B, 1, 1, S): the same for every head
+        elif key_mask is not None:
             slots = torch.arange(start + T, device=idx.device)
             queries = torch.arange(start, start + T, device=idx.device)[:, None]
             # causal, real keys only; every query also sees itself, so padding rows never softmax over nothing

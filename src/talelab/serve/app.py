@@ -171,6 +171,7 @@ class ServerState:
     served: dict[str, Served]
     config: ServeConfig
     started: int = field(default_factory=lambda: int(time.time()))
+    continuous: bool = True  # rows join a running batch; False: static batches (the load benchmark's comparison)
 
     def find(self, name: str) -> Served:
         if name not in self.served:
@@ -232,7 +233,7 @@ async def run_batchers(app: FastAPI):
     config = state.config
     rows, window = (config.max_batch, config.batch_window_ms / 1000) if config.batching else (1, 0.0)
     for s in state.served.values():
-        s.batcher = Batcher(s.name, s.model, s.tokenizer, rows, window)
+        s.batcher = Batcher(s.name, s.model, s.tokenizer, rows, window, continuous=state.continuous)
     yield
     for s in state.served.values():
         s.batcher.close()
@@ -316,7 +317,8 @@ async def answer(state: ServerState, request: Sampling, prompts: list[str | list
                               top_p=request.top_p, repetition_penalty=request.repetition_penalty,
                               seed=-1 if request.seed is None else request.seed + i)
                for _ in prompt_ids for i in range(request.n)]
-    jobs = s.batcher.submit(rows, configs, request.stop, top, score_prompt=echo and top > 0)
+    jobs = s.batcher.submit(rows, configs, request.stop, top, score_prompt=echo and top > 0,
+                            streamed=request.stream)
     echoed = [s.tokenizer.decode(ids) if echo else "" for ids in rows]
     prompt_tokens = sum(map(len, prompt_ids))
 
@@ -389,10 +391,11 @@ async def stream(jobs: list[Job], head: dict, top: int, shape: Shape, echoed: li
         yield "data: [DONE]\n\n"
 
 
-def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
-    """The API and the playground over already loaded models; each model's batching worker runs while the app does."""
+def create_app(served: dict[str, Served], config: ServeConfig, continuous: bool = True) -> FastAPI:
+    """The API and the playground over already loaded models; each model's batching worker runs while the app does
+    (`continuous=False`: static batches, kept for the load benchmark's comparison)."""
     app = FastAPI(title="talelab", summary="OpenAI-compatible story models", lifespan=run_batchers)
-    app.state.server = ServerState(served, config)
+    app.state.server = ServerState(served, config, continuous=continuous)
     for error, handler in [(APIError, api_error), (RequestValidationError, invalid_request),
                            (HTTPException, http_error), (Exception, server_error)]:
         app.add_exception_handler(error, handler)
@@ -407,7 +410,8 @@ def create_app(served: dict[str, Served], config: ServeConfig) -> FastAPI:
     return app
 
 
-def run_server(model_specs: list[str], config: ServeConfig, decode: DecodeConfig = DecodeConfig()) -> None:
+def run_server(model_specs: list[str], config: ServeConfig, decode: DecodeConfig = DecodeConfig(),
+               continuous: bool = True) -> None:
     """Load the models and serve until interrupted."""
-    app = create_app(load_models(model_specs, decode), config)
+    app = create_app(load_models(model_specs, decode), config, continuous)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
