@@ -197,8 +197,8 @@ def test_transformer_limits_smoke_fills_every_kind_of_table(tmp_path, shared):
     losses = [row["measured"][0] for row in tables["Table 1"]["rows"]]
     assert all(isinstance(v, float) and 0 < v < 10 for v in losses)  # validation loss, nats per token
     assert all(row["measured"][1] is None for row in tables["Table 1"]["rows"])  # no judge offline
-    for number in ("Table 2", "Table 3", "Table 4"):  # every probe prompt completed by every stand-in
-        assert all(isinstance(v, str) for row in tables[number]["rows"] for v in row["measured"])
+    for table in ("Table 2", "Table 3", "Table 4"):  # every probe prompt completed by every stand-in
+        assert all(isinstance(v, str) for row in tables[table]["rows"] for v in row["measured"])
     assert all(isinstance(row["measured"][0], int) for row in tables["Table 5"]["rows"])  # batch 2, MB
     text = (out / "report.md").read_text()
     for picture in ("grid/axis_objective.png", "grid/axis_family.png", "grid/train_loss_curves.png",

@@ -261,8 +261,8 @@ def test_require_field_keeps_records_whose_field_is_present_and_not_empty(tmp_pa
 @pytest.mark.slow
 def test_sample_draws_the_same_n_documents_for_the_same_seed(tmp_path):
     a = run(paths.TINYSTORIES_TRAIN, tmp_path / "a", sample=100, seed=3, max_documents=1000)
-    b = run(paths.TINYSTORIES_TRAIN, tmp_path / "b", sample=100, seed=3, max_documents=1000)
-    c = run(paths.TINYSTORIES_TRAIN, tmp_path / "c", sample=100, seed=4, max_documents=1000)
+    run(paths.TINYSTORIES_TRAIN, tmp_path / "b", sample=100, seed=3, max_documents=1000)
+    run(paths.TINYSTORIES_TRAIN, tmp_path / "c", sample=100, seed=4, max_documents=1000)
     assert a["removed"]["sample"] == 900 and a["documents_in"] == 1000
     assert a["documents_out"] + sum(a["removed"].values()) - 900 == 100  # the other rules saw just the sample
     texts = {d: read_documents(str(tmp_path / d / "train.jsonl")) for d in "abc"}

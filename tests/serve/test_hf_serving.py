@@ -14,7 +14,6 @@ import torch
 from talelab.config import SamplingConfig
 from talelab.generate import generate_text
 from talelab.models.storage import load_model
-from talelab.serve.app import load_models
 
 from .conftest import live_server
 

@@ -306,9 +306,9 @@ def write_results(rows: list[dict], out: Path, budget: str, axes: dict[str, dict
                                      out / "bpb_vs_parameters.png")
     by_tokens = "max_tokens" in parse_budget(budget)
     xlabel = "tokens seen" if by_tokens else "training time (s)"
-    validation_loss_curves(loss_curves(rows, out, by_tokens, "val_loss"), out / "loss_curves.png", xlabel)
-    validation_loss_curves(loss_curves(rows, out, by_tokens, "loss"), out / "train_loss_curves.png", xlabel,
-                           ylabel="training loss (nats/token)")
+    curves = loss_curves(rows, out, by_tokens, ("val_loss", "loss"))
+    validation_loss_curves(curves["val_loss"], out / "loss_curves.png", xlabel)
+    validation_loss_curves(curves["loss"], out / "train_loss_curves.png", xlabel, ylabel="training loss (nats/token)")
     for key, (xs, panels) in axis_panels.items():
         metrics_against_axis(xs, panels, out / f"axis_{key}.png", key)
     if graded:
@@ -337,17 +337,19 @@ def table_cell(value) -> str:
     return "" if value is None else str(round(value, 4) if isinstance(value, float) else value)
 
 
-def loss_curves(rows: list[dict], out: Path, by_tokens: bool, key: str) -> dict[str, tuple[list[float], list[float]]]:
-    """Each run's `key` figures from its metrics.jsonl ("val_loss": validation, "loss": training), against tokens
-    seen (steps times the run's tokens per step) or against training seconds."""
-    curves = {}
+def loss_curves(rows: list[dict], out: Path, by_tokens: bool,
+                keys: tuple[str, ...]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """{key: each run's `key` figures} from its metrics.jsonl, read once for all keys ("val_loss": validation, "loss":
+    training), against tokens seen (steps times the run's tokens per step) or against training seconds."""
+    curves: dict[str, dict] = {key: {} for key in keys}
     for r in rows:
         lines = (out / r["name"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines]
-        chosen = [v for v in records if key in v]
         tokens_per_step = r["tokens_seen"] / max(t["step"] for t in records if "loss" in t)
-        x = [v["step"] * tokens_per_step for v in chosen] if by_tokens else [v["elapsed_s"] for v in chosen]
-        curves[r["name"]] = (x, [v[key] for v in chosen])
+        for key in keys:
+            chosen = [v for v in records if key in v]
+            x = [v["step"] * tokens_per_step for v in chosen] if by_tokens else [v["elapsed_s"] for v in chosen]
+            curves[key][r["name"]] = (x, [v[key] for v in chosen])
     return curves
 
 

@@ -43,7 +43,13 @@ def number(text: str):
             return text
 
 
-def read_document(out: Path, file: str):
+def read_document(out: Path, file: str, documents: dict | None = None):
+    """FILE under `out` as rows or a mapping; `documents` keeps what one report has read, since a table reads the
+    same results file for dozens of cells."""
+    if documents is not None:
+        if file not in documents:
+            documents[file] = read_document(out, file)
+        return documents[file]
     path = out / file
     if not path.is_file():  # the stage and the file name say enough: "models-v2/…/report.json not written"
         stage, name = Path(file).parts[0], Path(file).name
@@ -82,18 +88,19 @@ def lookup(document, key: str):
     return value
 
 
-def measured_value(out: Path, cell):
-    """The value a measured cell names (a literal number or text stays as it is); NotMeasured when absent."""
+def measured_value(out: Path, cell, documents: dict | None = None):
+    """The value a measured cell names (a literal number or text stays as it is); NotMeasured when absent.
+    `documents`: read_document's cache for one report."""
     if isinstance(cell, dict):
-        return {part: measured_value(out, source) for part, source in cell.items()}
+        return {part: measured_value(out, source, documents) for part, source in cell.items()}
     if isinstance(cell, list):
-        return " ".join(shown(measured_value(out, source)) for source in cell)
+        return " ".join(shown(measured_value(out, source, documents)) for source in cell)
     if not isinstance(cell, str) or ":" not in cell:
         if cell is None:
             raise NotMeasured("not measured")
         return cell
     file, _, key = cell.partition(":")
-    return lookup(read_document(out, file), key)
+    return lookup(read_document(out, file, documents), key)
 
 
 def numeric(value) -> float | None:
@@ -134,19 +141,18 @@ def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
     `rows`: (published, measured) cells of each row, or of each column when the table compares down its rows."""
     lines = "columns" if table.get("compare_along") == "rows" else "rows"
     how = table.get("compare", "none")
+    if how == "none":
+        return ""
     pairs = []
     for published, measured in rows:
         cells = [(numeric(p), numeric(m)) for p, m in zip(published, measured)]
         cells = [(p, m) for p, m in cells if p is not None and m is not None]
         if cells:
             pairs.append(([p for p, _ in cells], [m for _, m in cells]))
-    if how == "none":
-        return ""
     if not pairs:
         return "Nothing measured at this scale to compare."
     if how == "order":
-        alike = sum(concordance(p, m)[0] for p, m in pairs)
-        compared = sum(concordance(p, m)[1] for p, m in pairs)
+        alike, compared = map(sum, zip(*(concordance(p, m) for p, m in pairs)))
         tops = sum(p.index(max(p)) == m.index(max(m)) for p, m in pairs if len(p) > 1)
         share = 100 * alike / max(compared, 1)
         return (f"Order: {alike} of {compared} pairs of cells are ranked alike ({share:.0f} %); "
@@ -160,15 +166,16 @@ def agreement(table: dict, rows: list[tuple[list, list]]) -> str:
     return f"Values: the median cell differs from the published one by {100 * median:.1f} % ({len(ratios)} cells)."
 
 
-def in_percent(value, whole_source, out: Path):
+def in_percent(value, whole_source, out: Path, documents: dict | None = None):
     """`value` as a percentage of the value `whole_source` names (a row's percent_of); as it is without one."""
     if whole_source is None or numeric(value) is None:
         return value
-    whole = numeric(measured_value(out, whole_source))
+    whole = numeric(measured_value(out, whole_source, documents))
     return 100 * numeric(value) / whole if whole else None
 
 
-def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str]) -> tuple[str, dict]:
+def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str],
+                   documents: dict | None = None) -> tuple[str, dict]:
     where = f"table '{table['number']}'"  # only the measured cells name variables: published text may hold a '$'
     table = {**table, "rows": [{**row, "measured": substitute(row.get("measured"), names, where)}
                                for row in table.get("rows", [])]}
@@ -182,7 +189,8 @@ def table_markdown(table: dict, out: Path, scale: str, names: dict[str, str]) ->
         measured = []
         for cell in row.get("measured") or [None] * len(columns):
             try:
-                measured.append(in_percent(measured_value(out, cell), row.get("percent_of"), out))
+                value = measured_value(out, cell, documents)
+                measured.append(in_percent(value, row.get("percent_of"), out, documents))
             except NotMeasured as e:
                 measured.append(None)
                 if cell is not None:
@@ -256,8 +264,9 @@ def write_report(recipe: Recipe, scale: str, out: Path, names: dict[str, str]) -
               "Each row gives the published values, then talelab's measured at this scale (— where this scale does "
               "not measure it).", ""]
     tables = []
+    documents: dict = {}  # every file the tables read, read once
     for table in recipe.tables:
-        text, data = table_markdown(table, out, scale, names)
+        text, data = table_markdown(table, out, scale, names, documents)
         lines.append(text)
         tables.append(data)
     if recipe.figures:

@@ -49,10 +49,10 @@ def variables(recipe: Recipe, scale: str, out: Path, data_root) -> dict[str, str
     return {**{name: Template(value).safe_substitute(fixed) for name, value in own.items()}, **fixed}
 
 
-def stage_file(out: Path, stage: Stage, values: dict) -> tuple[Path, str]:
-    """Write the stage's config where the stage reads it; returns (path, hash of its text)."""
+def stage_file(out: Path, name: str, values: dict) -> tuple[Path, str]:
+    """Write a stage's config, OUT/stages/NAME.yaml, where the stage reads it; returns (path, hash of its text)."""
     text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
-    path = out / "stages" / f"{stage.name}.yaml"
+    path = out / "stages" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
@@ -82,13 +82,14 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
         print(f"  stand-in: {stand_in}")
     names = variables(recipe, scale, out, data_root)
     for number, stage in enumerate(chosen, 1):
-        config_path, digest = stage_file(out, stage, stage.values(scale, names))
+        values = stage.values(scale, names)
+        config_path, digest = stage_file(out, stage.name, values)
         check_stage(stage, config_path)
         line = shlex.join(["talelab", *command_line(stage, config_path, data_root)[3:]])
         print(f"\n== stage {number}/{len(chosen)} {stage.name}: {stage.note or stage.command}\n$ {line}", flush=True)
         if dry_run:
             continue
-        run_stage(stage, out, config_path, digest, data_root, names)
+        run_stage(stage, out, values, config_path, digest, data_root, names)
     if dry_run:
         print(f"\ndry run: {len(chosen)} stage configs checked (written to {out / 'stages'})")
         return None
@@ -97,7 +98,7 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
     return report
 
 
-def run_stage(stage: Stage, out: Path, config_path: Path, digest: str, data_root, names: dict) -> None:
+def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digest: str, data_root, names: dict) -> None:
     done_path = out / "stages" / f"{stage.name}.done.json"
     started_path = out / "stages" / f"{stage.name}.started"
     if done_path.exists():
@@ -109,10 +110,8 @@ def run_stage(stage: Stage, out: Path, config_path: Path, digest: str, data_root
         done_path.unlink()
     elif started_path.exists() and stage.resume:
         print("(interrupted earlier: resuming)")
-        values = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        resumed = {**values, **substitute(stage.resume, names, f"stage '{stage.name}'")}
-        config_path = config_path.with_name(f"{stage.name}.resume.yaml")
-        config_path.write_text(yaml.safe_dump(resumed, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        resume = substitute(stage.resume, names, f"stage '{stage.name}'")
+        config_path, _ = stage_file(out, f"{stage.name}.resume", {**values, **resume})
     write_text_atomic(started_path, time.strftime("%Y-%m-%d %H:%M:%S\n"))
     began = time.monotonic()
     code = subprocess.call(command_line(stage, config_path, data_root))
