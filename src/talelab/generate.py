@@ -222,7 +222,7 @@ def sample(model, prompt_ids: list[int], config: SamplingConfig, eos_id: int | N
 CANDIDATE_BLOCK = 128  # candidates per block whose maximum best_candidates compares
 
 
-def best_candidates(candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def best_candidates(candidates: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
     """The k largest candidates, best first, of equal ones the lower flat index first (beam, then token): their
     values and their indices into candidates.view(-1).
 
@@ -237,8 +237,8 @@ def best_candidates(candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     floor = maxima.topk(min(k, maxima.numel())).values[-1:]
     chosen = (maxima >= floor).nonzero().squeeze(1)  # ascending, so a stable sort keeps ties in index order
     values, order = blocks[chosen].view(-1).sort(descending=True, stable=True)
-    order = order[:k]
-    return values[:k], chosen[order // CANDIDATE_BLOCK] * CANDIDATE_BLOCK + order % CANDIDATE_BLOCK
+    firsts = [block * CANDIDATE_BLOCK for block in chosen.tolist()]  # k is a handful: the host does the rest
+    return values[:k].tolist(), [firsts[i // CANDIDATE_BLOCK] + i % CANDIDATE_BLOCK for i in order[:k].tolist()]
 
 
 @torch.no_grad()
@@ -280,11 +280,11 @@ def beam_search(model, prompt_ids: list[int], config: SamplingConfig, eos_id: in
                 index = torch.multinomial(probs.cpu(), min(k, int((probs > 0).sum())), generator=generator)
                 index = index.to(probs.device)
                 top, order = candidates.view(-1)[index].sort(descending=True)
-                index = index[order]
+                top, index = top.tolist(), index[order].tolist()
             else:
                 top, index = best_candidates(candidates, k)
             kept = []  # (beam, token, score) of the next running beams, best first
-            for rank, (score, i) in enumerate(zip(top.tolist(), index.tolist())):
+            for rank, (score, i) in enumerate(zip(top, index)):
                 beam, token = divmod(i, vocab)
                 if token != stop:
                     kept.append((beam, token, score))

@@ -122,8 +122,9 @@ class KVCache:
         With `filled` (positions written so far) and as many rows as before, rows are permuted in place over the
         filled positions only: a beam step then copies what it uses, not the whole preallocated context, and the
         tensors a compiled decode step sees stay the same. Only the rows that take another row's history are
-        written, one copy each (most beam steps keep two or three beams where they are, many keep all four);
-        when a row is both read and overwritten, every row is gathered first."""
+        written, one copy each; when a row is both read and overwritten, every row is gathered first. (Beam steps
+        that move no row: 68 % on the random weights of benchmarks/decode.py, 16 % on stories260K, where 66 %
+        overwrite a source.)"""
         if filled is not None and index.numel() == self.keys[0].size(0):
             moves = {row: source for row, source in enumerate(index.tolist()) if row != source}
             overwrites_a_source = any(source in moves for source in moves.values())
