@@ -181,6 +181,17 @@ def test_compiled_decoder_writes_the_same_greedy_story():
     assert generate(fast, PROMPT, config, eos_id=None) == generate(model, PROMPT, config, eos_id=None)
 
 
+@pytest.mark.slow
+def test_compiled_decoder_freezes_its_weights():
+    """The weights are constants of the compiled code (what lets Inductor fold and pre-pack them), not inputs: with
+    `options={"freezing": True}` alone Dynamo had already made them graph inputs, and nothing was frozen."""
+    from torch._inductor.utils import run_and_get_code
+    fast = fast_decoder(random_model(), compile=True)
+    with torch.no_grad():
+        _, code = run_and_get_code(fast, torch.tensor([PROMPT]))
+    assert "_frozen_param" in "\n".join(code)
+
+
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
     present = torch.tensor([[True, True, False, False]])
