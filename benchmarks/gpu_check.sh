@@ -125,7 +125,8 @@ check "generate_batch, padded prompts (GQA)" python - "$WORK/gqa" "$DEVICE" <<'E
 import sys
 import torch
 from talelab.config import SamplingConfig
-from talelab.generate import generate, generate_batch
+from talelab.decoding_batch import generate_batch
+from talelab.generate import generate
 from talelab.models.storage import load_model
 
 model, tokenizer, _ = load_model(sys.argv[1], device=sys.argv[2])

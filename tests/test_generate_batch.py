@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from talelab.config import ModelConfig, SamplingConfig
+from talelab.decoding_batch import DecodingBatch, generate_batch
 from talelab.errors import MismatchError
-from talelab.generate import DecodingBatch, generate, generate_batch, pick
+from talelab.generate import generate, pick
 from talelab.models import build_model
 
 PROMPTS = [[5, 9, 13], [7], [3, 1, 4, 1, 5, 9, 2, 6], [11, 12]]

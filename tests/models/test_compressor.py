@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from talelab.config import ModelConfig, SamplingConfig
-from talelab.generate import generate, generate_batch
+from talelab.decoding_batch import generate_batch
+from talelab.generate import generate
 from talelab.models import build_model
 from talelab.models.storage import load_model
 from talelab.train.loop import train

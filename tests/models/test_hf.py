@@ -13,9 +13,10 @@ import torch
 from talelab import paths
 from talelab.cli import main
 from talelab.config import SamplingConfig
+from talelab.decoding_batch import generate_batch
 from talelab.errors import InputError
 from talelab.evaluate.likelihood import reference_pieces, score_documents
-from talelab.generate import generate, generate_batch, generate_text
+from talelab.generate import generate, generate_text
 from talelab.models.hf import HFCausalLM
 from talelab.models.storage import load_model
 

@@ -18,9 +18,10 @@ from talelab.config import SamplingConfig
 from talelab.data.clean import repair_mojibake
 from talelab.data.sentences import split_sentences
 from talelab.data.sources import iter_texts
+from talelab.decoding_batch import generate_batch
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.overlap import ROUGE_TYPES, rouge, tfidf_cosines
-from talelab.generate import generate, generate_batch
+from talelab.generate import generate
 from talelab.plots import score_histogram
 
 Complete = Callable[[list[str], "SamplingConfig | None"], list[str]]
@@ -43,7 +44,7 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int) -> list[int]:
 def completer(model, tokenizer, base: SamplingConfig, batch_size: int = 16, progress: bool = False) -> Complete:
     """`complete(prompts, config=None)`: the continuation text of each prompt (prompt not included).
 
-    Prompts decode together in batches of `batch_size` (talelab.generate.generate_batch); row i draws with seed
+    Prompts decode together in batches of `batch_size` (talelab.decoding_batch.generate_batch); row i draws with seed
     `config.seed + i`, so samples from one prompt differ and a fixed seed gives the same stories in any batch.
     Beam search is not batched and runs prompt by prompt.
     """

@@ -19,8 +19,8 @@ from talelab.atomic import atomic_file
 from talelab.config import PrefsConfig, SamplingConfig
 from talelab.data.sentences import shuffle_sentences, split_sentences
 from talelab.data.sources import iter_texts
+from talelab.decoding_batch import generate_batch
 from talelab.errors import InputError
-from talelab.generate import generate_batch
 from talelab.models.storage import load_model
 from talelab.paths import resolve_input
 

@@ -1,7 +1,7 @@
 """The scheduler: one worker thread per served model writes its requests' stories side by side (continuous batching).
 
 A request's handler (on the asyncio event loop) submits its stories as jobs. The model's worker keeps one
-`generate.DecodingBatch` of up to `max_batch` rows and loops: start the waiting jobs in free rows (their prompts
+`decoding_batch.DecodingBatch` of up to `max_batch` rows and loops: start the waiting jobs in free rows (their prompts
 read in one forward pass, their keys and values placed in those rows' cache slots), run one decoding step for every
 live row, send each row's new text to its handler's asyncio queue, retire the rows that ended, repeat; with no rows
 and no jobs it waits. So a request joins the running batch at the next step instead of waiting for the longest story
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from talelab.config import SamplingConfig
+from talelab.decoding_batch import DecodingBatch, Generated
 from talelab.evaluate.likelihood import next_token_logits
-from talelab.generate import DecodingBatch, Generated, evaluating
+from talelab.generate import evaluating
 from talelab.tokenizer import Tokenizer
 
 log = logging.getLogger("talelab.serve")
