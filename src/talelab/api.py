@@ -14,7 +14,6 @@ command, with the same defaults, and saves the same config.yaml beside what it w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +26,7 @@ from talelab.errors import ConfigError
 from talelab.evaluate.likelihood import score_documents
 from talelab.evaluate.report import run_eval
 from talelab.generate import generate_text, load_decoder
-from talelab.settings import nested, resolve, save_config
+from talelab.settings import flags_of, resolve, save_config
 from talelab.tokenizer import Tokenizer, train_tokenizer_from
 from talelab.train.loop import train as train_model
 
@@ -122,19 +121,10 @@ def configured(command: str, settings: dict, config: str | None, preset: str | N
     return resolve_command(command, COMMANDS[command], argparse.Namespace(config=config, preset=preset, **given))
 
 
-def flag_destinations(cls, path: str = "", prefix: str = "", skip: tuple = ()) -> dict[str, str]:
+def flag_destinations(cls) -> dict[str, str]:
     """Each flag of `cls` named with underscores -> where talelab.cli puts its value: a section's fields are flat
     flags (after the section's prefix) whose values nest under the section ('top_k' -> 'sampling.top_k')."""
-    flags = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        if nested(f):
-            flags |= flag_destinations(nested(f), f"{path}{f.name}.", prefix + f.metadata["prefix"],
-                                       f.metadata["skip"])
-        else:
-            flags[prefix + f.name] = path + f.name
-    return flags
+    return {flag.name: flag.destination for flag in flags_of(cls)}
 
 
 def known(names: Iterable[str], values: dict, where: str) -> dict:

@@ -10,7 +10,7 @@ import sys
 
 from talelab.commands import COMMANDS, Command
 from talelab.errors import ConfigError, TalelabError
-from talelab.settings import VALUE_CASTS, field_kind, flag, load_yaml, nested, preset_layer, resolve, save_config
+from talelab.settings import VALUE_CASTS, field_kind, flag, flags_of, load_yaml, preset_layer, resolve, save_config
 
 PROG = "talelab"
 
@@ -43,22 +43,16 @@ def add_field(group, f: dataclasses.Field, dest: str, name: str, default) -> Non
         group.add_argument(flag(name), dest=dest, metavar=item.upper(), **shape)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, title: str, path: str = "", prefix: str = "", skip: tuple = (),
-              defaults: dict | None = None) -> None:
-    """Flags for every field of `cls`; a section's fields become flags of the same command (after its prefix), their
-    destination 'section.field' so that the values nest again as YAML's do."""
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or field_kind(f) == "list[dict]":  # a list of mappings (trials') is written in YAML only
+def add_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """Flags for every field of `cls`, a group per section; a section's fields are flags of the same command (after
+    its prefix), their destination 'section.field' so that the values nest again as YAML's do."""
+    groups = {"settings": parser.add_argument_group("settings")}  # the command's own fields first, as they read
+    for flag_ in flags_of(cls):
+        if field_kind(flag_.field) == "list[dict]":  # a list of mappings (trials') is written in YAML only
             continue
-        if nested(f):
-            meta = f.metadata
-            add_flags(parser, nested(f), meta["help"], f"{path}{f.name}.", prefix + meta["prefix"], meta["skip"],
-                      meta["defaults"])
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        default = (defaults or {}).get(f.name, default)
-        add_field(group, f, path + f.name, prefix + f.name, default)
+        if flag_.title not in groups:
+            groups[flag_.title] = parser.add_argument_group(flag_.title)
+        add_field(groups[flag_.title], flag_.field, flag_.destination, flag_.name, flag_.default)
 
 
 def command_parser(name: str, command: Command) -> Parser:
@@ -68,7 +62,7 @@ def command_parser(name: str, command: Command) -> Parser:
     if command.presets:
         parser.add_argument("--preset", default=None, choices=list(command.presets), help="named starting values, "
                             "under --config and flags")
-    add_flags(parser, command.config, "settings")
+    add_flags(parser, command.config)
     return parser
 
 

@@ -10,6 +10,7 @@ file (`--config`), then flags. `config_values` is the inverse: what `save_config
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import field
 from functools import partial
 from pathlib import Path
@@ -93,6 +94,34 @@ def field_kind(f: dataclasses.Field) -> str:
 def nested(f: dataclasses.Field):
     """The config class a section or overrides field holds, or None for a plain value."""
     return f.metadata.get("section") or f.metadata.get("overrides")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A plain field as a command sets it: its section's title, the field, where its value goes ('section.field',
+    so that values nest as YAML's do), its name with underscores (a section's prefix first) and its default."""
+
+    title: str
+    field: dataclasses.Field
+    destination: str
+    name: str
+    default: Any
+
+
+def flags_of(cls, title: str = "settings", path: str = "", prefix: str = "", skip: tuple = (),
+             defaults: dict | None = None) -> Iterator[Flag]:
+    """Every plain field of `cls`, sections walked: a section's fields are flags of the same command (after its
+    prefix). The command line (talelab.cli) and the Python API's keywords (talelab.api) are both this list."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if nested(f):
+            meta = f.metadata
+            yield from flags_of(nested(f), meta["help"], f"{path}{f.name}.", prefix + meta["prefix"], meta["skip"],
+                                meta["defaults"])
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        yield Flag(title, f, path + f.name, prefix + f.name, (defaults or {}).get(f.name, default))
 
 
 # How a value from YAML or a grid becomes a field's type (field types are strings: postponed annotations)
