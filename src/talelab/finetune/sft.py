@@ -216,8 +216,7 @@ def finetune(config: FinetuneConfig, data_root=None, log=print) -> dict:
     trainer, summary, note, out = run.trainer, run.summary, run.note, Path(config.out)
     try:  # the tracker stays open for the evaluations around training, which metrics.jsonl records too
         if run.held_out and run.resume_from is None:
-            summary["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-            note(f"held-out loss before fine-tuning: {summary['eval_loss_before']:.4f}")
+            summary["eval_loss_before"] = held_out_figures(trainer, note, "before fine-tuning")["eval_loss"]
         started = time.time()
         result = trainer.train(resume_from_checkpoint=run.resume_from)
         summary.update(train_seconds=time.time() - started, steps=trainer.state.global_step,
@@ -279,20 +278,24 @@ def unseen_figures(run: PreparedRun, config: FinetuneConfig, data_root=None) -> 
 
 
 def held_out_figures(trainer, note, when: str) -> dict:
-    """Held-out loss (transformers' eval_loss) with its perplexity, and the mean per-example perplexity; noted."""
-    loss = trainer.evaluate()["eval_loss"]
+    """Held-out loss in nats per scored token over the whole held-out set, its perplexity, and the mean per-example
+    perplexity; noted. transformers' eval_loss averages the batches' mean losses, so it moves with the evaluation
+    batch size and with how examples fall into batches (trials at different batch sizes would not compare); every
+    token weighs the same here, however the batches fall."""
+    nll, tokens = held_out_nll(trainer)
+    loss = sum(nll) / max(sum(tokens), 1)
     figures = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-               "mean_example_perplexity": mean_example_perplexity(trainer)}
+               "mean_example_perplexity": mean_perplexity(nll, tokens)}
     note(f"held-out loss {when}: {loss:.4f} (perplexity {figures['perplexity']:.2f}; mean per-example perplexity "
          f"{figures['mean_example_perplexity']:.2f})")
     return figures
 
 
 @torch.no_grad()
-def mean_example_perplexity(trainer) -> float:
-    """The mean over held-out examples of exp(the example's own loss), from the batches trainer.evaluate reads (the
-    same tokens, prompts masked the same way): every example weighs the same, where exp(eval_loss) weighs every
-    token the same. Each batch's logits are held whole, as transformers' models return them."""
+def held_out_nll(trainer) -> tuple[list[float], list[int]]:
+    """Each held-out example's summed NLL and scored tokens, from the batches trainer.evaluate reads (the same
+    tokens, prompts masked the same way, in the precision it computes in). Each batch's logits are held whole, as
+    transformers' models return them."""
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -300,13 +303,13 @@ def mean_example_perplexity(trainer) -> float:
     for batch in trainer.get_eval_dataloader():
         labels = batch.pop("labels").to(model.device)
         inputs = {k: v.to(model.device) for k, v in batch.items() if torch.is_tensor(v)}
-        with trainer.compute_loss_context_manager():  # the precision trainer.evaluate computes in
+        with trainer.compute_loss_context_manager():
             logits = model(**inputs).logits[:, :-1].float()
         targets = labels[:, 1:]  # position t predicts token t + 1
         nll += F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(1).tolist()
         tokens += (targets != -100).sum(1).tolist()
     model.train(was_training)
-    return mean_perplexity(nll, tokens)
+    return nll, tokens
 
 
 def last_loss(history: list[dict]) -> float | None:
