@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from talelab.config import PrepareConfig
+from talelab.data.prepare import prepare
 from talelab.data.tags import story_prompt
 from talelab.errors import InputError
 from talelab.finetune.base import load_tokenizer_of
@@ -83,6 +85,18 @@ def test_records_without_labels_get_rule_features_and_the_note_counts_both(token
     assert examples[1]["prompt"] == "<s>Features: MoralValue\nSummary: Sue shares.\nStory:"
     assert note.startswith("features: 1 of 2 stories carry no labels; their features were derived by rules")
     assert note.endswith(f"the other 1 as labelled in {data}")
+
+
+def test_features_that_prepare_tag_rules_wrote_are_not_called_labels(tokenizer, tmp_path):
+    source = tmp_path / "mixed.jsonl"
+    rows = [{"text": 'Tom said, "Hi!" Then he ran home to his mom and dad.', "instruction": {"features": ["Twist"]}},
+            {"text": "Sue learned to share her red ball with her little brother."}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    prepare(PrepareConfig(source=str(source), out=str(tmp_path / "out"), tag_rules=True, min_chars=0,
+                          val_fraction=0, test_fraction=0), progress=False)
+    examples, note = build_examples("stories-tags", str(tmp_path / "out" / "train.jsonl"), tokenizer)
+    assert sorted(e["features"] for e in examples) == [["MoralValue"], ["Twist"]]
+    assert note.startswith("features: 1 of 2 stories carry no labels; their features were derived by rules")
 
 
 def test_alpaca_rows_lose_the_eos_placeholder(tokenizer):

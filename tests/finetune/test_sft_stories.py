@@ -31,7 +31,7 @@ def test_stories_tags_lora_lowers_held_out_loss_and_dialogue_follows_the_tag(sto
     assert 0 <= adherence["required_words_used"] <= 1 and adherence["required_words"]
     # the run log says where the features came from, and how many parameters LoRA trains
     log = (out / "log.txt").read_text(encoding="utf-8")
-    assert "derived by rules (Dialogue, MoralValue only" in log
+    assert "derived by rules, here or by prepare --tag-rules (Dialogue, MoralValue only" in log
     assert "trainable params: 46,240 || all params: 306,272 || trainable%: 15.0977" in log
     assert lines == log.splitlines()
     # the adapter, tokenizer, metrics and chart are where a user (and talelab's loaders) look for them

@@ -155,6 +155,7 @@ def label_by_rules(record: dict, dotted: str, where: str) -> bool:
     # The rules look for quotation marks, which mojibake (`â€œ`) hides until cleaning repairs it: they see it
     # repaired, as the split will hold it.
     holder[last] = rule_features(repair_mojibake(record["text"]))
+    record["tag_source"] = "rules"  # so that finetune does not count them as published labels
     return True
 
 

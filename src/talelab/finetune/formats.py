@@ -117,7 +117,7 @@ def story_records(path: Path, derive_words: int = 0) -> tuple[list[dict], str]:
             story, features, words, summary = block["story"], block["features"], block["words"], block["summary"]
         if features is None:
             features = rule_features(story)
-        else:
+        elif row.get("tag_source") != "rules":  # prepare --tag-rules marks the features its rules wrote
             labelled += 1
             check_features(features, where)
         if not words and derive_words:
@@ -128,7 +128,8 @@ def story_records(path: Path, derive_words: int = 0) -> tuple[list[dict], str]:
         note = f"features: as labelled in {path} ({total} stories)"
     else:
         note = (f"features: {total - labelled} of {total} stories carry no labels; their features were derived by "
-                f"rules ({', '.join(RULE_FEATURES)} only: the other four need a classifier)")
+                f"rules, here or by prepare --tag-rules ({', '.join(RULE_FEATURES)} only: the other four need a "
+                "classifier)")
         note += f", the other {labelled} as labelled in {path}" if labelled else ""
     if derive_words:
         note += f"; required words: up to {derive_words} per unlabelled story, drawn from the story itself"
