@@ -12,11 +12,8 @@ import dataclasses
 import json
 import socket
 import threading
-import time
-from contextlib import contextmanager
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -25,24 +22,9 @@ from talelab.errors import ConfigError
 from talelab.evaluate.judge import JudgeError, judge_section, load_rubric, parse_reply
 from talelab.serve.app import create_app, load_models
 
+from ..serve.conftest import live_app
+
 CATEGORIES = ("grammar", "spelling", "consistency", "plot", "creativity", "style")
-
-
-@contextmanager
-def live(app):
-    """Serve an ASGI app on a free loopback port in a thread; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def scores(grammar, plot=5, **others) -> str:
@@ -94,7 +76,7 @@ def test_means_and_t_intervals_over_stories_after_retrying_junk(tmp_path):
         "B": [scores(7), None, scores(7.5), "```json\n" + scores(7) + "\n```"],
         "C": [scores(8, plot=4), scores(10, plot=4)],
     }
-    with live(scripted_judge(script)) as url:
+    with live_app(scripted_judge(script)) as url:
         config = JudgeConfig(base_url=f"{url}/v1", model="scripted", samples=2, retries=2, workers=2)
         result = judge_section(["A", "B", "C"], config, tmp_path, progress=False)
     assert all(not replies for replies in script.values())  # every scripted reply was asked for
@@ -115,7 +97,7 @@ def test_means_and_t_intervals_over_stories_after_retrying_junk(tmp_path):
 
 def test_the_judge_sees_the_rubric_and_the_anchors_and_asks_for_json(tmp_path):
     app = scripted_judge({"A": [scores(5)]})
-    with live(app) as url:
+    with live_app(app) as url:
         judge_section(["A"], JudgeConfig(base_url=f"{url}/v1", model="scripted", samples=1), tmp_path,
                       progress=False)
     (request,) = app.state.requests
@@ -139,7 +121,7 @@ def test_spearman_with_human_ratings_by_hand(tmp_path):
     as_csv.write_text("story,grammar,plot\n" + "".join(f"{s},{g},{p}\n" for s, (g, p) in human.items()))
     for path in (ratings, as_csv):
         script = {"A": [scores(5)], **{s: [scores(g, plot=p)] for s, (g, p) in judged.items()}}
-        with live(scripted_judge(script)) as url:
+        with live_app(scripted_judge(script)) as url:
             config = JudgeConfig(base_url=f"{url}/v1", model="scripted", samples=1, human_ratings=str(path))
             result = judge_section(["A"], config, tmp_path, progress=False)
         agreement = result["human_agreement"]
@@ -153,7 +135,7 @@ def test_spearman_with_human_ratings_by_hand(tmp_path):
 def test_talelab_serve_answers_with_stories_so_the_judge_retries_then_fails_naming_the_endpoint(stories260k, tmp_path):
     app = create_app(load_models([f"stories260K={stories260k}"]), ServeConfig())
     story = ["Once upon a time, Lily found a red ball in the park."]
-    with live(app) as url:
+    with live_app(app) as url:
         config = JudgeConfig(base_url=f"{url}/v1", model="stories260K", samples=1, retries=1, max_tokens=20,
                              json_mode=False)
         with pytest.raises(JudgeError) as failure:
@@ -176,7 +158,7 @@ def test_an_endpoint_that_is_down_or_refuses_the_key_is_a_one_line_error(tmp_pat
         judge_section(["A"], down, tmp_path, progress=False)
     assert "\n" not in str(e.value)
     app = scripted_judge({})
-    with live(app) as url:
+    with live_app(app) as url:
         locked = JudgeConfig(base_url=f"{url}/v1", model="locked", api_key_env="TALELAB_TEST_KEY", samples=1,
                              retries=3)
         with pytest.raises(JudgeError, match=r"HTTP 401: Incorrect API key provided \(is \$TALELAB_TEST_KEY set\?\)"):

@@ -20,10 +20,17 @@ from talelab.serve.app import create_app, load_models
 
 @contextmanager
 def live_server(models: dict[str, Path], continuous: bool = True, **config):
-    """Serve `models` on a free loopback port (the OS picks it) in a thread; yield the base URL; shut down.
-    `continuous=False`: static batches."""
+    """Serve `models` on a free loopback port in a thread; yield the base URL; shut down. `continuous=False`:
+    static batches."""
     app = create_app(load_models([f"{name}={path}" for name, path in models.items()]), ServeConfig(**config),
                      continuous)
+    with live_app(app) as url:
+        yield url
+
+
+@contextmanager
+def live_app(app):
+    """Serve an ASGI app on a free loopback port (the OS picks it) in a thread; yield its base URL; shut down."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -31,9 +38,8 @@ def live_server(models: dict[str, Path], continuous: bool = True, **config):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)

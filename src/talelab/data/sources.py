@@ -98,6 +98,16 @@ def read_documents(source: str | os.PathLike, *, max_documents: int = 0, **optio
     return list(itertools.islice(texts, max_documents) if max_documents > 0 else texts)
 
 
+def validation_file(data: str | os.PathLike) -> Path:
+    """`data` itself, or the val.jsonl of a prepared directory (where eval and interpret read held-out stories)."""
+    path = Path(data)
+    if not path.is_dir():
+        return path
+    if not (path / "val.jsonl").is_file():
+        raise InputError(f"{data}: a directory without val.jsonl (expected a prepared directory or a file)")
+    return path / "val.jsonl"
+
+
 def resolve_source(source: str, data_root: str | os.PathLike | None = None) -> Path | None:
     """The file `source` names, or None when it is a hub dataset id; InputError when it is neither."""
     try:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from talelab.config import SamplingConfig
 from talelab.data.clean import repair_mojibake
 from talelab.data.sentences import split_sentences
-from talelab.data.sources import iter_texts
+from talelab.data.sources import iter_texts, validation_file
 from talelab.decoding_batch import generate_batch
 from talelab.errors import ConfigError, InputError
 from talelab.evaluate.overlap import ROUGE_TYPES, rouge, tfidf_cosines
@@ -80,11 +80,7 @@ def held_out_texts(data: str, count: int, min_words: int, data_root=None, sample
     never held whole; mojibake is repaired as `talelab prepare` does."""
     if sample not in ("first", "random"):
         raise ConfigError(f"--completion-sample {sample!r}: choose first or random")
-    path = Path(data)
-    if path.is_dir():
-        path = path / "val.jsonl"
-        if not path.is_file():
-            raise InputError(f"{data}: a directory without val.jsonl (expected a prepared directory or a file)")
+    path = validation_file(data)
     seen = 0
 
     def long_enough(texts):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from talelab.data.sources import read_documents
+from talelab.data.sources import read_documents, validation_file
 from talelab.devices import pick_device
 from talelab.errors import ConfigError, InputError, MismatchError
 from talelab.evaluate.likelihood import reference_pieces
@@ -119,11 +119,7 @@ def read_texts(data: str, samples: int, protocol: str = "documents", data_root=N
         raise ConfigError(f"protocol '{protocol}': choose documents or reference")
     if samples < 0:
         raise ConfigError(f"--samples {samples}: give a number of texts, or 0 for all")
-    path = Path(data)
-    if path.is_dir():
-        path = path / "val.jsonl"
-        if not path.is_file():
-            raise InputError(f"{data}: a directory without val.jsonl (expected a prepared directory or a text file)")
+    path = validation_file(data)
     if protocol == "reference":
         texts = reference_pieces(resolve_input(path, data_root))
     else:
