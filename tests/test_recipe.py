@@ -136,12 +136,17 @@ def test_stages_run_once_then_skip_and_report(tmp_path, shared):
     assert all(isinstance(v, int) and v > 0 for v in measured)
     run_recipe(recipe, "smoke", out)  # finished stages are skipped: their markers stay as they were
     assert {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.done.json")} == done
-    changed = load_recipe(str(write_recipe(tmp_path / "r.yaml", [CORPUS, {**TOKENIZER, "config": {
-        **TOKENIZER["config"], "vocab_size": 320}}], table)))
+    tokenizer = {**TOKENIZER, "config": {**TOKENIZER["config"], "vocab_size": 320}}
+    changed = load_recipe(str(write_recipe(tmp_path / "r.yaml", [CORPUS, tokenizer], table)))
     run_recipe(changed, "smoke", out)  # a changed config runs that stage again, and only it
     after = {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.done.json")}
     assert after["corpus.done.json"] == done["corpus.done.json"]
     assert after["tokenizer.done.json"] > done["tokenizer.done.json"]
+    smaller = {**CORPUS, "scale": {"smoke": {"max_documents": 30}}}  # a changed corpus: the tokenizer reads it,
+    run_recipe(load_recipe(str(write_recipe(tmp_path / "r.yaml", [smaller, tokenizer], table))), "smoke", out)
+    last = {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.done.json")}  # so it runs again too
+    assert last["corpus.done.json"] > after["corpus.done.json"]
+    assert last["tokenizer.done.json"] > after["tokenizer.done.json"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import shlex
@@ -49,9 +50,13 @@ def variables(recipe: Recipe, scale: str, out: Path, data_root) -> dict[str, str
     return {**{name: Template(value).safe_substitute(fixed) for name, value in own.items()}, **fixed}
 
 
+def stage_text(values: dict) -> str:
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
 def stage_file(out: Path, name: str, values: dict) -> tuple[Path, str]:
     """Write a stage's config, OUT/stages/NAME.yaml, where the stage reads it; returns (path, hash of its text)."""
-    text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+    text = stage_text(values)
     path = out / "stages" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -81,15 +86,20 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
     for stand_in in recipe.stand_ins.get(scale, []):
         print(f"  stand-in: {stand_in}")
     names = variables(recipe, scale, out, data_root)
+    # Every stage's config hash in recipe order, chosen or not: a stage whose inputs an earlier stage rewrote since
+    # it finished runs again (data flows one way, so what came before is what it may read).
+    digests = {s.name: hashlib.sha256(stage_text(s.values(scale, names)).encode()).hexdigest()
+               for s in recipe.stages_at(scale)}
     for number, stage in enumerate(chosen, 1):
         values = stage.values(scale, names)
         config_path, digest = stage_file(out, stage.name, values)
+        upstream = dict(itertools.takewhile(lambda item: item[0] != stage.name, digests.items()))
         check_stage(stage, config_path)
         line = shlex.join(["talelab", *command_line(stage, config_path, data_root)[3:]])
         print(f"\n== stage {number}/{len(chosen)} {stage.name}: {stage.note or stage.command}\n$ {line}", flush=True)
         if dry_run:
             continue
-        run_stage(stage, out, values, config_path, digest, data_root, names)
+        run_stage(stage, out, values, config_path, (digest, upstream), data_root, names)
     if dry_run:
         print(f"\ndry run: {len(chosen)} stage configs checked (written to {out / 'stages'})")
         return None
@@ -98,15 +108,22 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
     return report
 
 
-def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digest: str, data_root, names: dict) -> None:
+def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digests: tuple[str, dict], data_root,
+              names: dict) -> None:
+    """Run one stage unless it finished with this config after the stages before it had theirs (`digests`: its
+    config hash, and theirs by name)."""
+    digest, upstream = digests
     done_path = out / "stages" / f"{stage.name}.done.json"
     started_path = out / "stages" / f"{stage.name}.started"
     if done_path.exists():
         done = json.loads(done_path.read_text(encoding="utf-8"))
-        if done.get("config_sha256") == digest:
+        if done.get("config_sha256") != digest:
+            print("(its config changed since it finished: running it again)")
+        elif done.get("upstream", upstream) != upstream:  # (markers written before upstream was recorded: kept)
+            print("(an earlier stage's config changed since it finished: running it again)")
+        else:
             print(f"(finished earlier in {done['seconds']:.0f} s: skipped)")
             return
-        print("(its config changed since it finished: running it again)")
         done_path.unlink()
     elif started_path.exists() and stage.resume:
         print("(interrupted earlier: resuming)")
@@ -122,5 +139,6 @@ def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digest: 
                           f"{code}; finished stages are kept: run the recipe again after fixing it", code)
     seconds = time.monotonic() - began
     write_text_atomic(done_path, json.dumps({"config_sha256": digest, "seconds": round(seconds, 1),
-                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
+                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "upstream": upstream},
+                                            indent=2) + "\n")
     started_path.unlink(missing_ok=True)
