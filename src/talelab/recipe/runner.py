@@ -54,14 +54,19 @@ def stage_text(values: dict) -> str:
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
-def stage_file(out: Path, name: str, values: dict) -> tuple[Path, str]:
-    """Write a stage's config, OUT/stages/NAME.yaml, where the stage reads it; returns (path, hash of its text)."""
+def config_digest(values: dict) -> str:
+    """What a done marker remembers of a stage's config: the hash of the YAML it was run from."""
+    return hashlib.sha256(stage_text(values).encode()).hexdigest()
+
+
+def stage_file(out: Path, name: str, values: dict) -> Path:
+    """Write a stage's config, OUT/stages/NAME.yaml, where the stage reads it."""
     text = stage_text(values)
     path = out / "stages" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
-    return path, hashlib.sha256(text.encode()).hexdigest()
+    return path
 
 
 def command_line(stage: Stage, config_path: Path, data_root) -> list[str]:
@@ -88,18 +93,17 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
     names = variables(recipe, scale, out, data_root)
     # Every stage's config hash in recipe order, chosen or not: a stage whose inputs an earlier stage rewrote since
     # it finished runs again (data flows one way, so what came before is what it may read).
-    digests = {s.name: hashlib.sha256(stage_text(s.values(scale, names)).encode()).hexdigest()
-               for s in recipe.stages_at(scale)}
+    digests = {s.name: config_digest(s.values(scale, names)) for s in recipe.stages_at(scale)}
     for number, stage in enumerate(chosen, 1):
         values = stage.values(scale, names)
-        config_path, digest = stage_file(out, stage.name, values)
-        upstream = dict(itertools.takewhile(lambda item: item[0] != stage.name, digests.items()))
+        config_path = stage_file(out, stage.name, values)
         check_stage(stage, config_path)
         line = shlex.join(["talelab", *command_line(stage, config_path, data_root)[3:]])
         print(f"\n== stage {number}/{len(chosen)} {stage.name}: {stage.note or stage.command}\n$ {line}", flush=True)
         if dry_run:
             continue
-        run_stage(stage, out, values, config_path, (digest, upstream), data_root, names)
+        upstream = dict(itertools.takewhile(lambda item: item[0] != stage.name, digests.items()))
+        run_stage(stage, out, values, config_path, digests[stage.name], upstream, data_root, names)
     if dry_run:
         print(f"\ndry run: {len(chosen)} stage configs checked (written to {out / 'stages'})")
         return None
@@ -108,11 +112,10 @@ def run_recipe(recipe: Recipe, scale: str, out: str | os.PathLike, data_root=Non
     return report
 
 
-def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digests: tuple[str, dict], data_root,
-              names: dict) -> None:
-    """Run one stage unless it finished with this config after the stages before it had theirs (`digests`: its
-    config hash, and theirs by name)."""
-    digest, upstream = digests
+def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digest: str, upstream: dict[str, str],
+              data_root, names: dict) -> None:
+    """Run one stage unless it finished with this config (`digest`) when the stages before it had theirs
+    (`upstream`, by name)."""
     done_path = out / "stages" / f"{stage.name}.done.json"
     started_path = out / "stages" / f"{stage.name}.started"
     if done_path.exists():
@@ -128,7 +131,7 @@ def run_stage(stage: Stage, out: Path, values: dict, config_path: Path, digests:
     elif started_path.exists() and stage.resume:
         print("(interrupted earlier: resuming)")
         resume = substitute(stage.resume, names, f"stage '{stage.name}'")
-        config_path, _ = stage_file(out, f"{stage.name}.resume", {**values, **resume})
+        config_path = stage_file(out, f"{stage.name}.resume", {**values, **resume})
     write_text_atomic(started_path, time.strftime("%Y-%m-%d %H:%M:%S\n"))
     began = time.monotonic()
     code = subprocess.call(command_line(stage, config_path, data_root))
