@@ -78,6 +78,11 @@ def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished
     assert "done earlier" in said[0] and "training" in said[1]
     assert again[1]["tokens_seen"] == rows[1]["tokens_seen"] and again[1]["val_loss"] == rows[1]["val_loss"]
 
+    said = []  # another budget: neither reported nor resumed under settings it never had, but trained again
+    longer = sweep([], "d_model=32", "9k", out, common, base_preset="tiny", log=said.append)
+    assert "settings changed since it ran" in said[0] and "training" in said[1]
+    assert longer[0]["tokens_seen"] == 17 * 8 * 64 and (out / "superseded" / "tiny-d_model32" / "result.json").is_file()
+
 
 @pytest.mark.slow
 def test_a_time_budget_stops_each_run_by_the_clock(tmp_path, prepared, bpe_dir):
@@ -130,6 +135,9 @@ def test_a_grid_sweep_evaluates_every_run_plots_each_axis_and_redoes_nothing_whe
     assert {path: path.stat().st_mtime_ns for path in finished} == finished  # nothing trained or evaluated again
     said = capsys.readouterr().out
     assert said.count("done earlier") == 3 and "training" not in said and "evaluating" not in said
+    assert main([*command, "--eval-seed", "7"]) == 0  # other eval settings: every run evaluated again, none trained
+    said = capsys.readouterr().out
+    assert said.count("evaluating") == 3 and said.count("done earlier") == 3
 
     assert main([*command[:-2], "probes.accuracy.factuel"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

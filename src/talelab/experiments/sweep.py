@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -122,11 +123,11 @@ def configurations(preset: str | None, overrides: dict, train: dict):
     return build_train_configs(preset, overrides={"model": model, "train": train})
 
 
-def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common: dict, budget: dict) -> dict:
-    """Train one configuration in a child process (resuming it if it was interrupted); its result row."""
+def run_settings(run_dir: Path, preset: str | None, overrides: dict, common: dict, budget: dict) -> str:
+    """The YAML (RUN/sweep-config.yaml) that trains one configuration: model and train settings, the sweep's budget
+    in place of any the preset carries (the demo's tokens, a preset's minutes)."""
     model_config, train_config = configurations(preset, overrides, {**common, "out": str(run_dir), "progress": False})
     tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.context_length
-    # the sweep's budget replaces whatever budget the preset carries (the demo's tokens, a preset's minutes)
     if "max_tokens" in budget:
         train_config = dataclasses.replace(train_config, max_steps=token_steps(budget["max_tokens"], tokens_per_step),
                                            max_tokens=0, max_minutes=0.0)
@@ -134,10 +135,31 @@ def run_configuration(run_dir: Path, preset: str | None, overrides: dict, common
         train_config = dataclasses.replace(train_config, max_minutes=budget["max_minutes"], max_steps=10**9,
                                            max_tokens=0)
     train_config = dataclasses.replace(train_config, schedule_steps=train_config.max_steps)
+    return yaml.safe_dump({"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)})
+
+
+def set_aside_if_changed(run_dir: Path, settings: str, out: Path, log, step: str) -> None:
+    """A run made with other settings than these (a changed budget, preset or grid value) moves to
+    OUT/superseded/NAME, so that it is trained again from the start instead of being reported, or resumed, under
+    settings it never had. The previous superseded copy of that run is replaced."""
+    saved = run_dir / "sweep-config.yaml"
+    if saved.is_file() and saved.read_text(encoding="utf-8") != settings:
+        target = out / "superseded" / run_dir.name
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(exist_ok=True)
+        run_dir.rename(target)
+        log(f"{step}: its settings changed since it ran: training it again (the earlier run is in {target})")
+
+
+def run_configuration(run_dir: Path, settings: str) -> dict:
+    """Train one configuration (`settings`: run_settings' YAML) in a child process, resuming it if it was
+    interrupted; its result row."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "sweep-config.yaml"
-    config_file.write_text(yaml.safe_dump({"model": dataclasses.asdict(model_config),
-                                           "train": dataclasses.asdict(train_config)}), encoding="utf-8")
+    config_file.write_text(settings, encoding="utf-8")
+    values = yaml.safe_load(settings)
+    train = values["train"]
+    tokens_per_step = train["batch_size"] * train["grad_accum"] * values["model"]["context_length"]
     command = [sys.executable, "-m", "talelab", "train", "--config", str(config_file)]
     if (run_dir / "latest").is_file():
         command.append("--resume")
@@ -191,10 +213,14 @@ def eval_config(run_dir: Path, suites: str, settings: dict, device: str) -> Eval
         raise ConfigError(f"sweep run '{run_dir.name}': {e}") from None
 
 
-def finished_evaluation(run_dir: Path, suites: str) -> dict | None:
-    """The headline figures of RUN/eval/report.json when it holds every suite asked for and none failed; None when
-    the run is still to evaluate (never evaluated, a failed section, or fewer suites than now asked for)."""
+def finished_evaluation(config: EvalConfig, suites: str) -> dict | None:
+    """The headline figures of RUN/eval/report.json when it was made with these settings, holds every suite asked
+    for and none failed; None when the run is still to evaluate (never evaluated, other settings, a failed section,
+    or fewer suites than now asked for)."""
+    run_dir = Path(config.model)
     try:
+        if (run_dir / "eval-config.yaml").read_text(encoding="utf-8") != eval_settings_text(config):
+            return None
         report = json.loads((run_dir / "eval" / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
@@ -203,12 +229,16 @@ def finished_evaluation(run_dir: Path, suites: str) -> dict | None:
     return report["headline"] if complete and all(s.get("status") == "ok" for s in sections.values()) else None
 
 
+def eval_settings_text(config: EvalConfig) -> str:
+    return yaml.safe_dump(config_values(config), sort_keys=False)
+
+
 def evaluate_run(config: EvalConfig, data_root: str | None) -> dict:
     """Evaluate one trained run in a child process, exactly as `talelab [--data-root DIR] eval RUN --config
     RUN/eval-config.yaml` would (its output in RUN/eval.log); the report's headline figures."""
     run_dir = Path(config.model)
     config_file = run_dir / "eval-config.yaml"
-    config_file.write_text(yaml.safe_dump(config_values(config), sort_keys=False), encoding="utf-8")
+    config_file.write_text(eval_settings_text(config), encoding="utf-8")
     root = ["--data-root", str(data_root)] if data_root else []
     run_child([sys.executable, "-m", "talelab", *root, "eval", str(run_dir), "--config", str(config_file)],
               run_dir / "eval.log", "evaluation")
@@ -235,19 +265,21 @@ def sweep(presets: list[str], grid: str | None, budget: str, out: str | Path, co
     rows = []
     for i, (name, preset, overrides) in enumerate(runs, start=1):
         step, run_dir = f"[{i}/{len(runs)}] {name}", out / name
+        settings = run_settings(run_dir, preset, overrides, common, limits)
+        set_aside_if_changed(run_dir, settings, out, log, step)
         done = run_dir / "result.json"
         worked = not done.is_file()
         if worked:
             log(f"{step}: training ({budget})")
-            row = run_configuration(run_dir, preset, overrides, common, limits)
+            row = run_configuration(run_dir, settings)
             done.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
             log(f"{step}: val loss {row['val_loss']}, {row['val_bpb']} bits per byte, {row['parameters']:,} "
                 f"parameters, {row['tokens_per_s']:,} tokens/s")
-        else:  # finished in an earlier session: never redone
+        else:  # finished in an earlier session with these settings: not redone
             row = json.loads(done.read_text(encoding="utf-8"))
             log(f"{step}: done earlier")
         if name in evaluations:
-            figures = finished_evaluation(run_dir, eval_suites)
+            figures = finished_evaluation(evaluations[name], eval_suites)
             if figures is None:
                 log(f"{step}: evaluating ({eval_suites})")
                 figures = evaluate_run(evaluations[name], data_root)
