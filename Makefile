@@ -18,10 +18,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(OFFLINE) $(BIN)/talelab demo
 
-# Two workers: tests run torch on one thread (tests/conftest.py), so one process leaves a core idle. A file's
-# tests stay on one worker (--dist loadfile), so each module's fixtures are built once.
 test: install
-	$(OFFLINE) HF_HOME=$${HF_HOME:-$$(mktemp -d)} $(BIN)/python -m pytest -n 2 --dist loadfile
+	$(OFFLINE) HF_HOME=$${HF_HOME:-$$(mktemp -d)} $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
