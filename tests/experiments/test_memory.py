@@ -15,6 +15,16 @@ def test_memory_table_reports_peaks_and_oom_instead_of_crashing(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_cell_is_the_child_s_own_peak_even_from_a_larger_parent(tmp_path):
+    """Measured from a process holding 1.5 GB (a notebook, a long test session), the tiny model's cell is its own
+    peak: ru_maxrss would have reported the parent's."""
+    ballast = b"\x01" * (1536 * 2**20)  # touched pages: resident
+    (row,) = memory_table(["tiny"], [2], vocab_size=2048, device="cpu", dtype="float32", out=tmp_path,
+                          log=lambda *_: None)
+    assert len(ballast) and 100 < float(row["2"].replace(",", "")) < 1536
+
+
+@pytest.mark.slow
 def test_a_grid_over_families_measures_each_configuration_of_the_base_preset(tmp_path, capsys):
     assert main(["memory", "--grid", "family=transformer,compressor", "--base-preset", "tiny", "--batch-sizes",
                  "2,4", "--out", str(tmp_path)]) == 0

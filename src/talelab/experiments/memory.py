@@ -2,11 +2,11 @@
 
 Rows are presets and/or a grid over any model or training key (families, widths, depths), planned and checked as
 `talelab sweep` plans them. Each cell runs in a fresh child process (`python -m talelab.experiments.memory RUN
-BATCH ...`, RUN being the row's preset and overrides as JSON), so one cell's
-memory never inflates another's and an out-of-memory failure is a table entry, not a crash. CPU cells report the
-child's peak resident memory; CUDA cells report torch.cuda.max_memory_allocated / max_memory_reserved (what the
-caching allocator took from the GPU). --memory-limit-gb caps the child's address space on the CPU and the caching
-allocator's share of the GPU on CUDA.
+BATCH ...`, RUN being the row's preset and overrides as JSON), so one cell's memory never inflates another's and an
+out-of-memory failure is a table entry, not a crash. CPU cells report the child's own peak resident memory (VmHWM);
+CUDA cells report torch.cuda.max_memory_allocated / max_memory_reserved (what the caching allocator took from the
+GPU). --memory-limit-gb caps the child's address space on the CPU and the caching allocator's share of the GPU on
+CUDA.
 """
 
 from __future__ import annotations
@@ -43,10 +43,22 @@ def measure_in_this_process(run: dict, batch_size: int, vocab_size: int, device:
         train_step(model, model, optimizer, scaler, autocast_context(device, dtype), config,
                    lambda: (tokens[:, :-1], tokens[:, 1:]))
     cuda = device.type == "cuda"
-    return {"parameters": model.num_parameters(),
+    return {"parameters": model.num_parameters(), "rss_peak_mb": own_peak_rss_mb(),
             "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
             # what the caching allocator held: the memory the process really took from the GPU
             "cuda_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None}
+
+
+def own_peak_rss_mb() -> float | None:
+    """This process's own peak resident memory: VmHWM of /proc/self/status (None where there is none, off Linux).
+    The parent's wait4 cannot give it: Linux carries the peak of the process that forked the child over into the
+    child's ru_maxrss, so a child of a larger process reports the parent's size (2,194 MB for the tiny model when
+    the test process had grown to that)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
 
 
 def measure(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str, memory_limit_gb: float = 0) -> str:
@@ -65,7 +77,7 @@ def measure(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str
     result = json.loads(out.strip().splitlines()[-1])
     if result["cuda_peak_mb"] is not None:
         return f"{result['cuda_peak_mb']:,.0f} / {result['cuda_reserved_mb']:,.0f}"
-    return f"{usage.ru_maxrss / 1024:,.0f}"
+    return f"{result['rss_peak_mb'] or usage.ru_maxrss / 1024:,.0f}"
 
 
 def memory_table(presets: list[str], batch_sizes: list[int], vocab_size: int, device: str, dtype: str, out: str,
