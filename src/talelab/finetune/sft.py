@@ -286,6 +286,7 @@ def held_out_figures(trainer, note, when: str) -> dict:
     loss = sum(nll) / max(sum(tokens), 1)
     figures = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                "mean_example_perplexity": mean_perplexity(nll, tokens)}
+    trainer.log({"eval_loss": loss})  # the point at this step of the held-out curve (metrics.jsonl, trackers)
     note(f"held-out loss {when}: {loss:.4f} (perplexity {figures['perplexity']:.2f}; mean per-example perplexity "
          f"{figures['mean_example_perplexity']:.2f})")
     return figures
