@@ -161,7 +161,8 @@ def fast_decoder(model, dtype: str = "float32", compile: bool = False):
 
         def frozen_forward(*args, **kwargs):
             # Dynamo reads Inductor's `freezing` when it traces (first call, recompiles): without it on then, the
-            # weights become graph inputs and nothing is frozen or pre-packed (the 4-row bf16 step at the 15m shape: 4.2 ms, not 2.8).
+            # weights become graph inputs and nothing is frozen or pre-packed (the 4-row bf16 step at the 15m
+            # shape: 4.2 ms, not 2.8).
             with inductor_config.patch(freezing=True):
                 return compiled(*args, **kwargs)
 

@@ -321,9 +321,9 @@ class Transformer(nn.Module):
 
         `start` is the cache slot of idx[:, 0]. Left-padded batches of different lengths pass `positions` (B, T),
         each row's own token positions, and `key_mask` (B, start + T), True where a cache slot holds a real token.
-        Rows at different places (continuous batching, talelab.decoding_batch.DecodingBatch) pass one token each, `start`
-        as a tensor (B,) of each row's own slot for it (by default also its position), and `key_mask` (B, S): the
-        slots each row's token sees, its own included; the cache may hold more rows, which are left alone.
+        Rows at different places (continuous batching, talelab.decoding_batch.DecodingBatch) pass one token each,
+        `start` as a tensor (B,) of each row's own slot for it (by default also its position), and `key_mask` (B, S):
+        the slots each row's token sees, its own included; the cache may hold more rows, which are left alone.
         """
         B, T = idx.shape
         per_row = isinstance(start, torch.Tensor)
