@@ -154,12 +154,17 @@ class DecodingBatch:
         """`static`: left-padded rows that join only an empty batch, for talelab's Transformer too (the static
         batching that `talelab serve` had, kept for the load benchmark's comparison)."""
         self.model, self.capacity = model, capacity
-        self.joinable = not static and model.config.family == "transformer"
-        self.layout = (SlotCache if self.joinable else PaddedRows)(model, capacity)
+        layout = SlotCache if not static and model.config.family == "transformer" else PaddedRows
+        self.layout = layout(model, capacity)
         self.rows: list[Row | None] = [None] * capacity
         self.device = next(model.parameters()).device
         self.fed = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's latest token
         self.logits = self.present = None  # (capacity, vocab): next-token logits in fp32, tokens present so far
+
+    @property
+    def joinable(self) -> bool:
+        """Whether rows may join while others are being written (the layout's slot per row and position)."""
+        return self.layout.joinable
 
     @property
     def live_rows(self) -> int:
