@@ -1,14 +1,15 @@
 """Training tokens/s: talelab's training step against a plain eager PyTorch reference, measured side by side.
 
 Shapes: `small` (issue 2 and issue 8's goal 1): d_model 128, 4 layers, 4 heads, context 256, batch 32, vocab 4096;
-`15m` (llama2.c's 15M shape): d_model 288, 6 layers, 6 heads, context 256, batch 8, vocab 32000. 2 threads.
+`15m` (llama2.c's 15M shape): d_model 288, 6 layers, 6 heads, context 256, batch 8, vocab 32000; `demo` (the
+`demo` preset's step): d_model 192, 6 layers, 6 heads, context 256, batch 16, vocab 2048. 2 threads.
 The reference is the loop a user would write from nanoGPT: LayerNorm, fused qkv, SDPA, GELU MLP, AdamW, fp32.
 talelab runs its own `train_step` (the one `talelab train` uses, gradient clipping included) in fp32 and with bf16
 autocast, both on the reference's GPT-2 architecture (learned positions, LayerNorm, GELU, biases) and on talelab's
 default Llama architecture (RoPE, RMSNorm, SwiGLU), whose extra elementwise kernels cost time on a CPU. Rounds
 alternate so that machine noise hits every contender alike; the figure is the median over rounds.
 
-    python benchmarks/train_throughput.py [--shape small|15m] [--rounds 5] [--steps 6]
+    python benchmarks/train_throughput.py [--shape small|15m|demo] [--rounds 5] [--steps 6]
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from talelab.config import ModelConfig, TrainConfig
 from talelab.models.transformer import Transformer
 from talelab.devices import autocast_context
 from talelab.train.loop import train_step
-from talelab.train.optim import make_optimizer
+from talelab.train.optim import make_optimizers
 
 SHAPES = {"small": dict(d_model=128, layers=4, heads=4, context=256, batch=32, vocab=4096),
-          "15m": dict(d_model=288, layers=6, heads=6, context=256, batch=8, vocab=32000)}
+          "15m": dict(d_model=288, layers=6, heads=6, context=256, batch=8, vocab=32000),
+          "demo": dict(d_model=192, layers=6, heads=6, context=256, batch=16, vocab=2048)}
 
 
 class ReferenceBlock(nn.Module):
@@ -87,14 +89,14 @@ def talelab_contender(shape: dict, dtype: str, compile: bool = False, **architec
     model = Transformer(ModelConfig(vocab_size=shape["vocab"], d_model=shape["d_model"], n_layers=shape["layers"],
                                     n_heads=shape["heads"], context_length=shape["context"], **architecture)).train()
     device = torch.device("cpu")
-    optimizer = make_optimizer(model, config, device)
+    optimizers = make_optimizers(model, config, device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     autocast = autocast_context(device, dtype)
 
     forward = torch.compile(model) if compile else model  # as `talelab train --compile` wraps it
 
     def step(x, y):
-        train_step(forward, model, optimizer, scaler, autocast, config, lambda: (x, y))
+        train_step(forward, model, optimizers, scaler, autocast, config, lambda: (x, y))
 
     return step
 

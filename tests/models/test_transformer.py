@@ -4,7 +4,7 @@ import torch
 from talelab.config import ModelConfig
 from talelab.presets import PRESETS
 from talelab.errors import ConfigError, MismatchError
-from talelab.models.transformer import KVCache, Transformer, attend, cross_entropy
+from talelab.models.transformer import KVCache, Transformer, attend, cross_entropy, trains_faster_in_fp32
 
 VARIANTS = [
     dict(positions="rope", norm="rmsnorm", norm_position="pre", activation="swiglu"),
@@ -193,6 +193,38 @@ def test_grouped_keys_repeated_to_every_head_attend_as_the_grouped_kernel_does(c
                                                              is_causal=causal)
     assert torch.allclose(grouped[:, 3:4], alone, atol=1e-6)
 
+
+
+def test_bf16_training_attention_runs_in_fp32_on_the_cpu_and_returns_bf16_values_and_gradients():
+    """A bf16 training step differentiates CPU attention in fp32 (twice as fast at small head sizes): the result and
+    the gradients come back in bf16, equal to fp32 attention rounded once, and closer to it than all-bf16 attention."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 32) for _ in range(3))
+
+    def run(dtype, autocast):
+        leaves = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = attend(*leaves, None, True, 0.0)
+        y.float().pow(2).sum().backward()
+        return y, [t.grad for t in leaves]
+
+    exact, exact_grads = run(torch.float32, False)
+    ours, our_grads = run(torch.bfloat16, True)
+    assert ours.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in our_grads)
+    assert torch.equal(ours, attend(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), None, True,
+                                    0.0).bfloat16())
+    for mine, truth in zip(our_grads, exact_grads):
+        assert torch.allclose(mine.float(), truth, rtol=0.02, atol=0.02)
+
+    bf16 = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    assert trains_faster_in_fp32(*bf16[:2])
+    assert not trains_faster_in_fp32(*(t.detach() for t in bf16[:2]))  # decoding: the bf16 forward is faster
+    with torch.no_grad():
+        assert not trains_faster_in_fp32(*bf16[:2])
+    wide = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16, requires_grad=True)
+    assert not trains_faster_in_fp32(wide, wide)  # from head size 64 the bf16 kernel is faster
+    long_keys = torch.randn(1, 2, 1024, 32, dtype=torch.bfloat16)
+    assert not trains_faster_in_fp32(bf16[0], long_keys)
 
 @pytest.mark.slow
 def test_sinusoidal_positions_leave_the_tokens_heard(tiny_configs, tmp_path):
