@@ -219,6 +219,13 @@ class TrainConfig(Settings):
     weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on norms, biases or embeddings)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
+    optimizer: str = option("adamw", "adamw for every weight; muon: Muon (torch.optim.Muon: momentum orthogonalised "
+                            "by Newton-Schulz) for the hidden matrices, AdamW at --lr for embeddings, output layer, "
+                            "norms and biases", ("adamw", "muon"))
+    muon_lr: float = option(0.02, "Muon's peak learning rate (its updates are orthogonal matrices, so it lives on "
+                            "another scale than AdamW's); the schedule shapes it as it shapes --lr")
+    muon_momentum: float = option(0.95, "Muon's momentum (Nesterov)")
+    muon_weight_decay: float = option(0.0, "Muon's decoupled weight decay (multiplied by its learning rate)")
     grad_clip: float = option(1.0, "clip the gradient norm to this; 0 disables")
     log_interval: int = option(10, "record the training loss every this many steps")
     eval_interval: int = option(200, "evaluate every this many steps (and at the end)")
@@ -241,7 +248,10 @@ class TrainConfig(Settings):
                              (self.max_tokens >= 0, f"max_tokens: {self.max_tokens} is negative (0 lets max_steps "
                                                     f"decide)"),
                              (not (self.epochs and self.max_tokens), "give epochs or max_tokens, not both: each "
-                                                                     "sets the number of steps")])
+                                                                     "sets the number of steps"),
+                             (not (self.optimizer == "muon" and self.fsdp), "optimizer muon: Newton-Schulz needs "
+                                                                            "whole matrices, not FSDP's shards "
+                                                                            "(drop --fsdp, or use adamw)")])
         require_package(self.report_to)
 
 

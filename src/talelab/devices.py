@@ -54,3 +54,25 @@ def autocast_context(device: torch.device, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for `device`, or None when it can: on the CPU TorchInductor writes C++
+    and needs a compiler (g++ or clang++, or $CXX), which laptops often lack; without one the first compiled step
+    would end in a page of Inductor traceback."""
+    if device.type != "cpu":
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler  # torch's own search ($CXX, then g++, clang++)
+
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001  (a missing compiler, or a torch without this private helper)
+        return f"torch.compile on the CPU needs a C++ compiler (g++ or clang++, or set CXX): {str(e).splitlines()[0]}"
+    return None
+
+
+def check_compiler(device: torch.device, option: str = "compile") -> None:
+    """A one-line error instead of Inductor's traceback when `option` asks to compile and no compiler is there."""
+    missing = missing_compiler(device)
+    if missing:
+        raise ConfigError(f"{option}: {missing}; install one or turn {option} off")

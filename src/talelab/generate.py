@@ -16,7 +16,7 @@ import torch
 import torch._inductor.config as inductor_config
 
 from talelab.config import DecodeConfig, SamplingConfig
-from talelab.devices import decoding_dtype, pick_device
+from talelab.devices import check_compiler, decoding_dtype, pick_device
 from talelab.errors import MismatchError
 from talelab.models.quantize import quantize_int8
 from talelab.models.storage import load_model
@@ -130,6 +130,8 @@ def load_decoder(path, decode: DecodeConfig, **options):
     `options` go to load_model (tokenizer_path; Hugging Face attn_implementation)."""
     device = pick_device(decode.device)
     dtype = decoding_dtype(decode.dtype, device)
+    if decode.compile:
+        check_compiler(device)
     model, tokenizer, raw = load_model(path, device=device, **options)
     if dtype != "float32" or decode.compile:
         model = fast_decoder(model, dtype=dtype, compile=decode.compile)

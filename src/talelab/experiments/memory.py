@@ -24,7 +24,7 @@ from talelab.errors import TalelabError
 from talelab.experiments.sweep import configurations, plan_runs
 from talelab.models import build_model
 from talelab.train.loop import train_step
-from talelab.train.optim import make_optimizer
+from talelab.train.optim import make_optimizers
 
 STEPS = 2  # the second step has the optimizer's moments allocated: the steady-state peak
 
@@ -36,11 +36,11 @@ def measure_in_this_process(run: dict, batch_size: int, vocab_size: int, device:
                                           {"batch_size": batch_size, "dtype": dtype})
     device = torch.device(device)
     model = build_model(model_config).to(device).train()
-    optimizer = make_optimizer(model, config, device)
+    optimizers = make_optimizers(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
     tokens = torch.randint(0, vocab_size, (batch_size, model_config.context_length + 1), device=device)
     for _ in range(STEPS):
-        train_step(model, model, optimizer, scaler, autocast_context(device, dtype), config,
+        train_step(model, model, optimizers, scaler, autocast_context(device, dtype), config,
                    lambda: (tokens[:, :-1], tokens[:, 1:]))
     cuda = device.type == "cuda"
     return {"parameters": model.num_parameters(), "rss_peak_mb": own_peak_rss_mb(),

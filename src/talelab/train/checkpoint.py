@@ -80,7 +80,7 @@ class TrainerState:
     """What decides what training does next, all of it in every checkpoint: weights, optimizer moments, grad scaler,
     the data generator's position, step and elapsed time (and each rank's RNG streams, read when saving)."""
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]  # AdamW, and Muon when configured
     scaler: torch.amp.GradScaler
     data_rng: torch.Generator
     step: int = 0
@@ -91,7 +91,7 @@ def resume_from(state: TrainerState, checkpoint: Path, seed: int, ranks: Ranks) 
     """Put `state` (its model already holding the checkpoint's weights) and every rank's RNG streams where the
     checkpoint left them."""
     saved = load_trainer_state(checkpoint)
-    load_optimizer_state(state.model, state.optimizer, saved["optimizer"])
+    load_optimizer_state(state.model, state.optimizers, saved["optimizer"])
     state.scaler.load_state_dict(saved["scaler"])
     state.data_rng.set_state(saved["data_rng"])
     state.step, state.elapsed = saved["step"], saved["elapsed"]
@@ -103,7 +103,7 @@ def save_resumable(state: TrainerState, run_dir: Path, ranks: Ranks, tokenizer, 
     and returns the checkpoint, the others None."""
     if not all_finite(state.model, ranks):  # never publish a broken checkpoint
         raise diverged(run_dir, f"weights stopped being finite by step {state.step}")
-    weights, optimizer_state = gathered_state(state.model, state.optimizer)
+    weights, optimizer_state = gathered_state(state.model, state.optimizers)
     rngs = rank_rng_states(ranks)
     if not ranks.is_main:
         return None

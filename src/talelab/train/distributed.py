@@ -196,7 +196,7 @@ def all_finite(model: torch.nn.Module, ranks: Ranks) -> bool:
     return float(ranks.mean(torch.tensor(float(local), device=ranks.device))) == 1.0
 
 
-def gathered_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict]:
+def gathered_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> tuple[dict | None, dict]:
     """The optimizer state, and under FSDP the weights, as whole tensors keyed by parameter name, on rank 0 (empty
     on other ranks). The layout is the same for a plain, DDP or FSDP model on any number of ranks, which is what
     lets a checkpoint resume on any world size. Every rank must call it: under FSDP gathering is a collective."""
@@ -207,14 +207,14 @@ def gathered_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
     weights = get_model_state_dict(model, options=options) if is_sharded(model) else None
-    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+    return weights, get_optimizer_state_dict(model, optimizers, options=options)
 
 
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def load_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], state: dict) -> None:
     """Load a whole optimizer state (as gathered_state writes it); under FSDP each rank keeps its own slices."""
     if all(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
-        optimizer.load_state_dict(state)  # a checkpoint from before named optimizer states, one process only
+        optimizers[0].load_state_dict(state)  # a checkpoint from before named optimizer states (AdamW alone)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # deferred: as above
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))

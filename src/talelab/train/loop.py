@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from talelab.config import ModelConfig, TrainConfig
 from talelab.data.shards import Shard, load_shard, pretokenize
-from talelab.devices import autocast_context, pick_device, training_dtype
+from talelab.devices import autocast_context, check_compiler, pick_device, training_dtype
 from talelab.errors import InputError, MismatchError
 from talelab.models import build_model
 from talelab.models.storage import check_vocabulary, load_weights, read_config
@@ -32,7 +32,7 @@ from talelab.train.checkpoint import (TrainerState, checkpoint_to_resume, diverg
 from talelab.train.distributed import Ranks, gradient_sync, held_parameters, is_sharded, join, leave, seed_rank, wrap
 from talelab.train.metrics import Metrics, fixed_windows, windowed_loss
 from talelab.train.objectives import next_token_loss
-from talelab.train.optim import lr_multiplier, make_optimizer
+from talelab.train.optim import lr_multiplier, make_optimizers, set_learning_rates
 
 
 def epoch_steps(epochs: float, num_tokens: int, tokens_per_step: int) -> int:
@@ -91,6 +91,8 @@ def set_up(model_config: ModelConfig, config: TrainConfig, resume: bool, log) ->
         torch.set_num_threads(config.threads)
     ranks = join(pick_device(config.device))
     device = ranks.device
+    if config.compile:
+        check_compiler(device)
     ranks.rows(config.batch_size)  # refuses a batch the processes cannot share equally before any work is done
     config = dataclasses.replace(config, dtype=training_dtype(config.dtype, device))  # the run records what it used
     autocast = autocast_context(device, config.dtype)
@@ -122,7 +124,7 @@ def set_up(model_config: ModelConfig, config: TrainConfig, resume: bool, log) ->
     parameters = model.num_parameters()
     # under FSDP `model` itself is sharded here, so the optimizer is made afterwards, over this rank's slices
     forward = wrap(model, ranks, fsdp=config.fsdp, compile=config.compile, dtype=config.dtype)
-    state = TrainerState(model, make_optimizer(model, config, device),
+    state = TrainerState(model, make_optimizers(model, config, device),
                          torch.amp.GradScaler(device.type, enabled=config.dtype == "float16"),
                          torch.Generator().manual_seed(config.seed))
     if checkpoint is not None:
@@ -178,7 +180,7 @@ def progress_bar(run: Run) -> tqdm:
                 bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]")
 
 
-def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig, next_batch,
+def train_step(forward, model, optimizers, scaler, autocast, config: TrainConfig, next_batch,
                average=lambda loss: loss, objective=next_token_loss) -> torch.Tensor:
     """One optimizer step over `grad_accum` micro-batches; the mean loss (`average`d over processes) as a tensor on
     the device. Reading it waits for the device to finish the step, so the loop reads it only when it logs; a
@@ -192,11 +194,14 @@ def train_step(forward, model, optimizer, scaler, autocast, config: TrainConfig,
             scaler.scale(loss / config.grad_accum).backward()
         loss_sum = loss_sum + loss.detach()
     if config.grad_clip:
-        scaler.unscale_(optimizer)
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    scaler.step(optimizer)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     return average(loss_sum) / config.grad_accum
 
 
@@ -214,10 +219,8 @@ def run_steps(run: Run, metrics: Metrics) -> Path | None:
     while state.step < config.max_steps and not (max_seconds and state.elapsed >= max_seconds):
         started = time.perf_counter()
         progress = max(state.step / schedule_steps, state.elapsed / max_seconds if max_seconds else 0.0)
-        lr = config.lr * lr_multiplier(state.step, progress, config)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
-        loss = train_step(run.forward, state.model, state.optimizer, state.scaler, run.autocast, config, next_batch,
+        lr = set_learning_rates(state.optimizers, lr_multiplier(state.step, progress, config), config)
+        loss = train_step(run.forward, state.model, state.optimizers, state.scaler, run.autocast, config, next_batch,
                           ranks.mean, objective)
         state.step += 1
         # the budget and the schedule run on one clock for all ranks: on its own clock each rank would stop at a
