@@ -4,7 +4,7 @@ import pytest
 from safetensors.torch import load_file
 
 from talelab.config import build_train_configs
-from talelab.demo import run_demo
+from talelab.demo import demo_train_overrides, run_demo
 from talelab.presets import PRESETS
 from talelab.train.loop import train
 
@@ -37,8 +37,19 @@ def test_two_demo_preset_runs_with_one_seed_give_identical_weights(tmp_path, pre
     for run in ("first", "second"):
         model_config, config = build_train_configs("demo", overrides={"train": {
             "data": str(prepared), "tokenizer": str(bpe_dir), "out": str(tmp_path / run), "progress": False,
-            "device": "cpu", "max_tokens": 3 * 16 * 256, "eval_interval": 3, "checkpoint_interval": 3}})
+            "device": "cpu", "max_tokens": 3 * 16 * 256, "eval_interval": 3, "checkpoint_interval": 3,
+            "compile": False}})  # the budget is the subject; test_demo_runs_every_stage... trains compiled
         assert train(model_config, config, log=lambda *_: None)["step"] == 3
         weights.append(load_file(str(tmp_path / run / "checkpoints" / "step-00000003" / "model.safetensors")))
     first, second = weights
     assert first.keys() == second.keys() and all(first[k].equal(second[k]) for k in first)
+
+
+def test_the_demo_trains_compiled_and_without_a_compiler_says_so_and_trains_eager(tmp_path, monkeypatch, capsys):
+    import torch._inductor.config
+
+    assert PRESETS["demo"]["train"]["compile"] and "compile" not in demo_train_overrides(tmp_path)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))  # a laptop without g++
+    assert demo_train_overrides(tmp_path)["compile"] is False
+    assert "torch.compile on the CPU needs a C++ compiler" in capsys.readouterr().out

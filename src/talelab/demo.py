@@ -16,6 +16,7 @@ from talelab import paths
 from talelab.config import PrepareConfig, SamplingConfig, TokenizerConfig, build_train_configs
 from talelab.data.prepare import prepare
 from talelab.data.shards import pretokenize
+from talelab.devices import missing_compiler, pick_device
 from talelab.errors import InputError
 from talelab.evaluate.likelihood import reference_pieces, score_documents
 from talelab.generate import generate_text
@@ -65,6 +66,10 @@ def demo_train_overrides(out: Path, minutes: float | None = None) -> dict:
     """The `demo` preset's training fields that point at what prepare_demo_data wrote; `minutes` replaces the
     preset's token budget with a time budget (the model then follows the machine's speed)."""
     overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
+    missing = missing_compiler(pick_device("auto"))
+    if missing:  # the preset compiles; without a compiler the same model trains, more slowly
+        print(f"({missing}. Training without torch.compile: the same model, about 1.3x slower.)")
+        overrides["compile"] = False
     if minutes is not None:
         overrides.update(max_minutes=minutes, max_tokens=0, max_steps=10**9)
     return overrides

@@ -32,13 +32,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2,
                       checkpoint_interval=10),
     },
-    # the CPU run of `talelab demo`: a budget of tokens, not minutes, so every machine trains the same model
-    # (1,200 steps of 16 x 256 tokens: about 8 minutes on 2 CPU cores at the 10k tokens/s they reach)
+    # the CPU run of `talelab demo`: a budget of tokens, not minutes, so every machine trains the same model.
+    # 1,800 steps of 16 x 256 tokens, compiled, in the time the earlier 1,200 eager steps took: fp32 attention
+    # backward and compile made a step 1.5-1.6x faster (benchmarks/RESULTS.md, "Time to quality, round two", where
+    # 2,000 steps, lr 3e-3 and Muon were tried too)
     "demo": {
         "model": dict(d_model=192, n_layers=6, n_heads=6, context_length=256, dropout=0.0),
-        "train": dict(max_tokens=4_915_200, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
-                      decay_fraction=0.3, min_lr_ratio=0.05, weight_decay=0.1, eval_interval=100, eval_batches=4,
-                      checkpoint_interval=200, dtype="bfloat16"),
+        "train": dict(max_tokens=7_372_800, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
+                      decay_fraction=0.5, min_lr_ratio=0.0, weight_decay=0.1, eval_interval=100, eval_batches=4,
+                      checkpoint_interval=200, dtype="bfloat16", compile=True),
     },
     # seed 002's transformer table (word-level vocabulary of 2,048): shape, then lr, StepLR step size and gamma
     "ts-1m": seed_row(seed_transformer(128, 8, 3, 355, 0.08, "rope", "post"), 0.004902, 5000, 0.7997),
