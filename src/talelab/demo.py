@@ -67,8 +67,8 @@ def demo_train_overrides(out: Path, minutes: float | None = None) -> dict:
     preset's token budget with a time budget (the model then follows the machine's speed)."""
     overrides = {"data": str(out / "prepared"), "tokenizer": str(out / "tokenizer"), "out": str(out / "model")}
     missing = missing_compiler(pick_device("auto"))
-    if missing:  # the preset compiles; without a compiler the same model trains, more slowly
-        print(f"({missing}. Training without torch.compile: the same model, about 1.3x slower.)")
+    if missing:  # the preset compiles; without a compiler the same recipe trains eagerly, more slowly
+        print(f"({missing}. Training without torch.compile: the same recipe, about 1.4x slower.)")
         overrides["compile"] = False
     if minutes is not None:
         overrides.update(max_minutes=minutes, max_tokens=0, max_steps=10**9)

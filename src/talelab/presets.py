@@ -34,8 +34,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # the CPU run of `talelab demo`: a budget of tokens, not minutes, so every machine trains the same model.
     # 1,800 steps of 16 x 256 tokens, compiled, in the time the earlier 1,200 eager steps took: fp32 attention
-    # backward and compile made a step 1.5-1.6x faster (benchmarks/RESULTS.md, "Time to quality, round two", where
-    # 2,000 steps, lr 3e-3 and Muon were tried too)
+    # backward and compile made a step 1.5-1.6x faster (benchmarks/RESULTS.md, issue 19's "Goal 4, time to quality",
+    # where 2,000 steps, lr 3e-3 and Muon were tried too)
     "demo": {
         "model": dict(d_model=192, n_layers=6, n_heads=6, context_length=256, dropout=0.0),
         "train": dict(max_tokens=7_372_800, batch_size=16, lr=2e-3, warmup_steps=50, schedule="wsd",
