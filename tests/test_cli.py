@@ -180,16 +180,17 @@ def test_resume_without_a_run_names_the_directory(capsys, tmp_path):
     one_line_error(capsys, "train", "--out", tmp_path / "nothing", "--resume", contains=["nothing", "resume"])
 
 
-def test_compiling_without_a_cpp_compiler_is_one_line_naming_what_to_install(capsys, monkeypatch, tmp_path,
-                                                                               prepared, bpe_dir, tiny_run):
+def test_compiling_without_a_cpp_compiler_is_one_line_naming_what_to_install(capsys, tmp_path, prepared, bpe_dir,
+                                                                               tiny_run):
     """A laptop without g++ asked to compile (the demo preset does): one line before any work, not Inductor's
     traceback at the first step."""
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))  # what CXX=/nonexistent/c++ sets
-    for argv in (("train", "--preset", "tiny", "--data", prepared, "--tokenizer", bpe_dir, "--out", tmp_path / "run",
-                  "--device", "cpu", "--compile"),
-                 ("generate", "--model", tiny_run, "--compile", "--max-new-tokens", 4)):
-        one_line_error(capsys, *argv, code=2, contains=("compile: torch.compile on the CPU needs a C++ compiler",
-                                                        "/nonexistent/c++"))
+    # what CXX=/nonexistent/c++ sets; torch's own patch (pytest's monkeypatch deletes the key when undoing it)
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        for argv in (("train", "--preset", "tiny", "--data", prepared, "--tokenizer", bpe_dir, "--out",
+                      tmp_path / "run", "--device", "cpu", "--compile"),
+                     ("generate", "--model", tiny_run, "--compile", "--max-new-tokens", 4)):
+            one_line_error(capsys, *argv, code=2, contains=("compile: torch.compile on the CPU needs a C++ compiler",
+                                                            "/nonexistent/c++"))
     assert not (tmp_path / "run").exists()

@@ -45,11 +45,11 @@ def test_two_demo_preset_runs_with_one_seed_give_identical_weights(tmp_path, pre
     assert first.keys() == second.keys() and all(first[k].equal(second[k]) for k in first)
 
 
-def test_the_demo_trains_compiled_and_without_a_compiler_says_so_and_trains_eager(tmp_path, monkeypatch, capsys):
+def test_the_demo_trains_compiled_and_without_a_compiler_says_so_and_trains_eager(tmp_path, capsys):
     import torch._inductor.config
 
     assert PRESETS["demo"]["train"]["compile"] and "compile" not in demo_train_overrides(tmp_path)
     assert capsys.readouterr().out == ""
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))  # a laptop without g++
-    assert demo_train_overrides(tmp_path)["compile"] is False
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)}):  # a laptop without g++
+        assert demo_train_overrides(tmp_path)["compile"] is False
     assert "torch.compile on the CPU needs a C++ compiler" in capsys.readouterr().out
