@@ -6,7 +6,7 @@ pieces, BOS + piece) and prints the curve beside the bar: Karpathy's stories260K
 curve.md and curve.png into `--out`.
 
     python benchmarks/time_to_quality.py [--out runs/time-to-quality] [--minutes 7.5] [--every 100]
-        [--train compile=false --train max_tokens=4915200 --label "old recipe"] [--compare OLD/curve.json]
+        [--change compile=false --change max_tokens=4915200 --label "old recipe"] [--compare OLD/curve.json]
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from talelab import paths
-from talelab.config import build_train_configs
 from talelab.demo import demo_train_overrides, prepare_demo_data, stories260k
 from talelab.evaluate.likelihood import reference_pieces, score_documents
+from talelab.experiments.sweep import configurations, parse_grid
 from talelab.models.storage import load_model
 from talelab.plots import validation_loss_curves
 from talelab.train.loop import train
@@ -32,16 +32,14 @@ from talelab.train.loop import train
 from machine import cpu_name  # benchmarks/machine.py: run as a script, this folder is on sys.path
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """`--train key=value` pairs as preset overrides (values read as JSON when they parse: numbers, true/false)."""
-    overrides = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
+def preset_changes(pairs: list[str]) -> dict:
+    """`--change key=value` pairs, checked and typed as `talelab sweep --grid` types one configuration."""
+    if not pairs:
+        return {}
+    combinations = parse_grid(" ".join(pairs))
+    if len(combinations) != 1:
+        raise SystemExit(f"--change: one value per key, got {len(combinations)} combinations")
+    return combinations[0]
 
 
 def score_checkpoints(out: Path, pieces: list[str], val_documents: list[str]) -> list[dict]:
@@ -68,8 +66,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="a time budget instead of the demo preset's token budget")
     parser.add_argument("--every", type=int, default=100, help="steps between scored checkpoints")
-    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
-                        help="a change to the demo preset's training settings, e.g. compile=false (repeatable)")
+    parser.add_argument("--change", action="append", default=[], metavar="KEY=VALUE",
+                        help="a change to the demo preset's model or training settings, e.g. compile=false "
+                             "(repeatable)")
     parser.add_argument("--label", default="talelab demo", help="this curve's name on the chart")
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="curve.json of an earlier run to draw beside this one (repeatable)")
@@ -79,10 +78,10 @@ def main() -> None:
     started = time.perf_counter()
     prepare_demo_data(out, paths.shared_file(paths.TINYSTORIES_TRAIN), progress=False)
     data_seconds = time.perf_counter() - started
-    changes = parse_overrides(args.train)
+    changes = preset_changes(args.change)
     overrides = {**demo_train_overrides(out, args.minutes), "checkpoint_interval": args.every,
-                 "keep_checkpoints": 10_000, **changes}
-    train(*build_train_configs("demo", overrides={"train": overrides}), log=lambda *a: None)
+                 "keep_checkpoints": 10_000}
+    train(*configurations("demo", changes, overrides), log=lambda *a: None)
 
     pieces = reference_pieces(paths.shared_file(paths.TINYSTORIES_VALID))
     val_documents = [json.loads(line)["text"] for line in (out / "prepared" / "val.jsonl").open(encoding="utf-8")]
