@@ -67,3 +67,13 @@ def test_a_muon_run_learns_and_resumes_bitwise(tiny_configs, tmp_path):
     train(model_cfg, second_half, resume=True, **QUIET)
     a, b = (load_file(str(resolve_model_dir(tmp_path / run) / "model.safetensors")) for run in ("straight", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumes_only_under_its_own_optimizer(tiny_configs, tmp_path):
+    model_cfg, adamw = tiny_configs(tmp_path / "run", max_steps=2)
+    train(model_cfg, adamw, **QUIET)
+    _, muon = tiny_configs(tmp_path / "run", max_steps=4, optimizer="muon")
+    with pytest.raises(ConfigError, match="trained with optimizer adamw, not muon; resume it with --optimizer adamw"):
+        train(model_cfg, muon, resume=True, **QUIET)
+    _, again = tiny_configs(tmp_path / "run", max_steps=4)
+    assert train(model_cfg, again, resume=True, **QUIET)["step"] == 4

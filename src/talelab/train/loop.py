@@ -22,7 +22,7 @@ from tqdm import tqdm
 from talelab.config import ModelConfig, TrainConfig
 from talelab.data.shards import Shard, load_shard, pretokenize
 from talelab.devices import autocast_context, check_compiler, pick_device, training_dtype
-from talelab.errors import InputError, MismatchError
+from talelab.errors import ConfigError, InputError, MismatchError
 from talelab.models import build_model
 from talelab.models.storage import check_vocabulary, load_weights, read_config
 from talelab.tokenizer import Tokenizer, load_tokenizer
@@ -118,6 +118,8 @@ def set_up(model_config: ModelConfig, config: TrainConfig, resume: bool, log) ->
 
     run_dir = Path(config.out)
     checkpoint = checkpoint_to_resume(run_dir, resume)
+    if checkpoint is not None:
+        check_same_optimizer(checkpoint, config.optimizer)
     ranks.barrier()  # every rank has checked before rank 0 writes anything
     run_dir.mkdir(parents=True, exist_ok=True)
     model = initial_model(model_config, config, ranks, checkpoint)
@@ -149,6 +151,15 @@ def initial_model(model_config: ModelConfig, config: TrainConfig, ranks: Ranks, 
             raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
         load_weights(model, checkpoint / "model.safetensors")  # whole weights on every rank; FSDP then slices them
     return model
+
+
+def check_same_optimizer(checkpoint: Path, optimizer: str) -> None:
+    """Refuse to resume a run under another optimizer: the new one's moments would start from zero (silently, for the
+    matrices Muon takes over from AdamW), so it would be a different run, not this one continued."""
+    saved = read_config(checkpoint).get("train", {}).get("optimizer", "adamw")  # runs from before Muon: AdamW
+    if saved != optimizer:
+        raise ConfigError(f"{checkpoint}: trained with optimizer {saved}, not {optimizer}; resume it with "
+                          f"--optimizer {saved}, or start a new run in another --out")
 
 
 def describe(run: Run, log) -> None:
