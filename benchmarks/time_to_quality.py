@@ -36,7 +36,7 @@ def preset_changes(pairs: list[str]) -> dict:
     """`--change key=value` pairs, checked and typed as `talelab sweep --grid` types one configuration."""
     if not pairs:
         return {}
-    combinations = parse_grid(" ".join(pairs))
+    combinations = parse_grid(" ".join(pairs), flag="--change")
     if len(combinations) != 1:
         raise SystemExit(f"--change: one value per key, got {len(combinations)} combinations")
     return combinations[0]

@@ -47,31 +47,32 @@ def parse_budget(budget: str) -> dict:
     return {"max_tokens": int(value * {"k": 1e3, "M": 1e6, "": 1}[unit])}
 
 
-def parse_grid(grid: str) -> list[dict]:
-    """'d_model=128,256 n_layers=8,12' -> every combination, as {key: value} with values typed like the field.
+def parse_grid(grid: str, flag: str = "--grid") -> list[dict]:
+    """'d_model=128,256 n_layers=8,12' -> every combination, as {key: value} with values typed like the field;
+    errors name `flag`, the option the grid came from.
 
     Grids joined by ';' add their combinations, so any set of configurations can be listed, not only a product:
     'd_model=128 n_layers=8; d_model=512 n_layers=12' is two runs.
     """
     combinations = []
     for part in grid.split(";"):
-        for combination in grid_product(part):
+        for combination in grid_product(part, flag):
             if combination not in combinations:
                 combinations.append(combination)
     if not combinations:
-        raise ConfigError(f"--grid {grid!r}: no combinations (give key=v1,v2 with at least one value per key)")
+        raise ConfigError(f"{flag} {grid!r}: no combinations (give key=v1,v2 with at least one value per key)")
     return combinations
 
 
-def grid_product(grid: str) -> list[dict]:
+def grid_product(grid: str, flag: str) -> list[dict]:
     axes = []
     for part in grid.split():
         key, _, values = part.partition("=")
         if key not in MODEL_KEYS | TRAIN_KEYS or not values:
-            raise ConfigError(f"--grid: '{part}' is not key=v1,v2 with a model or train config key")
+            raise ConfigError(f"{flag}: '{part}' is not key=v1,v2 with a model or train config key")
         field_type = next(f.type for f in dataclasses.fields(ModelConfig if key in MODEL_KEYS else TrainConfig)
                           if f.name == key)
-        axes.append(grid_axis("--grid", key, values.split(","), field_type))
+        axes.append(grid_axis(flag, key, values.split(","), field_type))
     return [dict(c) for c in itertools.product(*axes)] if axes else []
 
 
