@@ -67,6 +67,9 @@ def test_a_sweep_writes_its_table_and_plots_and_resumes_without_redoing_finished
     rows = sweep([], "d_model=32,48", "6k", out, common, base_preset="tiny", log=lambda *_: None)
     assert [r["name"] for r in rows] == ["tiny-d_model32", "tiny-d_model48"]
     assert rows[0]["parameters"] < rows[1]["parameters"] and all(r["peak_rss_mb"] > 50 for r in rows)
+    for r in rows:  # the child's own peak as it logged it, not wait4's, which carries the parent's
+        logged = [json.loads(line) for line in (out / r["name"] / "metrics.jsonl").read_text().splitlines()]
+        assert r["peak_rss_mb"] == [x for x in logged if "loss" in x][-1]["peak_rss_mb"]
     assert all(r["tokens_seen"] == 11 * 8 * 64 for r in rows)  # 6k tokens of 512-token steps: 11 steps
     table = list(csv.DictReader(open(out / "results.csv")))
     assert [t["name"] for t in table] == ["tiny-d_model32", "tiny-d_model48"]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from talelab.config import TrainConfig
 from talelab.data.shards import load_shard, pretokenize
+from talelab.devices import own_peak_rss_mb
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import load_model, resolve_model_dir
 from talelab.tokenizer import load_tokenizer
@@ -31,6 +32,9 @@ def test_tiny_run_writes_checkpoint_metrics_and_loss_curve(tiny_run):
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]  # it learned something
     assert any("val_bpb" in r for r in records)
+    # the process's own peak memory so far (it trained in this one), never falling
+    peaks = [r["peak_rss_mb"] for r in records if "loss" in r]
+    assert peaks == sorted(peaks) and 50 < peaks[-1] <= own_peak_rss_mb() + 1
     assert (tiny_run / "metrics.csv").read_text().startswith("step,")
     model, tokenizer, raw = load_model(tiny_run)
     assert raw["step"] == 20 and model.config.vocab_size == tokenizer.vocab_size

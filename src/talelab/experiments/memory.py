@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from talelab.devices import autocast_context, pick_device, training_dtype
+from talelab.devices import autocast_context, own_peak_rss_mb, pick_device, training_dtype
 from talelab.errors import TalelabError
 from talelab.experiments.sweep import configurations, plan_runs
 from talelab.models import build_model
@@ -47,18 +47,6 @@ def measure_in_this_process(run: dict, batch_size: int, vocab_size: int, device:
             "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
             # what the caching allocator held: the memory the process really took from the GPU
             "cuda_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None}
-
-
-def own_peak_rss_mb() -> float | None:
-    """This process's own peak resident memory: VmHWM of /proc/self/status (None where there is none, off Linux).
-    The parent's wait4 cannot give it: Linux carries the peak of the process that forked the child over into the
-    child's ru_maxrss, so a child of a larger process reports the parent's size (2,194 MB for the tiny model when
-    the test process had grown to that)."""
-    try:
-        status = Path("/proc/self/status").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
 
 
 def measure(run: dict, batch_size: int, vocab_size: int, device: str, dtype: str, memory_limit_gb: float = 0) -> str:

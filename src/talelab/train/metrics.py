@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from talelab.atomic import write_text_atomic
 from talelab.data.shards import Shard
+from talelab.devices import own_peak_rss_mb
 from talelab.plots import loss_chart
 from talelab.tracking import NO_TRACKER, open_tracker
 
@@ -100,8 +101,9 @@ class Metrics:
         self.tracker.log(entry)
 
     def log_loss(self, step: int, loss: float, lr: float, tokens_per_s: float, elapsed: float) -> None:
+        peak = own_peak_rss_mb()  # this process's own: a parent (sweep) cannot read its child's, see devices.py
         self.record({"step": step, "loss": round(loss, 5), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                     "elapsed_s": round(elapsed, 2)})
+                     "elapsed_s": round(elapsed, 2), **({"peak_rss_mb": round(peak)} if peak is not None else {})})
         self.bar.set_postfix(step=step, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
         self.latest.update(loss=loss, tokens_per_s=tokens_per_s)
 
