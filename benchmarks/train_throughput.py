@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from talelab.config import ModelConfig, TrainConfig
 from talelab.models.transformer import Transformer
 from talelab.devices import autocast_context
+from talelab.train.distributed import compile_for_training
 from talelab.train.loop import train_step
 from talelab.train.optim import make_optimizers
 
@@ -93,7 +94,7 @@ def talelab_contender(shape: dict, dtype: str, compile: bool = False, **architec
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     autocast = autocast_context(device, dtype)
 
-    forward = torch.compile(model) if compile else model  # as `talelab train --compile` wraps it
+    forward = compile_for_training(model) if compile else model  # as `talelab train --compile` does
 
     def step(x, y):
         train_step(forward, model, optimizers, scaler, autocast, config, lambda: (x, y))

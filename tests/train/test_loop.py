@@ -10,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from talelab.config import TrainConfig
+from talelab.config import ModelConfig, TrainConfig
 from talelab.data.shards import load_shard, pretokenize
 from talelab.devices import own_peak_rss_mb
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import load_model, resolve_model_dir
 from talelab.tokenizer import load_tokenizer
+from talelab.models.transformer import Transformer
+from talelab.train.distributed import compile_for_training
 from talelab.train.loop import epoch_steps, token_steps, train
 from talelab.train.optim import lr_multiplier
 
@@ -162,3 +164,22 @@ def test_schedules_follow_their_definitions():
     assert [lr_multiplier(s, 0, step) for s in (0, 99, 100, 250)] == [1.0, 1.0, 0.5, 0.25]
     wsd = TrainConfig(warmup_steps=0, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
     assert [lr_multiplier(1, p, wsd) for p in (0.5, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+
+
+@pytest.mark.slow
+def test_a_compiled_run_compiles_each_block_and_trains_as_the_eager_one(tiny_configs, tmp_path):
+    """--compile compiles the blocks in place (one graph for all of them, so a cold start compiles one block): the
+    losses are the eager run's up to kernel rounding, and the checkpoint's weights carry the same names."""
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, context_length=16))
+    assert compile_for_training(model) is model
+    assert all(block._compiled_call_impl is not None for block in model.blocks) and model._compiled_call_impl is None
+
+    runs = {}
+    for name, compile in (("eager", False), ("compiled", True)):
+        model_cfg, config = tiny_configs(tmp_path / name, max_steps=4, compile=compile)
+        train(model_cfg, config, **QUIET)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = ([r["loss"] for r in records if "loss" in r], weights(tmp_path / name))
+    (eager_losses, eager_weights), (compiled_losses, compiled_weights) = runs["eager"], runs["compiled"]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert compiled_weights.keys() == eager_weights.keys()
