@@ -130,16 +130,19 @@ def main() -> None:
                   "talelab bf16 compiled, gpt2 arch": talelab_contender(shape, "bfloat16", True, **GPT2_ARCHITECTURE),
                   "talelab bf16 compiled, llama arch": talelab_contender(shape, "bfloat16", True)}
     results = {name: [] for name in contenders}
+    for step in contenders.values():  # untimed: the reference's first round ran at a quarter of its speed
+        tokens_per_second(step, batches, 2)
     for r in range(args.rounds):
         for name, step in contenders.items():
             results[name].append(tokens_per_second(step, batches, args.steps))
         print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in results.items()), flush=True)
-    base = statistics.median(results["reference eager fp32"])
+    reference = results["reference eager fp32"]
     print(f"\nshape {args.shape}: " + ", ".join(f"{k} {v}" for k, v in shape.items())
-          + f"; {args.threads} threads; median of {args.rounds} rounds x {args.steps} steps")
+          + f"; {args.threads} threads; median of {args.rounds} rounds x {args.steps} steps; ratio: the median of "
+          f"each round's ratio to that round's reference (a shared machine's speed drifts between rounds)")
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"{name:<34}{median:>10,.0f} tokens/s   ratio {median / base:.2f}x")
+        ratio = statistics.median(v / base for v, base in zip(values, reference))
+        print(f"{name:<34}{statistics.median(values):>10,.0f} tokens/s   ratio {ratio:.2f}x")
 
 
 if __name__ == "__main__":
