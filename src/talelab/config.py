@@ -234,7 +234,8 @@ class TrainConfig(Settings):
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     dtype: str = option("auto", "compute precision: autocast to bfloat16 (CPU/CUDA) or float16 with a grad scaler "
                         "(CUDA); auto: bfloat16 on CUDA, float32 on CPU", TRAINING_DTYPES)
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = option(False, "torch.compile each transformer block (one graph for all of them: a cold start "
+                           "compiles one block, about 20-35 s on 2 CPU cores); recurrent models whole")
     fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimizer state across processes "
                         "with FSDP2 (fully_shard per block) instead of replicating them (DDP)")
     device: str = option("auto", "cuda when present, else cpu", DEVICES)
