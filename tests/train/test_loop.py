@@ -15,8 +15,8 @@ from talelab.data.shards import load_shard, pretokenize
 from talelab.devices import own_peak_rss_mb
 from talelab.errors import ConfigError, InputError, MismatchError, TrainingDiverged
 from talelab.models.storage import load_model, resolve_model_dir
-from talelab.tokenizer import load_tokenizer
 from talelab.models.transformer import Transformer
+from talelab.tokenizer import load_tokenizer
 from talelab.train.distributed import compile_for_training
 from talelab.train.loop import epoch_steps, token_steps, train
 from talelab.train.optim import lr_multiplier

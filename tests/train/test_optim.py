@@ -69,6 +69,7 @@ def test_a_muon_run_learns_and_resumes_bitwise(tiny_configs, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_only_under_its_own_optimizer(tiny_configs, tmp_path):
     model_cfg, adamw = tiny_configs(tmp_path / "run", max_steps=2)
     train(model_cfg, adamw, **QUIET)

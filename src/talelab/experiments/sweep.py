@@ -175,7 +175,8 @@ def run_configuration(run_dir: Path, settings: str) -> dict:
             "tokens_per_s": round(last_train["step"] * tokens_per_step / max(last_train["elapsed_s"], 1e-9)),
             "val_loss": round(last_val["val_loss"], 4), "val_bpb": round(last_val["val_bpb"], 4),
             # the child's own peak as it logged it; wait4's ru_maxrss would carry a larger parent's (devices.py)
-            "peak_rss_mb": last_train.get("peak_rss_mb", round(usage.ru_maxrss / 1024)), "this_session_s": round(time.perf_counter() - started, 1)}
+            "peak_rss_mb": last_train.get("peak_rss_mb", round(usage.ru_maxrss / 1024)),
+            "this_session_s": round(time.perf_counter() - started, 1)}
 
 
 def run_child(command: list[str], log_file: Path, what: str):
