@@ -104,7 +104,7 @@ def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
     """The model with each of its blocks compiled in place (regional compilation), or, for a family without
     blocks (recurrent), the whole model compiled. The blocks share one compiled graph, so a cold start compiles
     one block instead of the whole model: the demo's first two steps took 22 s instead of 52-58. After that a step
-    is about 15 % faster at the small benchmark shape and as fast at the demo's (benchmarks/RESULTS.md, issue 19):
+    is about 11 % faster at the small benchmark shape and as fast at the demo's (benchmarks/RESULTS.md, issue 19):
     the chunked cross-entropy stays eager, where it is fastest.
     Parameter names stay as they were, so checkpoints do not change."""
     blocks = getattr(model, "blocks", None)
