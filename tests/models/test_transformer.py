@@ -102,6 +102,10 @@ def test_chunked_cross_entropy_equals_torch_in_value_and_gradient_and_leaves_log
     assert torch.equal(logits.detach(), before)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
     assert torch.allclose(ours_grad.float(), theirs_grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-3)
+    # a loss taken as it is skips backward's multiply by one: the same gradient, unscaled
+    (plain_grad,) = torch.autograd.grad(ChunkedCrossEntropy.apply(logits, targets), logits)
+    assert torch.allclose(plain_grad.float() * 2.5, ours_grad.float(), rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                          atol=1e-8)
 
 
 @pytest.mark.parametrize("scale", [1024.0, 65536.0])
