@@ -87,8 +87,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                               device=logits.device)
         for i in range(0, logits.shape[0], CROSS_ENTROPY_ROWS):
             rows = slice(i, i + CROSS_ENTROPY_ROWS)
-            x = scratch[:logits[rows].shape[0]]
-            x.copy_(logits[rows])  # (chunk, vocab) in fp32, ours to overwrite
+            chunk = logits[rows]
+            x = scratch[:chunk.shape[0]]
+            x.copy_(chunk)  # (chunk, vocab) in fp32, ours to overwrite
             x.sub_(x.amax(dim=1, keepdim=True)).exp_()
             sums = x.sum(dim=1, keepdim=True)
             target_prob = x.gather(1, safe[rows]) / sums

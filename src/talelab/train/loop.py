@@ -119,7 +119,7 @@ def set_up(model_config: ModelConfig, config: TrainConfig, resume: bool, log) ->
     run_dir = Path(config.out)
     checkpoint = checkpoint_to_resume(run_dir, resume)
     if checkpoint is not None:
-        check_same_optimizer(checkpoint, config.optimizer)
+        check_resumable(checkpoint, model_config, config.optimizer)
     ranks.barrier()  # every rank has checked before rank 0 writes anything
     run_dir.mkdir(parents=True, exist_ok=True)
     model = initial_model(model_config, config, ranks, checkpoint)
@@ -145,21 +145,22 @@ def initial_model(model_config: ModelConfig, config: TrainConfig, ranks: Ranks, 
     # to be sharded, the whole model waits in CPU memory: fully_shard moves each rank's slices to the device
     model = build_model(model_config).to("cpu" if config.fsdp and ranks.world_size > 1 else ranks.device)
     if checkpoint is not None:
-        saved = read_config(checkpoint)
-        if saved["model"] != dataclasses.asdict(model_config):
-            changed = [k for k, v in dataclasses.asdict(model_config).items() if saved["model"].get(k) != v]
-            raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
         load_weights(model, checkpoint / "model.safetensors")  # whole weights on every rank; FSDP then slices them
     return model
 
 
-def check_same_optimizer(checkpoint: Path, optimizer: str) -> None:
-    """Refuse to resume a run under another optimizer: the new one's moments would start from zero (silently, for the
-    matrices Muon takes over from AdamW), so it would be a different run, not this one continued."""
-    saved = read_config(checkpoint).get("train", {}).get("optimizer", "adamw")  # runs from before Muon: AdamW
-    if saved != optimizer:
-        raise ConfigError(f"{checkpoint}: trained with optimizer {saved}, not {optimizer}; resume it with "
-                          f"--optimizer {saved}, or start a new run in another --out")
+def check_resumable(checkpoint: Path, model_config: ModelConfig, optimizer: str) -> None:
+    """Refuse to resume a checkpoint under another model shape or another optimizer. Another optimizer's moments
+    would start from zero (silently, for the matrices Muon takes over from AdamW): a different run, not this one
+    continued."""
+    saved = read_config(checkpoint)
+    if saved["model"] != dataclasses.asdict(model_config):
+        changed = [k for k, v in dataclasses.asdict(model_config).items() if saved["model"].get(k) != v]
+        raise MismatchError(f"{checkpoint}: checkpoint has another model shape ({', '.join(changed)} differ)")
+    trained_with = saved.get("train", {}).get("optimizer", "adamw")  # runs from before Muon: AdamW
+    if trained_with != optimizer:
+        raise ConfigError(f"{checkpoint}: trained with optimizer {trained_with}, not {optimizer}; resume it with "
+                          f"--optimizer {trained_with}, or start a new run in another --out")
 
 
 def describe(run: Run, log) -> None:
